@@ -824,11 +824,6 @@ def _fix_bits(arr: npt.NDArray[Any], s: SliceHeader) -> npt.NDArray[Any]:
     return signed
 
 
-def _expected_native_bytes(s: SliceHeader) -> int:
-    n_bits = s.rows * s.columns * s.samples_per_pixel * s.number_of_frames * s.bits_allocated
-    return (n_bits + 7) // 8
-
-
 def decode_pixels(ds: Any, path: str | Path) -> npt.NDArray[Any]:
     """Decoded stored pixel values of a full data set: ``(rows, cols[, samples])`` or with a
     leading frame axis. Colour data comes back as RGB; palette colour is expanded to RGB.
@@ -841,10 +836,13 @@ def decode_pixels(ds: Any, path: str | Path) -> npt.NDArray[Any]:
         raise CorruptFileError(f"{path}: no pixel data in the file (truncated?)")
     ts = ds.file_meta.get("TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
     if ts is not None and not ts.is_compressed and "PixelData" in ds:
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        if str(ds.get("PhotometricInterpretation", "")).upper() == "YBR_FULL_422":
+            samples = 2  # chroma subsampled horizontally: 2 values per pixel on average
         expected = (
             int(ds.Rows)
             * int(ds.Columns)
-            * int(ds.get("SamplesPerPixel", 1) or 1)
+            * samples
             * int(ds.get("NumberOfFrames", 1) or 1)
             * int(ds.get("BitsAllocated", 16))
             + 7

@@ -1,0 +1,68 @@
+"""Load any discovered scan (and its mask) into a :class:`~medres.io.volume.Volume`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from medres.errors import LoadError, MaskMismatchError
+from medres.io.dicom import load_dicom_series
+from medres.io.discover import ScanRef
+from medres.io.images2d import read_image2d, read_mask2d
+from medres.io.nifti import read_nifti
+from medres.io.volume import ScanKind, Volume
+
+#: Largest affine difference (mm) for a mask to count as on its image's grid.
+AFFINE_TOL_MM = 1e-3
+
+
+def load_scan(ref: ScanRef, *, on_progress: Callable[[int, int], None] | None = None) -> Volume:
+    """Read the pixels of a discovered scan.
+
+    Args:
+        ref: From :func:`medres.io.discover.discover`.
+        on_progress: ``(slices_done, slices_total)`` callback for DICOM series.
+
+    Returns:
+        The scan as a :class:`Volume` on its own grid (RAS affine).
+
+    Raises:
+        LoadError: The problem found at discovery, or a decode error; the message names the
+            file or series.
+    """
+    if ref.problem is not None:
+        raise ref.problem
+    if ref.kind is ScanKind.DICOM:
+        return load_dicom_series(ref.plan if ref.plan is not None else ref.paths, on_progress=on_progress)
+    if ref.kind is ScanKind.NIFTI:
+        return read_nifti(ref.paths[0])
+    if ref.kind is ScanKind.IMAGE2D:
+        return read_image2d(ref.paths[0])
+    raise LoadError(f"{ref.scan_id}: unknown scan kind {ref.kind!r}")
+
+
+def load_mask(ref: ScanRef, image: Volume) -> Volume | None:
+    """Read the mask paired with ``ref`` (None when it has none) and check it fits ``image``.
+
+    Raises:
+        MaskMismatchError: The mask's shape or affine differs from the image's.
+        LoadError: The mask file cannot be read.
+    """
+    if ref.mask_path is None:
+        return None
+    if ref.kind is ScanKind.IMAGE2D:
+        return read_mask2d(ref.mask_path, like=image)
+    mask = read_nifti(ref.mask_path)
+    if mask.spatial_shape != image.spatial_shape:
+        raise MaskMismatchError(
+            f"{ref.mask_path}: mask shape {mask.spatial_shape} differs from image shape "
+            f"{image.spatial_shape}"
+        )
+    diff = float(np.abs(mask.affine - image.affine).max())
+    if diff > AFFINE_TOL_MM:
+        raise MaskMismatchError(
+            f"{ref.mask_path}: mask affine differs from its image's by up to {diff:.4f} mm; "
+            "the mask is not on the image grid"
+        )
+    return mask
