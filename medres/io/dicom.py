@@ -41,6 +41,7 @@ from medres.errors import (
     UnsupportedDicomError,
 )
 from medres.io.volume import (
+    LPS_TO_RAS,
     PatientInfo,
     ScanKind,
     SourceInfo,
@@ -365,11 +366,7 @@ def read_slice_headers(path: str | Path, *, ds: Any = None) -> list[SliceHeader]
     if reason is not None:
         raise UnsupportedDicomError(f"{path}: not an image: {reason}")
     image_type = [str(v).upper() for v in (ds.get("ImageType", None) or [])]
-    if "MOSAIC" in image_type:
-        raise UnsupportedDicomError(
-            f"{path}: Siemens mosaic (many slices tiled in one image) is not supported; "
-            "convert it with dcm2niix first"
-        )
+    mosaic = _mosaic_geometry(ds, path) if "MOSAIC" in image_type else None
     try:
         rows = int(ds.Rows)
         columns = int(ds.Columns)
@@ -464,6 +461,8 @@ def read_slice_headers(path: str | Path, *, ds: Any = None) -> list[SliceHeader]
     spacing = _vector(ds.get("PixelSpacing", None), 2) or _vector(
         ds.get("ImagerPixelSpacing", None), 2
     )
+    if mosaic is not None:
+        common["extra"] = {**common["extra"], "mosaic": mosaic}
     return [
         SliceHeader(
             frame=None,
@@ -486,6 +485,48 @@ def read_slice_headers(path: str | Path, *, ds: Any = None) -> list[SliceHeader]
             **common,
         )
     ]
+
+
+def _mosaic_geometry(ds: Any, path: Path) -> dict[str, Any]:
+    """Shape and LPS affine of a Siemens mosaic, from its CSA header (nibabel's reader)."""
+    import warnings
+
+    from nibabel.nicom import dicomwrappers
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wrapper = dicomwrappers.wrapper_from_data(ds)
+            if not isinstance(wrapper, dicomwrappers.MosaicWrapper):
+                raise UnsupportedDicomError(
+                    f"{path}: mosaic image without the Siemens CSA header needed to untile it"
+                )
+            shape = tuple(int(v) for v in wrapper.image_shape)
+            affine_lps = np.asarray(wrapper.affine, dtype=np.float64)
+    except UnsupportedDicomError:
+        raise
+    except Exception as exc:
+        raise UnsupportedDicomError(f"{path}: cannot read the Siemens mosaic layout: {exc}") from exc
+    return {"shape": shape, "affine_lps": affine_lps.tolist(), "n_images": shape[2]}
+
+
+def _load_mosaic(s: SliceHeader, out_dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+    """Untile a Siemens mosaic into ``(x, y, z)`` (nibabel's MosaicWrapper does the layout)."""
+    import warnings
+
+    from nibabel.nicom import dicomwrappers
+
+    ds = read_dataset(s.path, headers_only=False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wrapper = dicomwrappers.wrapper_from_data(ds)
+            data = np.asarray(wrapper.get_data())
+    except Exception as exc:
+        raise PixelDecodeError(f"{s.path}: cannot decode the mosaic pixel data: {exc}") from exc
+    if data.dtype.kind in "iu":
+        data = _fix_bits(data.astype(data.dtype.newbyteorder("=")), s)
+    return data.astype(out_dtype, copy=False)
 
 
 # --- planning ------------------------------------------------------------------------
@@ -602,6 +643,19 @@ def plan_series(slices: Sequence[SliceHeader], *, max_tilt_deg: float = 45.0) ->
     first = slices[0]
     dtype = choose_output_dtype(slices)
     spacing = first.pixel_spacing_mm or (1.0, 1.0)
+    mosaic = first.extra.get("mosaic")
+    if mosaic is not None:
+        if len(slices) > 1:
+            raise MixedSeriesError(
+                f"{name}: {len(slices)} mosaic files are separate volumes; load them one by one"
+            )
+        return SeriesPlan(
+            slices=tuple(slices),
+            affine=LPS_TO_RAS @ np.asarray(mosaic["affine_lps"]),
+            spatial_shape=tuple(mosaic["shape"]),
+            output_dtype=dtype,
+            samples_per_pixel=1,
+        )
 
     if first.position_lps is None or first.orientation_lps is None or any(
         s.position_lps is None or s.orientation_lps is None for s in slices
@@ -913,7 +967,9 @@ def load_dicom_series(
     out = np.empty((n_channels, *plan.spatial_shape), dtype=plan.output_dtype)
     total = len(plan.slices)
     cache: dict[str, npt.NDArray[Any]] = {}  # multi-frame files: decode once
-    for k, s in enumerate(plan.slices):
+    if "mosaic" in first.extra:
+        out[0] = _load_mosaic(first, plan.output_dtype)
+    for k, s in enumerate(plan.slices if "mosaic" not in first.extra else ()):
         if s.frame is None:
             ds = read_dataset(s.path, headers_only=False)
             arr = decode_pixels(ds, s.path)

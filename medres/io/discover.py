@@ -253,7 +253,8 @@ def _dicom_scans(slices: list[SliceHeader]) -> list[ScanRef]:
     for s in slices:
         # enhanced multi-frame files, files without a series UID and re-encoded copies of
         # an instance are volumes of their own
-        key = s.series_uid if s.series_uid and s.frame is None else f"{s.series_uid}|{s.path}"
+        alone = not s.series_uid or s.frame is not None or "mosaic" in s.extra
+        key = f"{s.series_uid}|{s.path}" if alone else s.series_uid
         if "copy" in s.split_keys:
             key = f"{s.series_uid}|copy{s.split_keys['copy']}"
         by_series[key].append(s)

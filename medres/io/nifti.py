@@ -144,7 +144,11 @@ def write_nifti(
         if affine is not None:
             raise NiftiError("pass either a Volume or an array with an affine, not both")
         vol = volume_or_array
-        data = vol.array[0] if vol.n_channels == 1 else np.moveaxis(vol.array, 0, -1)
+        if vol.n_channels == 1:
+            data = vol.array[0]
+        else:  # channels on the 4th axis; a 2D image gets a unit z axis first
+            spatial = vol.array if vol.spatial_ndim == 3 else vol.array[..., None]
+            data = np.moveaxis(spatial, 0, -1)
         aff = vol.affine
     else:
         if affine is None:

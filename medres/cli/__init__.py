@@ -1,0 +1,1 @@
+"""The ``medres`` command line: one typer app, one thin module per command."""

@@ -1,0 +1,80 @@
+"""The ``medres`` typer app: global options, command registration, error mapping.
+
+Heavy libraries (torch, MONAI, pydicom) are imported inside the commands, so
+``medres --help`` and ``medres --version`` return at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from medres._version import __version__
+
+app = typer.Typer(
+    name="medres",
+    help="Medical image lesion workbench: inspect and convert scans (DICOM, NIfTI, 2D).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+#: Exit codes: 0 all good; 1 some scans or files failed; 2 bad usage or unusable input.
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"medres {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv: debug).")
+    ] = 0,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """medres: find, load and convert medical scans; later: train, predict, evaluate, report."""
+    from medres.cli.console import setup_logging
+
+    setup_logging(verbose)
+
+
+def _register() -> None:
+    from medres.cli import convert, inspect
+
+    app.command("inspect")(inspect.inspect_command)
+    app.command("convert")(convert.convert_command)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turn medres errors into one-line messages."""
+    from medres.errors import MedresError
+
+    try:
+        app()
+    except MedresError as exc:
+        from medres.cli.console import err_console
+
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""``medres inspect DIR``: list the scans in a folder, their geometry and their problems."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+def _fmt_shape(shape: tuple[int, ...] | None) -> str:
+    return "x".join(str(s) for s in shape) if shape else "?"
+
+
+def _fmt_spacing(spacing: tuple[float, ...] | None) -> str:
+    return "x".join(f"{s:.3g}" for s in spacing) if spacing else "?"
+
+
+def inspect_command(
+    folder: Annotated[Path, typer.Argument(help="Folder (searched recursively) or file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick", help="Headers only: skip decoding pixels (geometry checks still run)."
+        ),
+    ] = False,
+    mask_suffix: Annotated[
+        str, typer.Option(help="Stem suffix marking a mask: case_mask.png belongs to case.png.")
+    ] = "_mask",
+    show_skipped: Annotated[
+        bool, typer.Option("--show-skipped/--hide-skipped", help="List files that are not scans.")
+    ] = True,
+) -> None:
+    """List studies and series found: modality, shape, spacing, orientation, problems.
+
+    Every scan is loaded (pixels decoded) unless --quick. Exits 1 when any scan or file
+    could not be read; the others are still listed.
+    """
+    from medres.cli.console import console, fail_cleanly, progress_bar
+    from medres.errors import LoadError
+    from medres.io.discover import discover
+    from medres.io.load import load_scan
+
+    with fail_cleanly():
+        with progress_bar() as progress:
+            task = progress.add_task("discover", total=None, item="")
+
+            def on_files(done: int, total: int, path: str) -> None:
+                progress.update(task, completed=done, total=total, item=Path(path).name)
+
+            found = discover(folder, mask_suffix=mask_suffix, on_progress=on_files)
+            rows: list[dict[str, Any]] = []
+            load_task = progress.add_task("load", total=len(found.scans), item="")
+            for ref in found.scans:
+                progress.update(load_task, item=ref.scan_id)
+                row: dict[str, Any] = {
+                    "scan_id": ref.scan_id,
+                    "kind": str(ref.kind),
+                    "modality": ref.modality,
+                    "files": len(ref.paths),
+                    "shape": list(ref.spatial_shape) if ref.spatial_shape else None,
+                    "spacing_mm": list(ref.spacing_mm) if ref.spacing_mm else None,
+                    "orientation": ref.orientation,
+                    "description": ref.description,
+                    "mask": ref.mask_path,
+                    "path": ref.paths[0] if len(ref.paths) == 1 else str(Path(ref.paths[0]).parent),
+                    "status": "ok",
+                    "problem": "",
+                }
+                if ref.problem is not None:
+                    row.update(status="error", problem=str(ref.problem),
+                               error=type(ref.problem).__name__)
+                elif not quick:
+                    try:
+                        vol = load_scan(ref)
+                    except LoadError as exc:
+                        row.update(status="error", problem=str(exc), error=type(exc).__name__)
+                    else:
+                        row.update(
+                            shape=list(vol.spatial_shape),
+                            channels=vol.n_channels,
+                            spacing_mm=[round(s, 4) for s in vol.spacing_mm],
+                            orientation=vol.orientation if vol.spatial_ndim == 3 else "",
+                            dtype=str(vol.array.dtype),
+                            value_range=[float(vol.array.min()), float(vol.array.max())],
+                            modality=vol.modality or row["modality"],
+                        )
+                rows.append(row)
+                progress.advance(load_task)
+
+    skipped = [
+        {"path": s.path, "reason": s.reason, "status": "error" if s.failed else "skipped"}
+        for s in found.skipped
+    ]
+    n_bad = sum(r["status"] == "error" for r in rows) + len(found.failed)
+    if as_json:
+        console.print_json(json.dumps({"root": found.root, "scans": rows, "skipped": skipped}))
+    else:
+        _print_tables(rows, skipped, show_skipped=show_skipped)
+        console.print(
+            f"{len(rows)} scan(s): {sum(r['status'] == 'ok' for r in rows)} ok, "
+            f"{sum(r['status'] == 'error' for r in rows)} with errors; "
+            f"{len(skipped)} other file(s), {len(found.failed)} unreadable."
+        )
+    if n_bad:
+        raise typer.Exit(1)
+
+
+def _print_tables(rows: list[dict[str, Any]], skipped: list[dict[str, str]], *, show_skipped: bool) -> None:
+    from rich.table import Table
+
+    from medres.cli.console import console
+
+    table = Table(title="Scans", show_lines=False)
+    for col in ("scan id", "kind", "mod", "shape", "spacing mm", "orient", "status"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        shape = _fmt_shape(tuple(r["shape"]) if r["shape"] else None)
+        if r.get("channels", 1) and r.get("channels", 1) > 1:
+            shape += f" x{r['channels']}ch"
+        status = "[green]ok[/]" if r["status"] == "ok" else f"[red]{r['problem']}[/]"
+        table.add_row(
+            r["scan_id"],
+            r["kind"],
+            r["modality"] or "-",
+            shape,
+            _fmt_spacing(tuple(r["spacing_mm"]) if r["spacing_mm"] else None),
+            r["orientation"] or "-",
+            status,
+        )
+    console.print(table)
+    if show_skipped and skipped:
+        other = Table(title="Other files")
+        other.add_column("file", overflow="fold")
+        other.add_column("status")
+        other.add_column("reason", overflow="fold")
+        for s in skipped:
+            style = "red" if s["status"] == "error" else "dim"
+            other.add_row(s["path"], f"[{style}]{s['status']}[/]", s["reason"])
+        console.print(other)
