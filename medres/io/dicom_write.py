@@ -84,6 +84,9 @@ def write_dicom_series(
     if stored.min() < info_range.min or stored.max() > info_range.max:
         raise OutputError("values do not fit 16-bit DICOM pixels; adjust rescale_intercept")
     stored = stored.astype(dtype)
+    # 12 bits stored when the values allow it, as CT scanners do (so loaders can keep int16)
+    fits_12 = (-2048 <= stored.min() and stored.max() <= 2047) if signed else stored.max() <= 4095
+    bits_stored = 12 if fits_12 else 16
 
     lps = LPS_TO_RAS @ volume.affine
     col_step, row_step = lps[:3, 0], lps[:3, 1]
@@ -140,8 +143,8 @@ def write_dicom_series(
         ds.Rows, ds.Columns = volume.spatial_shape[1], volume.spatial_shape[0]
         ds.PixelSpacing = [f"{spacing_y:.6f}", f"{spacing_x:.6f}"]
         ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
+        ds.BitsStored = bits_stored
+        ds.HighBit = bits_stored - 1
         ds.PixelRepresentation = 1 if signed else 0
         ds.RescaleIntercept = f"{info.rescale_intercept:g}"
         ds.RescaleSlope = "1"

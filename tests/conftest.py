@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny synthetic scans with odd, anisotropic shapes, and the real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medres.io.volume import Volume
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+SAMPLE_DATA = REPO / "sample_data"
+
+
+def shared(*parts: str) -> Path:
+    """A path under ../shared/data, skipping the test when it is absent (a user's clone)."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path}")
+    return path
+
+
+def on_world_grid(array: np.ndarray, affine: np.ndarray, like_affine: np.ndarray, *, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Re-index a spatial array (flips/permutations only) onto the axis order of ``like_affine``.
+
+    Returns the re-indexed array and its affine; a correct loader gives exactly the
+    reference array and affine back. Used to compare with dcm2niix (which flips rows).
+    """
+    ornt = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(affine), nib.orientations.io_orientation(like_affine)
+    )
+    out = nib.orientations.apply_orientation(array, ornt)
+    new_affine = affine @ nib.orientations.inv_ornt_aff(ornt, shape)
+    return out, new_affine
+
+
+def random_volume(shape: tuple[int, int, int], affine: np.ndarray, *, seed: int = 0) -> Volume:
+    """A (1, x, y, z) int16 volume whose every voxel differs (so any swap or flip shows)."""
+    rng = np.random.default_rng(seed)
+    values = rng.permutation(np.arange(int(np.prod(shape))) % 3000 - 1000)
+    return Volume(values.reshape(shape).astype(np.int16)[None], affine, modality="CT")
+
+
+def oblique_affine(spacing: tuple[float, float, float], *, angle_deg: float = 23.0) -> np.ndarray:
+    """A RAS affine rotated about two axes, with anisotropic voxels and an offset."""
+    a = np.radians(angle_deg)
+    b = np.radians(angle_deg / 2)
+    rot_z = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rot_x = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot_z @ rot_x @ np.diag(spacing)
+    affine[:3, 3] = [-31.5, 12.25, 87.0]
+    return affine
