@@ -37,7 +37,7 @@ def setup_logging(verbosity: int) -> None:
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.DEBUG if verbosity >= 2 else logging.ERROR)
-    logging.getLogger("pydicom").setLevel(logging.DEBUG if verbosity >= 2 else logging.ERROR)
+    logging.getLogger("pydicom").setLevel(logging.DEBUG if verbosity >= 2 else logging.CRITICAL)
     warnings.simplefilter("default")
 
 

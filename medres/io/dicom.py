@@ -20,6 +20,7 @@ y=row, z=slice)`` and slice ``k`` is ``plan.slices[k]``; the affine maps to RAS+
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -489,13 +490,11 @@ def read_slice_headers(path: str | Path, *, ds: Any = None) -> list[SliceHeader]
 
 def _mosaic_geometry(ds: Any, path: Path) -> dict[str, Any]:
     """Shape and LPS affine of a Siemens mosaic, from its CSA header (nibabel's reader)."""
-    import warnings
-
-    from nibabel.nicom import dicomwrappers
-
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore")  # nibabel.nicom warns on import that it is young
+            from nibabel.nicom import dicomwrappers
+
             wrapper = dicomwrappers.wrapper_from_data(ds)
             if not isinstance(wrapper, dicomwrappers.MosaicWrapper):
                 raise UnsupportedDicomError(
@@ -512,14 +511,12 @@ def _mosaic_geometry(ds: Any, path: Path) -> dict[str, Any]:
 
 def _load_mosaic(s: SliceHeader, out_dtype: np.dtype[Any]) -> npt.NDArray[Any]:
     """Untile a Siemens mosaic into ``(x, y, z)`` (nibabel's MosaicWrapper does the layout)."""
-    import warnings
-
-    from nibabel.nicom import dicomwrappers
-
     ds = read_dataset(s.path, headers_only=False)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            from nibabel.nicom import dicomwrappers
+
             wrapper = dicomwrappers.wrapper_from_data(ds)
             data = np.asarray(wrapper.get_data())
     except Exception as exc:

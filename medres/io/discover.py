@@ -253,8 +253,14 @@ def _dicom_scans(slices: list[SliceHeader]) -> list[ScanRef]:
     for s in slices:
         # enhanced multi-frame files, files without a series UID and re-encoded copies of
         # an instance are volumes of their own
-        alone = not s.series_uid or s.frame is not None or "mosaic" in s.extra
+        alone = s.frame is not None or "mosaic" in s.extra
         key = f"{s.series_uid}|{s.path}" if alone else s.series_uid
+        if not s.series_uid and not alone:
+            # anonymised exports sometimes drop the SeriesInstanceUID: group what else agrees
+            key = "|".join(
+                ("no-series-uid", s.study_uid, s.frame_of_reference_uid,
+                 str(s.series_number), s.series_description, str(Path(s.path).parent))
+            )
         if "copy" in s.split_keys:
             key = f"{s.series_uid}|copy{s.split_keys['copy']}"
         by_series[key].append(s)
