@@ -120,17 +120,20 @@ def prepare_pydicom_loop() -> Loader:
         datasets = [pydicom.dcmread(p) for p in paths]
         row_dir, col_dir = np.split(np.asarray(datasets[0].ImageOrientationPatient, float), 2)
         normal = np.cross(row_dir, col_dir)
-        datasets.sort(key=lambda ds: float(np.dot(np.asarray(ds.ImagePositionPatient, float), normal)))
+        datasets.sort(key=lambda ds: float(np.dot(np.asarray(ds.ImagePositionPatient), normal)))
         volume = np.stack([ds.pixel_array for ds in datasets]).astype(np.float32)
-        rescales = {(float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))) for ds in datasets}
-        if len(rescales) == 1:
-            ((slope, intercept),) = rescales
+        rescales = [
+            (float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0)))
+            for ds in datasets
+        ]
+        if len(set(rescales)) == 1:
+            slope, intercept = rescales[0]
             volume *= slope
             volume += intercept
         else:
-            for k, ds in enumerate(datasets):
-                volume[k] *= float(ds.get("RescaleSlope", 1))
-                volume[k] += float(ds.get("RescaleIntercept", 0))
+            for k, (slope, intercept) in enumerate(rescales):
+                volume[k] *= slope
+                volume[k] += intercept
         return volume, 0  # (z, row, column)
 
     return load
@@ -138,13 +141,13 @@ def prepare_pydicom_loop() -> Loader:
 
 def prepare_simpleitk() -> Loader:
     """SimpleITK ImageSeriesReader on the files GDCM groups into the folder's series."""
-    import SimpleITK as sitk
+    import SimpleITK
 
     def load(folder: Path) -> Loaded:
-        reader = sitk.ImageSeriesReader()
+        reader = SimpleITK.ImageSeriesReader()
         reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
         image = reader.Execute()
-        return sitk.GetArrayFromImage(image), 0  # (z, row, column)
+        return SimpleITK.GetArrayFromImage(image), 0  # (z, row, column)
 
     return load
 
@@ -355,14 +358,23 @@ def generate_series(out_dir: Path, n_slices: int, *, seed: int = 0) -> None:
     affine = np.diag([-pixel_mm, -pixel_mm, slice_mm, 1.0])
     affine[:3, 3] = [pixel_mm * centre, pixel_mm * centre, -slice_mm * (n_slices - 1) / 2]
     info = DicomSeriesInfo(
-        series_description="bench generated CT", uid_seed="bench-dicom-load", rescale_intercept=-1024
+        series_description="bench generated CT",
+        uid_seed="bench-dicom-load",
+        rescale_intercept=-1024,
     )
     write_dicom_series(Volume(hu, affine, modality="CT"), out_dir, info)
 
 
 def format_table(rows: list[Row], agreements: list[str]) -> str:
     """The results as a markdown table."""
-    header = ["input", "method", "seconds (median)", "peak MiB above imports", "output MiB", "values agree"]
+    header = [
+        "input",
+        "method",
+        "seconds (median)",
+        "peak MiB above imports",
+        "output MiB",
+        "values agree",
+    ]
     lines = [header]
     for row, agreement in zip(rows, agreements, strict=True):
         if row.error:
@@ -371,9 +383,14 @@ def format_table(rows: list[Row], agreements: list[str]) -> str:
         seconds = statistics.median(r["seconds"] for r in row.runs)
         peak = statistics.median(r["peak_above_imports"] for r in row.runs) / MIB
         output = f"{row.first['nbytes'] / MIB:.1f} ({row.first['dtype']})"
-        lines.append([row.input_name, row.method, f"{seconds:.3f}", f"{peak:.1f}", output, agreement])
+        lines.append(
+            [row.input_name, row.method, f"{seconds:.3f}", f"{peak:.1f}", output, agreement]
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |" for line in lines]
+    text = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |"
+        for line in lines
+    ]
     text.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(text)
 
@@ -411,7 +428,9 @@ def run_benchmark(n_slices: int, repeats: int) -> None:
             agreements.extend(compare_values(row, reference) for row in input_rows)
 
     if any(not r.get("peak_was_reset", True) for row in rows for r in row.runs):
-        notes.append("peak RSS could not be reset after imports: import-time peaks may hide load peaks")
+        notes.append(
+            "peak RSS could not be reset after imports: import-time peaks may hide load peaks"
+        )
     print(f"\nDICOM discover + load, {repeats} repeat(s) per method, each in a fresh process\n")
     print(format_table(rows, agreements))
     for note in notes:

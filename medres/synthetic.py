@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import io
 from pathlib import Path
+
 import numpy as np
 import numpy.typing as npt
 
@@ -26,7 +27,9 @@ from medres.io.volume import ScanKind, SourceInfo, Volume
 
 
 def _grid(shape: tuple[int, ...]) -> list[npt.NDArray[np.float64]]:
-    return [g.astype(np.float64) for g in np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")]
+    return [
+        g.astype(np.float64) for g in np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    ]
 
 
 def ct_phantom(
@@ -80,7 +83,9 @@ def ct_phantom(
             continue
         if ((cx / 9.0) ** 2 + ((cy - 0.62 * b) / 8.0) ** 2) <= 4.0:
             continue
-        if any(np.hypot(np.hypot(cx - c[0], cy - c[1]), cz - c[2]) < radius + c[3] + 4 for c in centres):
+        if any(
+            np.hypot(np.hypot(cx - c[0], cy - c[1]), cz - c[2]) < radius + c[3] + 4 for c in centres
+        ):
             continue
         centres.append((cx, cy, cz, radius))
     for index, (cx, cy, cz, radius) in enumerate(centres):
@@ -149,9 +154,13 @@ def write_sample_data(out_dir: str | Path) -> list[Path]:
     written.append(write_nifti(out / "ct_phantom_mask.nii.gz", mask))
     for index, n_discs in enumerate((2, 1, 0, 3), start=1):
         image, disc_mask = disc_image(n_discs=n_discs, seed=100 + index)
-        written.append(write_bytes_atomic(out / "images2d" / f"slice_{index:02d}.png", _png_bytes(image)))
         written.append(
-            write_bytes_atomic(out / "images2d" / f"slice_{index:02d}_mask.png", _png_bytes(disc_mask))
+            write_bytes_atomic(out / "images2d" / f"slice_{index:02d}.png", _png_bytes(image))
+        )
+        written.append(
+            write_bytes_atomic(
+                out / "images2d" / f"slice_{index:02d}_mask.png", _png_bytes(disc_mask)
+            )
         )
     write_text_atomic(out / "README.md", _readme(out, written))
     return written
@@ -161,7 +170,9 @@ def _readme(root: Path, files: list[Path]) -> str:
     rows = []
     for path in sorted(files):
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        rows.append(f"| `{path.relative_to(root).as_posix()}` | {path.stat().st_size} | `{digest}` |")
+        rows.append(
+            f"| `{path.relative_to(root).as_posix()}` | {path.stat().st_size} | `{digest}` |"
+        )
     total = sum(p.stat().st_size for p in files)
     table = "\n".join(rows)
     return f"""# medres sample data

@@ -23,7 +23,9 @@ def shared(*parts: str) -> Path:
     return path
 
 
-def on_world_grid(array: np.ndarray, affine: np.ndarray, like_affine: np.ndarray, *, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def on_world_grid(
+    array: np.ndarray, affine: np.ndarray, like_affine: np.ndarray, *, shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
     """Re-index a spatial array (flips/permutations only) onto the axis order of ``like_affine``.
 
     Returns the re-indexed array and its affine; a correct loader gives exactly the

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -38,7 +37,6 @@ def setup_logging(verbosity: int) -> None:
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.DEBUG if verbosity >= 2 else logging.ERROR)
     logging.getLogger("pydicom").setLevel(logging.DEBUG if verbosity >= 2 else logging.CRITICAL)
-    warnings.simplefilter("default")
 
 
 @contextmanager

@@ -43,52 +43,52 @@ def inspect_command(
     from medres.io.discover import discover
     from medres.io.load import load_scan
 
-    with fail_cleanly():
-        with progress_bar() as progress:
-            task = progress.add_task("discover", total=None, item="")
+    with fail_cleanly(), progress_bar() as progress:
+        task = progress.add_task("discover", total=None, item="")
 
-            def on_files(done: int, total: int, path: str) -> None:
-                progress.update(task, completed=done, total=total, item=Path(path).name)
+        def on_files(done: int, total: int, path: str) -> None:
+            progress.update(task, completed=done, total=total, item=Path(path).name)
 
-            found = discover(folder, mask_suffix=mask_suffix, on_progress=on_files)
-            rows: list[dict[str, Any]] = []
-            load_task = progress.add_task("load", total=len(found.scans), item="")
-            for ref in found.scans:
-                progress.update(load_task, item=ref.scan_id)
-                row: dict[str, Any] = {
-                    "scan_id": ref.scan_id,
-                    "kind": str(ref.kind),
-                    "modality": ref.modality,
-                    "files": len(ref.paths),
-                    "shape": list(ref.spatial_shape) if ref.spatial_shape else None,
-                    "spacing_mm": list(ref.spacing_mm) if ref.spacing_mm else None,
-                    "orientation": ref.orientation,
-                    "description": ref.description,
-                    "mask": ref.mask_path,
-                    "path": ref.paths[0] if len(ref.paths) == 1 else str(Path(ref.paths[0]).parent),
-                    "status": "ok",
-                    "problem": "",
-                }
-                if ref.problem is not None:
-                    row.update(status="error", problem=str(ref.problem),
-                               error=type(ref.problem).__name__)
-                elif not quick:
-                    try:
-                        vol = load_scan(ref)
-                    except LoadError as exc:
-                        row.update(status="error", problem=str(exc), error=type(exc).__name__)
-                    else:
-                        row.update(
-                            shape=list(vol.spatial_shape),
-                            channels=vol.n_channels,
-                            spacing_mm=[round(s, 4) for s in vol.spacing_mm],
-                            orientation=vol.orientation if vol.spatial_ndim == 3 else "",
-                            dtype=str(vol.array.dtype),
-                            value_range=[float(vol.array.min()), float(vol.array.max())],
-                            modality=vol.modality or row["modality"],
-                        )
-                rows.append(row)
-                progress.advance(load_task)
+        found = discover(folder, mask_suffix=mask_suffix, on_progress=on_files)
+        rows: list[dict[str, Any]] = []
+        load_task = progress.add_task("load", total=len(found.scans), item="")
+        for ref in found.scans:
+            progress.update(load_task, item=ref.scan_id)
+            row: dict[str, Any] = {
+                "scan_id": ref.scan_id,
+                "kind": str(ref.kind),
+                "modality": ref.modality,
+                "files": len(ref.paths),
+                "shape": list(ref.spatial_shape) if ref.spatial_shape else None,
+                "spacing_mm": list(ref.spacing_mm) if ref.spacing_mm else None,
+                "orientation": ref.orientation,
+                "description": ref.description,
+                "mask": ref.mask_path,
+                "path": ref.paths[0] if len(ref.paths) == 1 else str(Path(ref.paths[0]).parent),
+                "status": "ok",
+                "problem": "",
+            }
+            if ref.problem is not None:
+                row.update(
+                    status="error", problem=str(ref.problem), error=type(ref.problem).__name__
+                )
+            elif not quick:
+                try:
+                    vol = load_scan(ref)
+                except LoadError as exc:
+                    row.update(status="error", problem=str(exc), error=type(exc).__name__)
+                else:
+                    row.update(
+                        shape=list(vol.spatial_shape),
+                        channels=vol.n_channels,
+                        spacing_mm=[round(s, 4) for s in vol.spacing_mm],
+                        orientation=vol.orientation if vol.spatial_ndim == 3 else "",
+                        dtype=str(vol.array.dtype),
+                        value_range=[float(vol.array.min()), float(vol.array.max())],
+                        modality=vol.modality or row["modality"],
+                    )
+            rows.append(row)
+            progress.advance(load_task)
 
     skipped = [
         {"path": s.path, "reason": s.reason, "status": "error" if s.failed else "skipped"}
@@ -108,7 +108,9 @@ def inspect_command(
         raise typer.Exit(1)
 
 
-def _print_tables(rows: list[dict[str, Any]], skipped: list[dict[str, str]], *, show_skipped: bool) -> None:
+def _print_tables(
+    rows: list[dict[str, Any]], skipped: list[dict[str, str]], *, show_skipped: bool
+) -> None:
     from rich.table import Table
 
     from medres.cli.console import console

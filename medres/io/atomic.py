@@ -62,6 +62,4 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically and return the path."""
-    with atomic_write(path, "w") as fh:
-        fh.write(text)  # type: ignore[arg-type]
-    return Path(path)
+    return write_bytes_atomic(path, text.encode("utf-8"))

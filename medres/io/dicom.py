@@ -323,7 +323,9 @@ def _acquisition_extra(ds: Any) -> dict[str, Any]:
             out[keyword] = text
     image_type = ds.get("ImageType", None)
     if image_type:
-        out["ImageType"] = [str(v) for v in image_type] if not isinstance(image_type, str) else [image_type]
+        out["ImageType"] = (
+            [str(v) for v in image_type] if not isinstance(image_type, str) else [image_type]
+        )
     return out
 
 
@@ -505,7 +507,9 @@ def _mosaic_geometry(ds: Any, path: Path) -> dict[str, Any]:
     except UnsupportedDicomError:
         raise
     except Exception as exc:
-        raise UnsupportedDicomError(f"{path}: cannot read the Siemens mosaic layout: {exc}") from exc
+        raise UnsupportedDicomError(
+            f"{path}: cannot read the Siemens mosaic layout: {exc}"
+        ) from exc
     return {"shape": shape, "affine_lps": affine_lps.tolist(), "n_images": shape[2]}
 
 
@@ -561,15 +565,17 @@ def _check_consistent(slices: Sequence[SliceHeader]) -> None:
         ("photometric interpretation", lambda s: s.photometric),
         (
             "orientation",
-            lambda s: tuple(round(v / ORIENTATION_TOL) for v in s.orientation_lps)
-            if s.orientation_lps
-            else None,
+            lambda s: (
+                tuple(round(v / ORIENTATION_TOL) for v in s.orientation_lps)
+                if s.orientation_lps
+                else None
+            ),
         ),
         (
             "pixel spacing",
-            lambda s: tuple(round(v, 3) for v in s.pixel_spacing_mm)
-            if s.pixel_spacing_mm
-            else None,
+            lambda s: (
+                tuple(round(v, 3) for v in s.pixel_spacing_mm) if s.pixel_spacing_mm else None
+            ),
         ),
     ]
     for what, key in checks:
@@ -602,9 +608,13 @@ def choose_output_dtype(slices: Sequence[SliceHeader]) -> np.dtype[Any]:
     if not integral:
         return np.dtype(np.float32)
     bits = min(first.bits_stored, first.bits_allocated)
-    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if first.pixel_representation else (
-        0,
-        2**bits - 1,
+    lo, hi = (
+        (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+        if first.pixel_representation
+        else (
+            0,
+            2**bits - 1,
+        )
     )
     intercepts = [int(s.rescale_intercept) for s in slices]
     lo, hi = lo + min(intercepts), hi + max(intercepts)
@@ -654,8 +664,10 @@ def plan_series(slices: Sequence[SliceHeader], *, max_tilt_deg: float = 45.0) ->
             samples_per_pixel=1,
         )
 
-    if first.position_lps is None or first.orientation_lps is None or any(
-        s.position_lps is None or s.orientation_lps is None for s in slices
+    if (
+        first.position_lps is None
+        or first.orientation_lps is None
+        or any(s.position_lps is None or s.orientation_lps is None for s in slices)
     ):
         if len(slices) > 1:
             raise SeriesError(
@@ -695,7 +707,7 @@ def plan_series(slices: Sequence[SliceHeader], *, max_tilt_deg: float = 45.0) ->
         gaps = np.flatnonzero(steps > 1.5 * median)
         if gaps.size:
             i = int(gaps[0])
-            missing = int(round(steps[i] / median)) - 1
+            missing = round(float(steps[i]) / median) - 1
             raise SliceGapError(
                 f"{name}: slice gap {steps[i]:.2f} mm where {median:.2f} mm expected between "
                 f"{ordered[i].label} and {ordered[i + 1].label} "
@@ -738,7 +750,7 @@ def plan_series(slices: Sequence[SliceHeader], *, max_tilt_deg: float = 45.0) ->
     if tilt > 0.01:
         logger.warning("%s: gantry tilt %.2f degrees kept as a sheared affine", name, tilt)
     affine = affine_from_dicom(
-        image_position_lps=ordered[0].position_lps,  # type: ignore[arg-type]
+        image_position_lps=ordered[0].position_lps,
         row_direction_lps=first.orientation_lps[:3],
         column_direction_lps=first.orientation_lps[3:],
         pixel_spacing_mm=spacing,
@@ -781,7 +793,7 @@ def split_volumes(slices: Sequence[SliceHeader]) -> list[tuple[str, list[SliceHe
     for s in slices:
         if s.position_lps is None and s.frame is None:
             # images without geometry never stack: one volume each
-            by_geometry[(*s.geometry_key, s.path)].append(s)
+            by_geometry[s.geometry_key + (s.path,)].append(s)
         else:
             by_geometry[s.geometry_key].append(s)
     parts: list[tuple[str, list[SliceHeader]]] = []
@@ -869,8 +881,9 @@ def _fix_bits(arr: npt.NDArray[Any], s: SliceHeader) -> npt.NDArray[Any]:
     unsigned = arr.view(np.dtype(f"u{arr.dtype.itemsize}"))
     masked = unsigned & np.array((1 << bits) - 1, dtype=unsigned.dtype)
     if not s.pixel_representation:
-        return masked.astype(np.dtype(f"u{arr.dtype.itemsize}"), copy=False)
-    signed = masked.astype(np.int64)
+        result: npt.NDArray[Any] = masked
+        return result
+    signed: npt.NDArray[np.int64] = masked.astype(np.int64)
     signed[signed >= (1 << (bits - 1))] -= 1 << bits
     return signed
 
@@ -911,7 +924,7 @@ def decode_pixels(ds: Any, path: str | Path) -> npt.NDArray[Any]:
             f"{path}: cannot decode pixel data ({ts_name}): {exc}".rstrip()
         ) from exc
     if str(ds.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR":
-        from pydicom.pixels import apply_color_lut
+        from pydicom.pixels.processing import apply_color_lut
 
         try:
             arr = apply_color_lut(arr, ds)
@@ -989,7 +1002,7 @@ def load_dicom_series(
         else:
             values = _fix_bits(arr, s)
             if s.has_modality_lut and ds is not None:
-                from pydicom.pixels import apply_modality_lut
+                from pydicom.pixels.processing import apply_modality_lut
 
                 values = apply_modality_lut(values, ds)
             elif s.rescale_slope != 1.0 or s.rescale_intercept != 0.0:

@@ -9,7 +9,8 @@ UIDs derive from ``uid_seed`` so the same input gives the same files.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import io
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medres.errors import OutputError
-from medres.io.atomic import atomic_write
+from medres.io.atomic import write_bytes_atomic
 from medres.io.volume import LPS_TO_RAS, PatientInfo, Volume
 
 #: SOP classes by modality (single-frame storage).
@@ -35,7 +36,9 @@ class DicomSeriesInfo:
     series_description: str = "medres series"
     series_number: int = 1
     modality: str = "CT"
-    patient: PatientInfo = PatientInfo(name="Phantom^Sample", patient_id="PHANTOM01")
+    patient: PatientInfo = field(
+        default_factory=lambda: PatientInfo(name="Phantom^Sample", patient_id="PHANTOM01")
+    )
     study_date: str = "20260101"
     uid_seed: str = "medres"
     rescale_intercept: float = 0.0
@@ -70,13 +73,15 @@ def write_dicom_series(
     Raises:
         OutputError: Unsupported volume (several channels, 2D, float values out of range).
     """
-    from pydicom.dataset import FileMetaDataset
     from pydicom.dataset import Dataset as DicomDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
     info = info or DicomSeriesInfo()
     if volume.n_channels != 1 or volume.spatial_ndim != 3:
-        raise OutputError(f"DICOM series output needs a (1, x, y, z) volume, got {volume.array.shape}")
+        raise OutputError(
+            f"DICOM series output needs a (1, x, y, z) volume, got {volume.array.shape}"
+        )
     stored: npt.NDArray[Any] = np.rint(volume.array[0] - info.rescale_intercept)
     signed = bool(stored.min() < 0)
     dtype = np.int16 if signed else np.uint16
@@ -85,7 +90,7 @@ def write_dicom_series(
         raise OutputError("values do not fit 16-bit DICOM pixels; adjust rescale_intercept")
     stored = stored.astype(dtype)
     # 12 bits stored when the values allow it, as CT scanners do (so loaders can keep int16)
-    fits_12 = (-2048 <= stored.min() and stored.max() <= 2047) if signed else stored.max() <= 4095
+    fits_12 = (stored.min() >= -2048 and stored.max() <= 2047) if signed else stored.max() <= 4095
     bits_stored = 12 if fits_12 else 16
 
     lps = LPS_TO_RAS @ volume.affine
@@ -96,7 +101,7 @@ def write_dicom_series(
     slice_thickness = float(abs(np.dot(lps[:3, 2], normal)))
 
     sop_class = _SOP_CLASS.get(info.modality, _SOP_CLASS["OT"])
-    study_uid = _uid(info.uid_seed, "study")
+    study_uid: Any = _uid(info.uid_seed, "study")
     series_uid = _uid(info.uid_seed, "series", info.series_number)
     frame_uid = _uid(info.uid_seed, "frame")
     out = Path(out_dir)
@@ -104,8 +109,8 @@ def write_dicom_series(
     for k in range(volume.spatial_shape[2]):
         sop_uid = _uid(info.uid_seed, "instance", info.series_number, k)
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = sop_class
-        meta.MediaStorageSOPInstanceUID = sop_uid
+        meta.MediaStorageSOPClassUID = UID(sop_class)
+        meta.MediaStorageSOPInstanceUID = UID(sop_uid)
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
         ds = DicomDataset()
@@ -153,7 +158,8 @@ def write_dicom_series(
             ds.WindowCenter, ds.WindowWidth = "40", "400"
         ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
         path = out / f"{file_prefix}{k + 1:04d}{extension}"
-        with atomic_write(path, "wb") as fh:
-            ds.save_as(fh, enforce_file_format=True)
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        write_bytes_atomic(path, buffer.getvalue())
         paths.append(path)
     return paths

@@ -24,7 +24,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from medres.errors import LoadError, MaskMismatchError, NotDicomError, UnsupportedDicomError
-from medres.io.dicom import SeriesPlan, SliceHeader, plan_series, read_dataset, read_slice_headers, split_volumes
+from medres.io.dicom import (
+    SeriesPlan,
+    SliceHeader,
+    plan_series,
+    read_dataset,
+    read_slice_headers,
+    split_volumes,
+)
 from medres.io.images2d import is_image2d_path
 from medres.io.nifti import is_nifti_path, nifti_stem
 from medres.io.volume import ScanKind, orientation_codes
@@ -33,9 +40,38 @@ logger = logging.getLogger(__name__)
 
 #: Suffixes that are never scans (read nothing from them).
 NOT_SCAN_SUFFIXES = {
-    ".json", ".txt", ".md", ".csv", ".tsv", ".py", ".html", ".htm", ".pdf", ".xml", ".yaml",
-    ".yml", ".zip", ".tar", ".dump", ".icc", ".log", ".sh", ".bat", ".exe", ".npy", ".npz",
-    ".pkl", ".pt", ".pth", ".safetensors", ".bz2", ".xz", ".7z", ".mhd", ".raw", ".nrrd",
+    ".json",
+    ".txt",
+    ".md",
+    ".csv",
+    ".tsv",
+    ".py",
+    ".html",
+    ".htm",
+    ".pdf",
+    ".xml",
+    ".yaml",
+    ".yml",
+    ".zip",
+    ".tar",
+    ".dump",
+    ".icc",
+    ".log",
+    ".sh",
+    ".bat",
+    ".exe",
+    ".npy",
+    ".npz",
+    ".pkl",
+    ".pt",
+    ".pth",
+    ".safetensors",
+    ".bz2",
+    ".xz",
+    ".7z",
+    ".mhd",
+    ".raw",
+    ".nrrd",
 }
 #: Suffixes that claim to be DICOM: failing to read them is an error, not a note.
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima", ".dc3"}
@@ -258,8 +294,14 @@ def _dicom_scans(slices: list[SliceHeader]) -> list[ScanRef]:
         if not s.series_uid and not alone:
             # anonymised exports sometimes drop the SeriesInstanceUID: group what else agrees
             key = "|".join(
-                ("no-series-uid", s.study_uid, s.frame_of_reference_uid,
-                 str(s.series_number), s.series_description, str(Path(s.path).parent))
+                (
+                    "no-series-uid",
+                    s.study_uid,
+                    s.frame_of_reference_uid,
+                    str(s.series_number),
+                    s.series_description,
+                    str(Path(s.path).parent),
+                )
             )
         if "copy" in s.split_keys:
             key = f"{s.series_uid}|copy{s.split_keys['copy']}"
@@ -324,10 +366,10 @@ def _file_scans(
             masks[(path.parent, stem[: -len(mask_suffix)])] = path
         else:
             images[(path.parent, stem)] = path
-    for key, mask in masks.items():
+    for key, orphan in masks.items():
         if key not in images:
             result.skipped.append(
-                SkippedFile(str(mask), f"mask without an image named '{key[1]}' beside it")
+                SkippedFile(str(orphan), f"mask without an image named '{key[1]}' beside it")
             )
     scans = []
     for (parent, stem), path in sorted(images.items(), key=lambda kv: str(kv[1])):
@@ -361,7 +403,9 @@ def _make_ids_unique(scans: list[ScanRef]) -> None:
         used.add(ref.scan_id)
 
 
-def check_mask_matches(mask_shape: tuple[int, ...], image_shape: tuple[int, ...], path: str) -> None:
+def check_mask_matches(
+    mask_shape: tuple[int, ...], image_shape: tuple[int, ...], path: str
+) -> None:
     """Raise :class:`MaskMismatchError` when a mask's spatial shape differs from its image's."""
     if tuple(mask_shape) != tuple(image_shape):
         raise MaskMismatchError(

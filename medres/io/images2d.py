@@ -87,9 +87,7 @@ def read_image2d(
     return Volume(
         array=np.ascontiguousarray(chw),
         affine=np.diag([spacing_mm[0], spacing_mm[1], 1.0, 1.0]),
-        source=SourceInfo(
-            kind=ScanKind.IMAGE2D, paths=(str(path),), series_description=path.stem
-        ),
+        source=SourceInfo(kind=ScanKind.IMAGE2D, paths=(str(path),), series_description=path.stem),
         channel_names=names,
     )
 
@@ -108,7 +106,9 @@ def read_mask2d(path: str | Path, *, like: Volume | None = None) -> Volume:
     path = Path(path)
     arr = _imread(path)
     if arr.ndim == 3:
-        if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
+        if not (
+            np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])
+        ):
             raise ImageReadError(
                 f"{path}: colour mask with different channels; masks must hold one label per pixel"
             )

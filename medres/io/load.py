@@ -34,7 +34,9 @@ def load_scan(ref: ScanRef, *, on_progress: Callable[[int, int], None] | None = 
     if ref.problem is not None:
         raise ref.problem
     if ref.kind is ScanKind.DICOM:
-        return load_dicom_series(ref.plan if ref.plan is not None else ref.paths, on_progress=on_progress)
+        return load_dicom_series(
+            ref.plan if ref.plan is not None else ref.paths, on_progress=on_progress
+        )
     if ref.kind is ScanKind.NIFTI:
         return read_nifti(ref.paths[0])
     if ref.kind is ScanKind.IMAGE2D:

@@ -228,4 +228,5 @@ def affine_from_dicom(
     lps[:3, 1] = np.asarray(column_direction_lps, dtype=np.float64) * row_spacing
     lps[:3, 2] = np.asarray(slice_step_lps, dtype=np.float64)
     lps[:3, 3] = np.asarray(image_position_lps, dtype=np.float64)
-    return LPS_TO_RAS @ lps  # type: ignore[no-any-return]
+    ras: AffineRAS = LPS_TO_RAS @ lps
+    return ras

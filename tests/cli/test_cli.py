@@ -60,7 +60,9 @@ def test_inspect_exits_1_when_a_scan_is_broken_and_still_lists_the_others(tmp_pa
     assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert report["scans"][0]["status"] == "error" and "slice gap" in report["scans"][0]["problem"]
-    assert any(s["status"] == "error" and s["path"].endswith("corrupt.dcm") for s in report["skipped"])
+    assert any(
+        s["status"] == "error" and s["path"].endswith("corrupt.dcm") for s in report["skipped"]
+    )
 
 
 def test_convert_writes_nifti_and_sidecar_without_phi(tmp_path):
@@ -81,7 +83,9 @@ def test_convert_writes_nifti_and_sidecar_without_phi(tmp_path):
 
 
 def test_convert_show_phi_includes_patient_fields(tmp_path):
-    result = runner.invoke(app, ["convert", str(SAMPLE_DATA / "ct_phantom_dicom"), str(tmp_path), "--show-phi"])
+    result = runner.invoke(
+        app, ["convert", str(SAMPLE_DATA / "ct_phantom_dicom"), str(tmp_path), "--show-phi"]
+    )
     assert result.exit_code == 0
     meta = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert meta["PatientName"] == "Phantom^Sample"

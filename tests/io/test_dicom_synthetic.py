@@ -27,8 +27,14 @@ GEOMETRIES = {
     "axial-aniso": ((17, 15, 9), np.diag([-0.8, -0.6, 2.5, 1.0])),
     "ras-order": ((11, 13, 7), np.diag([0.7, 0.9, 3.0, 1.0])),
     "oblique": ((17, 15, 9), oblique_affine((0.8, 0.6, 2.5))),
-    "sagittal": ((9, 17, 15), np.array([[0, 0, -2.0, 40], [0.9, 0, 0, -60], [0, -0.7, 0, 80], [0, 0, 0, 1.0]])),
-    "tilted": ((13, 11, 6), np.array([[-0.8, 0, 0, 0], [0, -0.8, 0.4, 0], [0, 0, 2.0, 0], [0, 0, 0, 1.0]])),
+    "sagittal": (
+        (9, 17, 15),
+        np.array([[0, 0, -2.0, 40], [0.9, 0, 0, -60], [0, -0.7, 0, 80], [0, 0, 0, 1.0]]),
+    ),
+    "tilted": (
+        (13, 11, 6),
+        np.array([[-0.8, 0, 0, 0], [0, -0.8, 0.4, 0], [0, 0, 2.0, 0], [0, 0, 0, 1.0]]),
+    ),
 }
 
 
@@ -73,7 +79,10 @@ def test_missing_slice_is_reported_as_a_gap_naming_the_neighbours(tmp_path):
     paths[4].unlink()
     ref = discover(tmp_path).scans[0]
     assert isinstance(ref.problem, SliceGapError)
-    with pytest.raises(SliceGapError, match=r"'gappy': slice gap 5.00 mm where 2.50 mm expected between IM0004 \(instance 4\) and IM0006"):
+    with pytest.raises(
+        SliceGapError,
+        match=r"'gappy': slice gap 5.00 mm where 2.50 mm expected between IM0004 \(instance 4\) and IM0006",
+    ):
         load_scan(ref)
 
 
@@ -174,7 +183,9 @@ def test_truncated_file_fails_with_corrupt_file_error(tmp_path):
     paths = _write(tmp_path, vol)
     data = paths[0].read_bytes()
     paths[0].write_bytes(data[: len(data) - 100])
-    with pytest.raises(CorruptFileError, match=r"IM0001: pixel data truncated: \d+ bytes where 512 expected"):
+    with pytest.raises(
+        CorruptFileError, match=r"IM0001: pixel data truncated: \d+ bytes where 512 expected"
+    ):
         load_dicom_series(paths)
 
 

@@ -1,0 +1,50 @@
+# medres: the two commands of the README are `make demo` and `make test`.
+# Override the torch build with e.g. `make demo TORCH_SPEC="torch==2.13.0+cu126 --index-url ..."`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+OUT ?= demo_out
+
+.PHONY: install dev demo test lint sample-data bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH_SPEC) -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet $(TORCH_SPEC) -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+dev: $(VENV)/.installed-dev
+
+## run the main job on sample_data/: list the scans, convert the DICOM series to NIfTI
+demo: install
+	$(BIN)/medres inspect sample_data
+	$(BIN)/medres convert sample_data $(OUT)/nifti
+	@echo "NIfTI + JSON sidecars written to $(OUT)/nifti"
+
+## lint, type-check and run the tests (real-data tests skip when ../shared/data is absent)
+test: dev lint
+	$(BIN)/python -m pytest
+
+lint: dev
+	$(BIN)/ruff check medres tests benchmarks
+	$(BIN)/ruff format --check medres tests benchmarks
+	$(BIN)/mypy medres
+
+## regenerate sample_data/ (byte-identical; tests check it)
+sample-data: install
+	$(BIN)/python -m medres.synthetic sample_data
+
+bench: dev
+	$(BIN)/pip install --quiet SimpleITK
+	$(BIN)/python benchmarks/bench_dicom_load.py
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache
