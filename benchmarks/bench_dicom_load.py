@@ -291,7 +291,7 @@ def measure(input_name: str, folder: Path, method: Method, repeats: int) -> Row:
     """All repeats of one method on one input; stops at the first error."""
     if importlib.util.find_spec(method.requires) is None:
         return Row(input_name, method.name, [], error=f"skipped: {method.requires} not installed")
-    runs = []
+    runs: list[dict[str, Any]] = []
     for repeat in range(repeats):
         print(f"  {input_name} / {method.name}: run {repeat + 1}/{repeats}", file=sys.stderr)
         result = run_in_subprocess(method, folder)

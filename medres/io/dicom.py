@@ -793,7 +793,8 @@ def split_volumes(slices: Sequence[SliceHeader]) -> list[tuple[str, list[SliceHe
     for s in slices:
         if s.position_lps is None and s.frame is None:
             # images without geometry never stack: one volume each
-            by_geometry[s.geometry_key + (s.path,)].append(s)
+            key = s.geometry_key + (s.path,)  # noqa: RUF005 (star-unpack in [] needs 3.11)
+            by_geometry[key].append(s)
         else:
             by_geometry[s.geometry_key].append(s)
     parts: list[tuple[str, list[SliceHeader]]] = []

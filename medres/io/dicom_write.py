@@ -75,7 +75,7 @@ def write_dicom_series(
     """
     from pydicom.dataset import Dataset as DicomDataset
     from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
     info = info or DicomSeriesInfo()
     if volume.n_channels != 1 or volume.spatial_ndim != 3:
