@@ -250,3 +250,60 @@ def test_copy_of_a_whole_series_is_not_a_second_scan(tmp_path):
     found = discover(tmp_path)
     assert len(found.scans) == 1
     assert sum("identical copy" in s.reason for s in found.skipped) == 3
+
+
+def _enhanced_ct(path: Path, vol: Volume, frame_order: list[int]) -> None:
+    """Write ``vol`` as one enhanced multi-frame CT file, frames in ``frame_order``."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from medres.io.volume import LPS_TO_RAS
+
+    lps = LPS_TO_RAS @ vol.affine
+    sx, sy = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.9.1"
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2.1", "1.2.826.0.9.1"
+    ds.SeriesInstanceUID, ds.StudyInstanceUID = "1.2.826.0.9.2", "1.2.826.0.9.3"
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 9, 1
+    ds.Rows, ds.Columns = vol.spatial_shape[1], vol.spatial_shape[0]
+    ds.NumberOfFrames = len(frame_order)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    shared_group = Dataset()
+    orient = Dataset()
+    orient.ImageOrientationPatient = [*(lps[:3, 0] / sx), *(lps[:3, 1] / sy)]
+    measures = Dataset()
+    measures.PixelSpacing = [sy, sx]
+    transform = Dataset()
+    transform.RescaleSlope, transform.RescaleIntercept = 1, -1000
+    shared_group.PlaneOrientationSequence = Sequence([orient])
+    shared_group.PixelMeasuresSequence = Sequence([measures])
+    shared_group.PixelValueTransformationSequence = Sequence([transform])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared_group])
+    frames = []
+    for k in frame_order:
+        group = Dataset()
+        position = Dataset()
+        position.ImagePositionPatient = list((lps @ [0, 0, k, 1])[:3])
+        group.PlanePositionSequence = Sequence([position])
+        frames.append(group)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    stored = (vol.array[0] + 1000).astype(np.int16)
+    ds.PixelData = np.stack([stored[:, :, k].T for k in frame_order]).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_enhanced_multiframe_frames_are_sorted_by_their_own_positions(tmp_path):
+    shape, affine = GEOMETRIES["oblique"]
+    vol = random_volume(shape, affine, seed=5)
+    _enhanced_ct(tmp_path / "enhanced.dcm", vol, frame_order=[3, 0, 8, 1, 5, 2, 7, 4, 6])
+    (ref,) = discover(tmp_path).scans
+    loaded = load_scan(ref)
+    array, aff = on_world_grid(loaded.array[0], loaded.affine, affine, shape=loaded.spatial_shape)
+    assert np.array_equal(array, vol.array[0])  # rescale intercept -1000 applied per frame
+    assert np.allclose(aff, affine, atol=1e-4)
