@@ -25,13 +25,13 @@ Methods, each in a fresh subprocess per repeat so that memory peaks do not mix:
 
 Each child imports what its method needs and builds its reader objects, then records its
 RSS (on Linux the peak RSS is reset there through ``/proc/self/clear_refs``, so import-time
-peaks do not hide the load's), times the load alone and reads its peak RSS with
-``resource.getrusage``. The table shows medians over the repeats; "output MiB" is the size
-of the returned array, the least memory any loader needs. The parent checks that every
-method returns the same voxel values as medres (same multiset of values, i.e. the same
-value histogram, and the same per-slice sums, possibly in reversed slice order), since the
-methods order their axes differently. All files are read once before timing, so every
-method sees a warm page cache.
+peaks do not hide the load's), times the load alone and reads its peak RSS (``VmHWM`` on
+Linux, see :func:`peak_rss_bytes` for why not ``ru_maxrss``; ``ru_maxrss`` elsewhere). The
+table shows medians over the repeats; "output MiB" is the size of the returned array, the
+least memory any loader needs. The parent checks that every method returns the same voxel
+values as medres (same multiset of values, i.e. the same value histogram, and the same
+per-slice sums, possibly in reversed slice order), since the methods order their axes
+differently. All files are read once before timing, so every method sees a warm page cache.
 """
 
 from __future__ import annotations
@@ -193,7 +193,18 @@ def current_rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process (``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process's own memory.
+
+    On Linux this is ``VmHWM``: ``getrusage(RUSAGE_SELF).ru_maxrss`` would also never drop
+    below the peak RSS of the parent at spawn time (subprocess uses vfork, and exec folds
+    the parent's high-water mark into the child's ``ru_maxrss``), and clearing the peak does
+    not clear that part. Elsewhere ``ru_maxrss`` (KiB on Linux, bytes on macOS).
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 

@@ -889,6 +889,29 @@ def _fix_bits(arr: npt.NDArray[Any], s: SliceHeader) -> npt.NDArray[Any]:
     return signed
 
 
+def _native_monochrome(ds: Any, ts: Any) -> npt.NDArray[Any] | None:
+    """Uncompressed single-frame greyscale pixels read straight from the bytes (a view).
+
+    The common CT/MR case; skips pydicom's generic decoder set-up, which costs more than
+    the copy for small slices. Anything unusual returns None and takes pydicom's path.
+    """
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    if (
+        bits not in (8, 16, 32)
+        or int(ds.get("SamplesPerPixel", 1) or 1) != 1
+        or int(ds.get("NumberOfFrames", 1) or 1) != 1
+        or not str(ds.get("PhotometricInterpretation", "")).upper().startswith("MONOCHROME")
+        or ts.is_deflated
+    ):
+        return None
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    kind = "i" if int(ds.get("PixelRepresentation", 0) or 0) else "u"
+    order = "<" if ts.is_little_endian else ">"
+    dtype = np.dtype(f"{order}{kind}{bits // 8}")
+    arr = np.frombuffer(ds.PixelData, dtype=dtype, count=rows * columns).reshape(rows, columns)
+    return arr.astype(dtype.newbyteorder("="), copy=False)
+
+
 def decode_pixels(ds: Any, path: str | Path) -> npt.NDArray[Any]:
     """Decoded stored pixel values of a full data set: ``(rows, cols[, samples])`` or with a
     leading frame axis. Colour data comes back as RGB; palette colour is expanded to RGB.
@@ -917,6 +940,9 @@ def decode_pixels(ds: Any, path: str | Path) -> npt.NDArray[Any]:
             raise CorruptFileError(
                 f"{path}: pixel data truncated: {got} bytes where {expected} expected"
             )
+        fast = _native_monochrome(ds, ts)
+        if fast is not None:
+            return fast
     try:
         arr = ds.pixel_array
     except Exception as exc:
