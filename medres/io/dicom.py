@@ -1001,11 +1001,13 @@ def load_dicom_series(
     samples = plan.samples_per_pixel
     color = samples > 1 or first.photometric == "PALETTE COLOR"
     n_channels = 3 if color else 1
-    out = np.empty((n_channels, *plan.spatial_shape), dtype=plan.output_dtype)
+    # Filled slice by slice in (C, z, y, x) memory order so each slice is one contiguous
+    # write; the Volume gets the (C, x, y, z) view of it (NIfTI's own on-disk order).
+    out = np.empty((n_channels, *plan.spatial_shape[::-1]), dtype=plan.output_dtype)
     total = len(plan.slices)
     cache: dict[str, npt.NDArray[Any]] = {}  # multi-frame files: decode once
     if "mosaic" in first.extra:
-        out[0] = _load_mosaic(first, plan.output_dtype)
+        out[0] = _load_mosaic(first, plan.output_dtype).T
     for k, s in enumerate(plan.slices if "mosaic" not in first.extra else ()):
         if s.frame is None:
             ds = read_dataset(s.path, headers_only=False)
@@ -1025,7 +1027,7 @@ def load_dicom_series(
             )
         if color:
             # (rows, cols, 3) -> (3, x=cols, y=rows)
-            out_slice = np.moveaxis(arr, -1, 0).transpose(0, 2, 1)
+            out_slice = np.moveaxis(arr, -1, 0)  # (rows, cols, 3) -> (3, y=rows, x=cols)
         else:
             values = _fix_bits(arr, s)
             if s.has_modality_lut and ds is not None:
@@ -1041,9 +1043,9 @@ def load_dicom_series(
                     values = values.astype(plan.output_dtype) + plan.output_dtype.type(
                         int(s.rescale_intercept)
                     )
-            out_slice = values.T[None]
+            out_slice = values[None]
         if out.ndim == 4:
-            out[..., k] = out_slice
+            out[:, k] = out_slice
         else:
             out[...] = out_slice
         if on_progress is not None:
@@ -1068,7 +1070,7 @@ def load_dicom_series(
         extra=extra,
     )
     return Volume(
-        array=out,
+        array=out.transpose(0, *range(out.ndim - 1, 0, -1)),
         affine=plan.affine,
         modality=first.modality,
         source=source_info,
