@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from medres.errors import LoadError, MaskMismatchError, NotDicomError, UnsupportedDicomError
+from medres.errors import LoadError, NotDicomError, UnsupportedDicomError
 from medres.io.dicom import (
     SeriesPlan,
     SliceHeader,
@@ -401,13 +401,3 @@ def _make_ids_unique(scans: list[ScanRef]) -> None:
                 n += 1
             ref.scan_id = candidate
         used.add(ref.scan_id)
-
-
-def check_mask_matches(
-    mask_shape: tuple[int, ...], image_shape: tuple[int, ...], path: str
-) -> None:
-    """Raise :class:`MaskMismatchError` when a mask's spatial shape differs from its image's."""
-    if tuple(mask_shape) != tuple(image_shape):
-        raise MaskMismatchError(
-            f"{path}: mask shape {tuple(mask_shape)} differs from image shape {tuple(image_shape)}"
-        )
