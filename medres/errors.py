@@ -68,6 +68,25 @@ class MaskMismatchError(LoadError):
     """A mask does not match its image (shape or geometry)."""
 
 
+# --- configuration, data sets, training ------------------------------------
+
+
+class ConfigError(MedresError):
+    """A pipeline config (YAML) is missing, malformed, or has unknown keys or bad values."""
+
+
+class DatasetError(MedresError):
+    """A training data set is empty, incomplete or inconsistent with its pipeline."""
+
+
+class ModelError(MedresError):
+    """A model folder is missing files, fails its checksums, or does not fit its config."""
+
+
+class TrainingError(MedresError):
+    """Training could not start or continue (device, resume state, budget)."""
+
+
 # --- writing outputs ---------------------------------------------------------------
 
 
@@ -76,18 +95,22 @@ class OutputError(MedresError):
 
 
 __all__ = [
+    "ConfigError",
     "CorruptFileError",
+    "DatasetError",
     "DuplicateSlicesError",
     "ImageReadError",
     "LoadError",
     "MaskMismatchError",
     "MedresError",
     "MixedSeriesError",
+    "ModelError",
     "NiftiError",
     "NotDicomError",
     "OutputError",
     "PixelDecodeError",
     "SeriesError",
     "SliceGapError",
+    "TrainingError",
     "UnsupportedDicomError",
 ]

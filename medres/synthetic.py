@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -162,7 +163,40 @@ def write_sample_data(out_dir: str | Path) -> list[Path]:
                 out / "images2d" / f"slice_{index:02d}_mask.png", _png_bytes(disc_mask)
             )
         )
+    written += write_ct_training_set(out / "ct_train")
     write_text_atomic(out / "README.md", _readme(out, written))
+    return written
+
+
+def write_ct_training_set(out_dir: str | Path, *, n_cases: int = 6) -> list[Path]:
+    """Small CT phantoms in Decathlon layout (``imagesTr/``, ``labelsTr/``, ``dataset.json``).
+
+    They train the bundled demo model; each case has its own seed, size and pixel
+    spacing, none equals the sample phantom (seed 7) it is later tested on.
+    """
+    out = Path(out_dir)
+    written: list[Path] = []
+    entries = []
+    for index in range(n_cases):
+        spacing = 1.1 + 0.1 * (index % 3)
+        shape = (round(72 * 1.1 / spacing), round(62 * 1.1 / spacing), 24)
+        ct, mask = ct_phantom(
+            shape=shape,
+            spacing_mm=(spacing, spacing, 2.5),
+            n_lesions=2 + index % 3,
+            seed=20 + index,
+        )
+        name = f"phantom_{index + 1:03d}"
+        written.append(write_nifti(out / "imagesTr" / f"{name}.nii.gz", ct))
+        written.append(write_nifti(out / "labelsTr" / f"{name}.nii.gz", mask))
+        entries.append({"image": f"imagesTr/{name}.nii.gz", "label": f"labelsTr/{name}.nii.gz"})
+    dataset = {
+        "name": "medres CT phantoms",
+        "description": "synthetic CT phantoms with spherical lesions (medres.synthetic)",
+        "labels": {"0": "background", "1": "lesion"},
+        "training": entries,
+    }
+    written.append(write_text_atomic(out / "dataset.json", json.dumps(dataset, indent=2) + "\n"))
     return written
 
 

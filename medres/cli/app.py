@@ -52,10 +52,11 @@ def main_options(
 
 
 def _register() -> None:
-    from medres.cli import convert, inspect
+    from medres.cli import convert, inspect, train
 
     app.command("inspect")(inspect.inspect_command)
     app.command("convert")(convert.convert_command)
+    app.command("train")(train.train_command)
 
 
 _register()

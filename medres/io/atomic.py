@@ -16,6 +16,15 @@ from typing import IO
 from medres.errors import OutputError
 
 
+def _file_mode() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[bytes] | IO[str]]:
     """Open a temporary file for writing that replaces ``path`` only on success.
@@ -44,6 +53,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[bytes] | IO[
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp, target)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

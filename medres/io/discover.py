@@ -354,6 +354,9 @@ def _norms(affine: object) -> list[float]:
     return [float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)]
 
 
+_DECATHLON_LABELS = {"labelsTr": "imagesTr", "labelsTs": "imagesTs"}
+
+
 def _file_scans(
     files: list[Path], kind: ScanKind, mask_suffix: str, result: DiscoveryResult
 ) -> list[ScanRef]:
@@ -362,10 +365,20 @@ def _file_scans(
     masks: dict[tuple[Path, str], Path] = {}
     for path in files:
         stem = stem_of(path)
-        if _is_mask(stem, mask_suffix):
+        if path.parent.name in _DECATHLON_LABELS:
+            # Decathlon / nnU-Net layout: labelsTr/case.nii.gz labels imagesTr/case.nii.gz
+            images_dir = path.parent.parent / _DECATHLON_LABELS[path.parent.name]
+            masks[(images_dir, stem)] = path
+        elif _is_mask(stem, mask_suffix):
             masks[(path.parent, stem[: -len(mask_suffix)])] = path
         else:
             images[(path.parent, stem)] = path
+    for parent, stem in list(images):
+        # nnU-Net names the first channel case_0000: its label is labelsTr/case
+        if parent.name in _DECATHLON_LABELS.values() and stem.endswith("_0000"):
+            key = (parent, stem[:-5])
+            if key in masks and key not in images:
+                masks[(parent, stem)] = masks.pop(key)
     for key, orphan in masks.items():
         if key not in images:
             result.skipped.append(

@@ -43,7 +43,7 @@ def test_inspect_sample_data_json_lists_every_scan_ok():
 
 def test_inspect_table_output_and_missing_folder_message(tmp_path):
     result = runner.invoke(app, ["inspect", str(SAMPLE_DATA)])
-    assert result.exit_code == 0 and "6 scan(s): 6 ok" in result.stdout
+    assert result.exit_code == 0 and "12 scan(s): 12 ok" in result.stdout
     result = runner.invoke(app, ["inspect", str(tmp_path / "nope")])
     assert result.exit_code == 2
     assert "no such file or folder" in result.output

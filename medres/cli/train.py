@@ -1,0 +1,156 @@
+"""``medres train PIPELINE --data DIR --out MODEL_DIR``: train the members of a pipeline."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+def _parse_folds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: give fold numbers like 0,1,2") from None
+
+
+def _parse_groups(text: str | None) -> list[str]:
+    if not text:
+        return []
+    if text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise typer.BadParameter(f"{path}: cannot read group list: {exc}") from None
+        return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(int(seconds), 0)
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def train_command(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML (see pipelines/).")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            help="Datalist JSON, Decathlon folder (imagesTr/labelsTr) or folder of 2D "
+            "image/mask pairs.",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Model folder to write.")],
+    folds: Annotated[
+        str | None, typer.Option("--folds", help="Folds to train, e.g. 0,1 (default: all).")
+    ] = None,
+    max_minutes: Annotated[
+        float | None,
+        typer.Option("--max-minutes", help="Wall-clock budget per member (overrides the config)."),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run in --out.")
+    ] = False,
+    exclude_groups: Annotated[
+        str | None,
+        typer.Option(
+            "--exclude-groups",
+            help="Patients held out of training and cross-validation (a test set): "
+            "comma-separated, or @file with one per line.",
+        ),
+    ] = None,
+    mask_suffix: Annotated[
+        str, typer.Option("--mask-suffix", help="Mask suffix of 2D image/mask pairs.")
+    ] = "_mask",
+    data_root: Annotated[
+        Path | None,
+        typer.Option("--data-root", help="Base folder for relative paths in a datalist JSON."),
+    ] = None,
+) -> None:
+    """Train one member per cross-validation fold into a self-describing model folder.
+
+    The data are checked first (files, channels, shapes, label values); nothing is trained
+    when any case is bad. Interrupt with Ctrl-C and continue later with --resume.
+    """
+    from rich.table import Table
+
+    from medres.cli.console import console, err_console, fail_cleanly, progress_bar
+    from medres.pipeline import load_pipeline
+    from medres.training.loop import TrainingProgress
+    from medres.training.run import train_pipeline
+
+    fold_list = _parse_folds(folds)
+    groups = _parse_groups(exclude_groups)
+    with fail_cleanly():
+        cfg = load_pipeline(pipeline)
+        with progress_bar(transient=False) as progress:
+            check_task = progress.add_task("check data", total=None, item="")
+            tasks: dict[int, Any] = {}
+            started: dict[int, float] = {}
+
+            def on_check(done: int, total: int) -> None:
+                progress.update(check_task, completed=done + 1, total=total)
+
+            def on_progress(event: TrainingProgress) -> None:
+                if event.fold not in tasks:
+                    total = event.epochs * event.iterations_per_epoch
+                    tasks[event.fold] = progress.add_task(
+                        f"fold {event.fold}", total=total, item=""
+                    )
+                    started[event.fold] = time.perf_counter() - event.elapsed_s
+                task = tasks[event.fold]
+                total = event.epochs * event.iterations_per_epoch
+                rate = event.iteration / max(event.elapsed_s, 1e-6)
+                left = (total - event.iteration) / max(rate, 1e-6)
+                if event.budget_s is not None:
+                    left = min(left, event.budget_s - event.elapsed_s)
+                best = f"{event.best_dice:.3f}" if event.best_dice is not None else "-"
+                val = f" val {event.val_dice:.3f}" if event.val_dice is not None else ""
+                progress.update(
+                    task,
+                    completed=event.iteration,
+                    item=f"epoch {event.epoch + (event.kind == 'iteration')} "
+                    f"loss {event.loss:.3f}{val} best {best} eta {_clock(left)}",
+                )
+
+            run = train_pipeline(
+                cfg,
+                data=data,
+                out=out,
+                folds=fold_list,
+                device=device,
+                max_minutes=max_minutes,
+                resume=resume,
+                excluded_groups=groups,
+                mask_suffix=mask_suffix,
+                data_root=data_root,
+                on_progress=on_progress,
+                on_check=on_check,
+            )
+    table = Table(title=f"{cfg.name}: model folder {run.model_dir} ({run.device})")
+    for column in ("member", "val Dice", "best epoch", "epochs", "iterations", "minutes", "stop"):
+        table.add_column(column)
+    for member in run.members:
+        s = member["summary"]
+        dice = member["val_dice"]
+        table.add_row(
+            member["name"],
+            f"{dice:.3f}" if dice is not None else "-",
+            str(s.get("best_epoch")),
+            str(s.get("epochs_done")),
+            str(s.get("iterations")),
+            f"{s.get('minutes', 0):.1f}",
+            str(s.get("stopped_by")),
+        )
+    console.print(table)
+    err_console.print(
+        f"data: {run.check.n_cases} cases, {run.check.n_groups} patients, "
+        f"{len(run.check.lesion_cases)} with lesions"
+    )

@@ -1,0 +1,1 @@
+"""Inference: sliding-window prediction with TTA, member ensembles, lesion instances."""

@@ -1,0 +1,1 @@
+"""Segmentation networks (by registry name) and self-describing model folders."""

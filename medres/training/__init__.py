@@ -1,0 +1,1 @@
+"""Training: data sets, patient-grouped folds, the training loop and its checkpoints."""

@@ -1,0 +1,198 @@
+"""Train every member of a pipeline into a self-describing model folder.
+
+This is what ``medres train`` calls: find and check the data, split patients into folds,
+write ``pipeline.yaml`` and ``split.json``, train each requested fold (skipping members
+that are already complete when resuming) and write ``model.json`` after each member.
+
+Example:
+    >>> from medres.pipeline import load_pipeline  # doctest: +SKIP
+    >>> result = train_pipeline(load_pipeline("pipelines/demo_ct_3d.yaml"),  # doctest: +SKIP
+    ...                         data="sample_data/ct_train", out="models/demo")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medres.errors import TrainingError
+from medres.io.atomic import write_text_atomic
+from medres.models.folder import MANIFEST, PIPELINE, SPLIT, write_manifest
+from medres.pipeline import PipelineConfig, load_pipeline
+from medres.training.datasets import (
+    DatasetCheck,
+    check_cases,
+    exclude_groups,
+    find_training_cases,
+    make_folds,
+    split_to_json,
+)
+from medres.training.loop import TrainingProgress, member_is_complete, resolve_device, train_member
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingRun:
+    """Summary of a ``train_pipeline`` call."""
+
+    model_dir: Path
+    device: str
+    check: DatasetCheck
+    members: list[dict[str, Any]]
+
+
+def _prepare_folder(out: Path, cfg: PipelineConfig, *, resume: bool) -> None:
+    existing = out / PIPELINE
+    if existing.is_file():
+        previous = load_pipeline(existing)
+        if previous != cfg:
+            raise TrainingError(
+                f"{out}: holds a model trained with a different pipeline config; choose "
+                "another --out folder (or the same pipeline to resume)"
+            )
+        if not resume:
+            raise TrainingError(
+                f"{out}: already holds a model of pipeline {cfg.name!r}; pass --resume to "
+                "continue it, or choose another --out folder"
+            )
+    elif out.exists() and any(out.iterdir()) and not resume:
+        raise TrainingError(f"{out}: folder exists and is not empty; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def train_pipeline(
+    cfg: PipelineConfig,
+    *,
+    data: str | Path,
+    out: str | Path,
+    folds: Sequence[int] | None = None,
+    device: str = "auto",
+    max_minutes: float | None = None,
+    resume: bool = False,
+    excluded_groups: Sequence[str] = (),
+    mask_suffix: str = "_mask",
+    data_root: str | Path | None = None,
+    on_progress: Callable[[TrainingProgress], None] | None = None,
+    on_check: Callable[[int, int], None] | None = None,
+) -> TrainingRun:
+    """Check the data, then train the requested folds into ``out``.
+
+    Args:
+        cfg: Pipeline.
+        data: Datalist JSON, Decathlon folder or folder of 2D image/mask pairs.
+        out: Model folder to create (or to resume into).
+        folds: Fold indices to train (default: all ``training.folds``).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        max_minutes: Wall-clock budget per member (overrides the pipeline).
+        resume: Continue an interrupted run in ``out``.
+        excluded_groups: Patients held out from training and cross-validation.
+        mask_suffix: Mask suffix of 2D image/mask pairs.
+        data_root: Base folder for relative paths of a datalist.
+        on_progress: Progress callback (see :class:`TrainingProgress`).
+        on_check: Progress callback of the data check ``(done, total)``.
+
+    Raises:
+        DatasetError: Bad or empty data (before anything is trained).
+        ConfigError: A model the registry cannot build.
+        TrainingError: Bad fold numbers, device, or an ``out`` folder in the way.
+    """
+    from medres.models.registry import build_model
+
+    out = Path(out)
+    resolved_device = resolve_device(device)
+    n_folds = cfg.training.folds
+    wanted = list(range(n_folds)) if folds is None else sorted(set(folds))
+    bad = [f for f in wanted if not 0 <= f < n_folds]
+    if bad:
+        raise TrainingError(f"fold(s) {bad} do not exist; the pipeline has folds 0..{n_folds - 1}")
+    build_model(  # fail on bad model params before reading data
+        cfg.model.name,
+        dims=cfg.dims,
+        in_channels=len(cfg.channels),
+        out_channels=len(cfg.labels),
+        params=dict(cfg.model.params),
+    )
+    cases = find_training_cases(data, mask_suffix=mask_suffix, base_dir=data_root)
+    if excluded_groups:
+        cases = exclude_groups(cases, excluded_groups)
+    check = check_cases(cases, cfg, on_progress=on_check)
+    fold_list = make_folds(cases, n_folds=n_folds, seed=cfg.training.seed)
+    split = split_to_json(fold_list, cases, excluded_groups)
+    _prepare_folder(out, cfg, resume=resume)
+    split_path = out / SPLIT
+    if split_path.is_file():
+        previous_split = json.loads(split_path.read_text(encoding="utf-8"))
+        if previous_split != split:
+            raise TrainingError(
+                f"{split_path}: the data set or excluded groups changed since this model was "
+                "started; resume with the same data, or train into a new --out folder"
+            )
+    write_text_atomic(out / PIPELINE, cfg.to_yaml())
+    write_text_atomic(split_path, json.dumps(split, indent=2) + "\n")
+
+    import torch
+
+    provenance = {
+        "training_data": os.path.basename(os.path.normpath(str(data))),
+        "n_cases": check.n_cases,
+        "n_groups": check.n_groups,
+        "label_voxels": check.label_voxels,
+        "device": resolved_device,
+        "torch_threads": torch.get_num_threads(),
+    }
+    members: list[dict[str, Any]] = []
+
+    def completed() -> list[dict[str, Any]]:
+        done = []
+        for fold in fold_list:
+            summary = member_is_complete(out / f"fold_{fold.index}")
+            if summary is not None:
+                done.append(
+                    {
+                        "name": f"fold_{fold.index}",
+                        "fold": fold.index,
+                        "val_dice": summary.get("best_val_dice"),
+                        "summary": summary,
+                    }
+                )
+        return done
+
+    for index in wanted:
+        fold = fold_list[index]
+        member_dir = out / f"fold_{index}"
+        if member_is_complete(member_dir) is not None:
+            if not resume:
+                raise TrainingError(f"{member_dir}: member already trained; pass --resume")
+            logger.info("fold %d is complete; skipping", index)
+            continue
+        if member_dir.exists() and not resume:
+            shutil.rmtree(member_dir)
+        train_member(
+            cfg,
+            cases=cases,
+            train_groups=fold.train_groups,
+            val_groups=fold.val_groups,
+            lesion_cases=check.lesion_cases,
+            member_dir=member_dir,
+            fold=index,
+            device=resolved_device,
+            max_minutes=max_minutes,
+            resume=resume,
+            on_progress=on_progress,
+        )
+        members = completed()
+        write_manifest(out, cfg, members, extra={"training": provenance})
+    members = completed()
+    if members and not (out / MANIFEST).is_file():
+        write_manifest(out, cfg, members, extra={"training": provenance})
+    return TrainingRun(model_dir=out, device=resolved_device, check=check, members=members)
+
+
+__all__ = ["TrainingRun", "train_pipeline"]
