@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 OUT ?= demo_out
 
-.PHONY: install dev demo test lint sample-data bench clean
+.PHONY: install dev demo demo-model test lint sample-data bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,13 +29,18 @@ demo: install
 	$(BIN)/medres convert sample_data $(OUT)/nifti
 	@echo "NIfTI + JSON sidecars written to $(OUT)/nifti"
 
+## retrain the bundled demo model (about 2 CPU minutes) from sample_data/ct_train
+demo-model: install
+	rm -rf models/demo_ct_3d
+	$(BIN)/medres train pipelines/demo_ct_3d.yaml --data sample_data/ct_train --out models/demo_ct_3d
+
 ## lint, type-check and run the tests (real-data tests skip when ../shared/data is absent)
 test: dev lint
 	$(BIN)/python -m pytest
 
 lint: dev
-	$(BIN)/ruff check medres tests benchmarks
-	$(BIN)/ruff format --check medres tests benchmarks
+	$(BIN)/ruff check medres tests benchmarks scripts
+	$(BIN)/ruff format --check medres tests benchmarks scripts
 	$(BIN)/mypy medres
 
 ## regenerate sample_data/ (byte-identical; tests check it)
@@ -45,6 +50,7 @@ sample-data: install
 bench: dev
 	$(BIN)/pip install --quiet SimpleITK
 	$(BIN)/python benchmarks/bench_dicom_load.py
+	$(BIN)/python benchmarks/bench_training.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache

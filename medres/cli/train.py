@@ -86,6 +86,9 @@ def train_command(
     from medres.training.loop import TrainingProgress
     from medres.training.run import train_pipeline
 
+    from medres.runtime import tune_allocator
+
+    tune_allocator()
     fold_list = _parse_folds(folds)
     groups = _parse_groups(exclude_groups)
     with fail_cleanly():

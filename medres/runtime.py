@@ -1,0 +1,55 @@
+"""Process-level speed settings for long CPU runs (training, batch prediction).
+
+glibc's allocator returns freed memory to the system eagerly (heap trimming) and switches
+large blocks to fresh ``mmap`` calls; a training loop that allocates and frees the same
+activation tensors every iteration then pays page faults each time. Raising the trim
+threshold and fixing the mmap threshold keeps that memory in the process: measured here
+with ``benchmarks/bench_training.py`` (see docs/user-guide.md). The cost is that the
+process keeps its peak memory instead of shrinking between iterations.
+
+The library never changes these settings by itself; the CLI commands call
+:func:`tune_allocator` once at start.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import sys
+
+logger = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+#: glibc refuses mmap thresholds above 32 MiB on 64-bit (HEAP_MAX_SIZE / 2)
+_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
+_TRIM_THRESHOLD_BYTES = 1 << 40
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory in the process (glibc only). Returns True when applied.
+
+    Equivalent to starting the process with ``MALLOC_TRIM_THRESHOLD_`` set high and
+    ``MALLOC_MMAP_THRESHOLD_`` fixed; a no-op on other platforms and C libraries.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    ok_trim = mallopt(_M_TRIM_THRESHOLD, min(_TRIM_THRESHOLD_BYTES, 2**31 - 1))
+    ok_mmap = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+    applied = bool(ok_trim and ok_mmap)
+    logger.debug("allocator tuning %s", "applied" if applied else "refused")
+    return applied
+
+
+__all__ = ["tune_allocator"]
