@@ -235,7 +235,8 @@ class InferenceConfig(_Strict):
         roi_size: Sliding-window size ``(x, y[, z])``; defaults to the patch size.
         overlap: Fraction of overlap between windows.
         sw_batch_size: Windows per forward pass.
-        tta: Average over mirrored copies (flip test-time augmentation).
+        tta: Average over mirrored copies (flip test-time augmentation) along
+            ``augmentation.flip_axes`` (every combination of them).
         threshold: Probability above which a voxel is a lesion (binary tasks).
         ensemble: How members combine.
     """

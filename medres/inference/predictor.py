@@ -69,10 +69,11 @@ class Predictor:
         import torch
 
         logits = predict_logits(net, image, self.cfg, device=self.device)
-        if not self.tta:
+        if not self.tta or not self.cfg.augmentation.flip_axes:
             return torch.softmax(logits, 0)
         probs = torch.softmax(logits, 0)
-        axes = list(range(1, self.cfg.dims + 1))
+        # mirror only along the axes the model saw mirrored in training
+        axes = [axis + 1 for axis in self.cfg.augmentation.flip_axes]
         flips = [c for n in range(1, len(axes) + 1) for c in itertools.combinations(axes, n)]
         for dims in flips:
             flipped = torch.flip(torch.as_tensor(image), dims)
