@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -83,10 +82,9 @@ def train_command(
 
     from medres.cli.console import console, err_console, fail_cleanly, progress_bar
     from medres.pipeline import load_pipeline
+    from medres.runtime import tune_allocator
     from medres.training.loop import TrainingProgress
     from medres.training.run import train_pipeline
-
-    from medres.runtime import tune_allocator
 
     tune_allocator()
     fold_list = _parse_folds(folds)
@@ -96,7 +94,6 @@ def train_command(
         with progress_bar(transient=False) as progress:
             check_task = progress.add_task("check data", total=None, item="")
             tasks: dict[int, Any] = {}
-            started: dict[int, float] = {}
 
             def on_check(done: int, total: int) -> None:
                 progress.update(check_task, completed=done + 1, total=total)
@@ -107,7 +104,6 @@ def train_command(
                     tasks[event.fold] = progress.add_task(
                         f"fold {event.fold}", total=total, item=""
                     )
-                    started[event.fold] = time.perf_counter() - event.elapsed_s
                 task = tasks[event.fold]
                 total = event.epochs * event.iterations_per_epoch
                 rate = event.iteration / max(event.elapsed_s, 1e-6)
@@ -116,8 +112,12 @@ def train_command(
                     left = min(left, event.budget_s - event.elapsed_s)
                 best = f"{event.best_dice:.3f}" if event.best_dice is not None else "-"
                 val = f" val {event.val_dice:.3f}" if event.val_dice is not None else ""
+                if event.budget_s is not None and event.iteration > 0:
+                    # a time budget: the bar's total is what the budget will allow
+                    total = min(total, event.iteration + int(max(left, 0) * rate))
                 progress.update(
                     task,
+                    total=max(total, event.iteration),
                     completed=event.iteration,
                     item=f"epoch {event.epoch + (event.kind == 'iteration')} "
                     f"loss {event.loss:.3f}{val} best {best} eta {_clock(left)}",

@@ -101,7 +101,10 @@ class Predictor:
             meta = {k: v for k, v in image.meta.items() if k != "affine"}
             pred = MetaTensor(probs, affine=image.affine, meta=meta)
             pred.applied_operations = list(image.applied_operations)
-            inverted = inverter({"image": image, "pred": pred})["pred"]
+            if image.applied_operations:
+                inverted = inverter({"image": image, "pred": pred})["pred"]
+            else:  # nothing geometric was applied (2D slices at their own size)
+                inverted = pred
             array = np.asarray(inverted.detach().cpu().numpy(), dtype=np.float32)
             if keep_members:
                 kept.append(array)

@@ -214,3 +214,15 @@ def test_real_lgg_and_brats_data_sets() -> None:
     strict = brats_cfg.model_copy(update={"label_map": {}})
     with pytest.raises(DatasetError, match=r"OTMultiClass.nii.gz: label value\(s\) \[2, 3, 4\]"):
         check_cases(brats[:1], strict)
+
+
+def test_nifti_label_on_another_grid(tmp_path: Path) -> None:
+    image = np.ones((17, 15, 9, 2), np.float32)
+    _nifti(tmp_path / "imagesTr" / "c1.nii.gz", image)
+    _nifti(tmp_path / "labelsTr" / "c1.nii.gz", np.ones((17, 15, 8), np.uint8))
+    _nifti(tmp_path / "imagesTr" / "c2.nii.gz", image)
+    _nifti(tmp_path / "labelsTr" / "c2.nii.gz", np.ones((17, 15, 9), np.uint8), spacing=(1, 1, 1))
+    with pytest.raises(DatasetError) as info:
+        check_cases(find_training_cases(tmp_path), CFG_3D)
+    assert "labelsTr/c1.nii.gz: label shape (17, 15, 8) differs from its image (17, 15, 9)" in str(info.value)
+    assert "labelsTr/c2.nii.gz: label affine differs from its image's" in str(info.value)
