@@ -224,5 +224,7 @@ def test_nifti_label_on_another_grid(tmp_path: Path) -> None:
     _nifti(tmp_path / "labelsTr" / "c2.nii.gz", np.ones((17, 15, 9), np.uint8), spacing=(1, 1, 1))
     with pytest.raises(DatasetError) as info:
         check_cases(find_training_cases(tmp_path), CFG_3D)
-    assert "labelsTr/c1.nii.gz: label shape (17, 15, 8) differs from its image (17, 15, 9)" in str(info.value)
+    assert "labelsTr/c1.nii.gz: label shape (17, 15, 8) differs from its image (17, 15, 9)" in str(
+        info.value
+    )
     assert "labelsTr/c2.nii.gz: label affine differs from its image's" in str(info.value)
