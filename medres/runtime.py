@@ -22,8 +22,9 @@ logger = logging.getLogger(__name__)
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-#: glibc refuses mmap thresholds above 32 MiB on 64-bit (HEAP_MAX_SIZE / 2)
-_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
+#: large enough that activation tensors are recycled from the heap, not mmap-ed anew (older
+#: glibc releases refuse values above 32 MiB; then the call returns False)
+_MMAP_THRESHOLD_BYTES = 1 << 30
 _TRIM_THRESHOLD_BYTES = 1 << 40
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from monai.transforms import Transform
 
 from medres.errors import DatasetError, LoadError, MedresError
 from medres.io.images2d import is_image2d_path, read_image2d, read_mask2d
@@ -150,11 +151,13 @@ def _nonzero_any_channel(x: Any) -> Any:
     return (x != 0).any(0, keepdims=True)
 
 
-class LoadCased:
-    """MONAI-style dictionary transform: paths -> channel-first MetaTensors with RAS affines.
+class LoadCased(Transform):  # type: ignore[misc]
+    """MONAI dictionary transform: paths -> channel-first MetaTensors with RAS affines.
 
     Reads ``record["image"]`` (a path or list of paths, one per channel group) with medres's
-    readers, and ``record["label"]`` when present, mapped to label indices.
+    readers, and ``record["label"]`` when present, mapped to label indices. It is a MONAI
+    ``Transform`` (deterministic), so ``CacheDataset`` caches its output and everything
+    after it up to the first random step: scans are decoded once, not every epoch.
     """
 
     def __init__(self, cfg: PipelineConfig) -> None:

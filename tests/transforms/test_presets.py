@@ -101,3 +101,17 @@ def test_label_mapping() -> None:
         map_labels(np.array([0.0, 0.5]), cfg, source="m")
     with pytest.raises(DatasetError, match=r"m: label mask holds negative values"):
         map_labels(np.array([0, -1]), cfg, source="m")
+
+
+def test_cache_holds_the_preprocessed_scan(tmp_path: Path) -> None:
+    """CacheDataset caches up to the first random step: the files are read once."""
+    from monai.data import CacheDataset
+
+    cfg = parse_pipeline(BASE)
+    record = _scan(tmp_path, np.diag([2.5, 0.8, 0.8, 1.0]))
+    dataset = CacheDataset([record], transform=training_transforms(cfg), progress=False)
+    for path in (tmp_path / "img.nii.gz", tmp_path / "lab.nii.gz"):
+        path.unlink()
+    sample = dataset[0]
+    sample = sample[0] if isinstance(sample, list) else sample
+    assert tuple(sample["image"].shape) == (1, 16, 12, 8)  # served from the cache
