@@ -123,20 +123,27 @@ def train_command(
                     f"loss {event.loss:.3f}{val} best {best} eta {_clock(left)}",
                 )
 
-            run = train_pipeline(
-                cfg,
-                data=data,
-                out=out,
-                folds=fold_list,
-                device=device,
-                max_minutes=max_minutes,
-                resume=resume,
-                excluded_groups=groups,
-                mask_suffix=mask_suffix,
-                data_root=data_root,
-                on_progress=on_progress,
-                on_check=on_check,
-            )
+            try:
+                run = train_pipeline(
+                    cfg,
+                    data=data,
+                    out=out,
+                    folds=fold_list,
+                    device=device,
+                    max_minutes=max_minutes,
+                    resume=resume,
+                    excluded_groups=groups,
+                    mask_suffix=mask_suffix,
+                    data_root=data_root,
+                    on_progress=on_progress,
+                    on_check=on_check,
+                )
+            except KeyboardInterrupt:
+                err_console.print(
+                    "interrupted: the last finished epoch is saved; run the same command "
+                    "with --resume to continue"
+                )
+                raise typer.Exit(130) from None
     table = Table(title=f"{cfg.name}: model folder {run.model_dir} ({run.device})")
     for column in ("member", "val Dice", "best epoch", "epochs", "iterations", "minutes", "stop"):
         table.add_column(column)

@@ -246,3 +246,41 @@ def test_cli_train_and_its_errors(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "2D image" in result.output and "pipeline is 3D" in result.output
     assert not (tmp_path / "y").exists()  # nothing is written when the data are bad
+
+
+def test_cli_ctrl_c_then_resume(tmp_path: Path) -> None:
+    """A real process interrupted with SIGINT keeps its checkpoint; --resume finishes it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pipeline = tmp_path / "tiny.yaml"
+    pipeline.write_text(
+        yaml.safe_dump(_cfg(TINY_3D, epochs=40, iterations_per_epoch=4).model_dump(mode="json"))
+    )
+    out = tmp_path / "model"
+    args = ["train", str(pipeline), "--data", str(SAMPLE_DATA / "ct_train"), "--out", str(out)]
+    args += ["--folds", "0", "--device", "cpu"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from medres.cli.app import main; main()", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    checkpoint = out / "fold_0" / CHECKPOINT
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "run the same command with --resume" in " ".join(stderr.split())
+    done = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert 1 <= done < 40
+
+    result = CliRunner().invoke(app, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    curve = (out / "fold_0" / "curve.csv").read_text().splitlines()[1:]
+    assert [int(row.split(",")[0]) for row in curve] == list(range(1, 41))
+    assert json.loads((out / "fold_0" / "metrics.json").read_text())["epochs_done"] == 40
