@@ -169,7 +169,7 @@ def run_monai(spec: dict[str, Any], iterations: int) -> dict[str, Any]:
     keys = ["image", "label"]
     pre = cfg.preprocessing
     steps: list[Any] = [
-        mt.LoadImaged(keys=keys, image_only=True),
+        mt.LoadImaged(keys=keys, image_only=True, reader="PILReader" if cfg.dims == 2 else None),
         mt.EnsureChannelFirstd(keys=keys),
     ]
     if cfg.dims == 2:
