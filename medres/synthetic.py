@@ -225,6 +225,7 @@ python -m medres.synthetic sample_data
 | CT-like abdomen phantom, 96x80x40 voxels, 0.9x0.9x2.5 mm, in HU (-1024..~800), 3 spherical lesions (90-120 HU, radius 4-9 mm) | `ct_phantom_dicom/IM0001`... (40 DICOM files without extension, CT Image Storage, stored unsigned with RescaleIntercept -1024) |
 | the same phantom as NIfTI with its lesion mask (1 = lesion) | `ct_phantom.nii.gz`, `ct_phantom_mask.nii.gz` |
 | 2D MR-like slices (96x80, 3 channels: pre-contrast, FLAIR, post-contrast) with 2, 1, 0 and 3 bright discs, masks 0/255 | `images2d/slice_NN.png`, `images2d/slice_NN_mask.png` |
+| 6 smaller CT phantoms (61-72 x 52-62 x 24 voxels, 1.1-1.3 mm pixels, 2.5 mm slices, 2-4 lesions each, seeds 20-25) in Decathlon layout: the demo model's training data (`pipelines/demo_ct_3d.yaml`) | `ct_train/imagesTr/phantom_NNN.nii.gz`, `ct_train/labelsTr/phantom_NNN.nii.gz`, `ct_train/dataset.json` |
 
 The DICOM phantom's patient fields are fake (`Phantom^Sample`, `PHANTOM01`).
 Total size: {total} bytes.

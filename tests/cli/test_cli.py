@@ -33,7 +33,7 @@ def test_inspect_sample_data_json_lists_every_scan_ok():
     result = runner.invoke(app, ["inspect", str(SAMPLE_DATA), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert len(report["scans"]) == 6
+    assert len(report["scans"]) == 12
     assert all(s["status"] == "ok" for s in report["scans"])
     dicom = next(s for s in report["scans"] if s["kind"] == "dicom")
     assert dicom["shape"] == [96, 80, 40] and dicom["spacing_mm"] == [0.9, 0.9, 2.5]
