@@ -46,11 +46,10 @@ WARMUP = 5
 
 
 def peak_rss_mib() -> float:
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
+    """Peak resident memory of this process in MiB (see bench_dicom_load.peak_rss_bytes)."""
+    from bench_dicom_load import peak_rss_bytes
+
+    return peak_rss_bytes() / 2**20
 
 
 def _inputs() -> list[dict[str, Any]]:
@@ -151,7 +150,7 @@ def run_monai(spec: dict[str, Any], iterations: int) -> dict[str, Any]:
     from monai.data import CacheDataset, DataLoader
     from monai.losses import DiceCELoss
 
-    from medres.models.registry import build_model
+    from medres.models.registry import build_pipeline_network
     from medres.pipeline import load_pipeline
     from medres.transforms.presets import augmentation_transforms
 
@@ -198,13 +197,7 @@ def run_monai(spec: dict[str, Any], iterations: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     ds = CacheDataset(records, transform=transform, cache_rate=1.0, num_workers=0, progress=False)
     loader = DataLoader(ds, batch_size=cfg.training.batch_size, shuffle=True, num_workers=0)
-    net = build_model(
-        cfg.model.name,
-        dims=cfg.dims,
-        in_channels=len(cfg.channels),
-        out_channels=len(cfg.labels),
-        params=dict(cfg.model.params),
-    )
+    net = build_pipeline_network(cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.training.optimizer.lr)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     cache_s = time.perf_counter() - t0

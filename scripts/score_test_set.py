@@ -24,16 +24,14 @@ import numpy as np
 from medres.inference.postprocess import remove_small_lesions
 from medres.inference.predictor import Predictor
 from medres.models.folder import ModelFolder
-from medres.training.datasets import TrainingCase, find_training_cases, read_datalist
+from medres.training.datasets import (
+    TrainingCase,
+    find_training_cases,
+    read_datalist,
+    read_group_list,
+)
 from medres.training.loop import dice_counts, dice_from_counts
 from medres.transforms.presets import map_labels, read_channels, read_label
-
-
-def _groups(text: str) -> list[str]:
-    if text.startswith("@"):
-        lines = Path(text[1:]).read_text(encoding="utf-8").splitlines()
-        return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
-    return [g for g in text.split(",") if g]
 
 
 def main() -> None:
@@ -55,7 +53,7 @@ def main() -> None:
     else:
         cases = find_training_cases(args.data, base_dir=args.data_root)
     if args.groups:
-        wanted = set(_groups(args.groups))
+        wanted = set(read_group_list(args.groups))
         cases = [c for c in cases if c.group in wanted]
     predictor = Predictor(folder, tta=False if args.no_tta else None)
     names = [m.name for m in folder.members] + ["ensemble"]

@@ -17,19 +17,6 @@ def _parse_folds(text: str | None) -> list[int] | None:
         raise typer.BadParameter(f"{text!r}: give fold numbers like 0,1,2") from None
 
 
-def _parse_groups(text: str | None) -> list[str]:
-    if not text:
-        return []
-    if text.startswith("@"):
-        path = Path(text[1:])
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise typer.BadParameter(f"{path}: cannot read group list: {exc}") from None
-        return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 def _clock(seconds: float) -> str:
     seconds = max(int(seconds), 0)
     return f"{seconds // 60}:{seconds % 60:02d}"
@@ -83,13 +70,14 @@ def train_command(
     from medres.cli.console import console, err_console, fail_cleanly, progress_bar
     from medres.pipeline import load_pipeline
     from medres.runtime import tune_allocator
+    from medres.training.datasets import read_group_list
     from medres.training.loop import TrainingProgress
     from medres.training.run import train_pipeline
 
     tune_allocator()
     fold_list = _parse_folds(folds)
-    groups = _parse_groups(exclude_groups)
     with fail_cleanly():
+        groups = read_group_list(exclude_groups) if exclude_groups else []
         cfg = load_pipeline(pipeline)
         with progress_bar(transient=False) as progress:
             check_task = progress.add_task("check data", total=None, item="")

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from medres._version import __version__
 from medres.errors import ConfigError, ModelError
 from medres.io.atomic import write_text_atomic
-from medres.models.registry import build_model
+from medres.models.registry import build_pipeline_network
 from medres.pipeline import PipelineConfig, load_pipeline
 
 if TYPE_CHECKING:
@@ -149,14 +149,7 @@ class ModelFolder:
 
     def build_network(self) -> nn.Module:
         """A freshly initialised network of this folder's architecture."""
-        cfg = self.pipeline
-        return build_model(
-            cfg.model.name,
-            dims=cfg.dims,
-            in_channels=len(cfg.channels),
-            out_channels=len(cfg.labels),
-            params=dict(cfg.model.params),
-        )
+        return build_pipeline_network(self.pipeline)
 
     def load_network(self, member: MemberInfo, *, device: str = "cpu") -> nn.Module:
         """The member's network with its weights, in eval mode on ``device``.

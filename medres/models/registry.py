@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from medres.errors import ConfigError
+from medres.pipeline import PipelineConfig
 
 if TYPE_CHECKING:
     from torch import nn
@@ -189,6 +190,17 @@ def build_model(
         raise ConfigError(f"model {name!r} with params {params}: {exc}") from None
 
 
+def build_pipeline_network(cfg: PipelineConfig) -> nn.Module:
+    """The (untrained) network a pipeline describes: its model, channels and labels."""
+    return build_model(
+        cfg.model.name,
+        dims=cfg.dims,
+        in_channels=len(cfg.channels),
+        out_channels=len(cfg.labels),
+        params=dict(cfg.model.params),
+    )
+
+
 def size_divisor(name: str, params: dict[str, Any]) -> int:
     """The factor every input side must be divisible by (product of the down-sampling strides)."""
     _builder(name)
@@ -205,4 +217,11 @@ def size_divisor(name: str, params: dict[str, Any]) -> int:
     return divisor
 
 
-__all__ = ["MODELS", "build_model", "model_names", "model_parameters", "size_divisor"]
+__all__ = [
+    "MODELS",
+    "build_model",
+    "build_pipeline_network",
+    "model_names",
+    "model_parameters",
+    "size_divisor",
+]

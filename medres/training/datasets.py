@@ -33,7 +33,7 @@ import numpy as np
 from medres.errors import DatasetError, MedresError
 from medres.io.discover import iter_files
 from medres.io.images2d import is_image2d_path
-from medres.io.nifti import is_nifti_path
+from medres.io.nifti import is_nifti_path, nifti_stem
 from medres.pipeline import PipelineConfig
 
 logger = logging.getLogger(__name__)
@@ -88,13 +88,6 @@ class DatasetCheck:
     label_voxels: dict[str, int] = field(default_factory=dict)
 
 
-def _strip_ext(name: str) -> str:
-    for ext in (".nii.gz", ".nii", ".tiff", ".tif", ".png", ".jpeg", ".jpg", ".bmp"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return Path(name).stem
-
-
 def read_datalist(
     path: str | Path, *, base_dir: str | Path | None = None, key: str = "training"
 ) -> list[TrainingCase]:
@@ -118,33 +111,24 @@ def read_datalist(
     entries = data.get(key) if isinstance(data, dict) else data
     if not isinstance(entries, list):
         raise DatasetError(f"{path}: no list under {key!r} (expected {{{key!r}: [...]}})")
-    cases: list[TrainingCase] = []
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
             raise DatasetError(f"{path}: {key}[{index}] needs 'image' and 'label' keys")
+    stems = [nifti_stem(Path(str(_first(e["image"]))).name) for e in entries]
+    cases: list[TrainingCase] = []
+    for index, entry in enumerate(entries):
         images = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
         image_paths = tuple((root / str(p)).resolve() for p in images)
         label_path = (root / str(entry["label"])).resolve()
-        case_id = str(entry.get("id") or _strip_ext(image_paths[0].name))
+        # default id: the file name, or folder_file when cases share file names
+        # (case/flair.nii.gz); an explicit "id" always wins
+        stem = nifti_stem(image_paths[0].name)
+        shared_name = stems.count(stem) > 1
+        case_id = str(
+            entry.get("id") or (f"{image_paths[0].parent.name}_{stem}" if shared_name else stem)
+        )
         group = str(entry.get("patient") or entry.get("group") or case_id)
         cases.append(TrainingCase(case_id, group, image_paths, label_path, index))
-    ids = [c.case_id for c in cases]
-    if len(set(ids)) != len(ids):
-        # same file names in per-case folders (case/flair.nii.gz): name cases by folder
-        cases = [
-            c
-            if "id" in entries[c.order]
-            else TrainingCase(
-                f"{c.image_paths[0].parent.name}_{c.case_id}",
-                c.group
-                if "patient" in entries[c.order] or "group" in entries[c.order]
-                else f"{c.image_paths[0].parent.name}_{c.case_id}",
-                c.image_paths,
-                c.label_path,
-                c.order,
-            )
-            for c in cases
-        ]
     return cases
 
 
@@ -157,7 +141,7 @@ def scan_decathlon(folder: str | Path) -> list[TrainingCase]:
     for path in sorted(images_dir.iterdir()):
         if path.name.startswith(".") or not is_nifti_path(path):
             continue
-        stem = _strip_ext(path.name)
+        stem = nifti_stem(path.name)
         match = channel_file.match(stem)
         by_case.setdefault(match["case"] if match else stem, []).append(path)
     cases = []
@@ -184,10 +168,10 @@ def scan_image_pairs(folder: str | Path, *, mask_suffix: str = "_mask") -> list[
     """
     folder = Path(folder)
     files = [p for p in iter_files(folder) if is_image2d_path(p)]
-    by_stem = {(p.parent, _strip_ext(p.name)): p for p in files}
+    by_stem = {(p.parent, nifti_stem(p.name)): p for p in files}
     cases: list[TrainingCase] = []
     for path in files:
-        stem = _strip_ext(path.name)
+        stem = nifti_stem(path.name)
         if stem.endswith(mask_suffix):
             continue
         mask = by_stem.get(
@@ -248,6 +232,26 @@ def find_training_cases(
         "%s: %d cases in %d groups (%s)", data, len(cases), len({c.group for c in cases}), layout
     )
     return cases
+
+
+def _first(value: Any) -> Any:
+    return value[0] if isinstance(value, list) and value else value
+
+
+def read_group_list(text: str) -> list[str]:
+    """Patient groups from ``a,b,c`` or ``@file`` (one per line, ``#`` comments).
+
+    Raises:
+        DatasetError: The ``@file`` cannot be read.
+    """
+    if text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise DatasetError(f"{path}: cannot read group list: {exc}") from None
+        return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def exclude_groups(cases: Sequence[TrainingCase], groups: Sequence[str]) -> list[TrainingCase]:
@@ -423,6 +427,7 @@ __all__ = [
     "find_training_cases",
     "make_folds",
     "read_datalist",
+    "read_group_list",
     "scan_decathlon",
     "scan_image_pairs",
     "split_to_json",

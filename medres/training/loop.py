@@ -35,7 +35,7 @@ from medres.errors import TrainingError
 from medres.inference.sliding import predict_logits
 from medres.io.atomic import atomic_write, write_bytes_atomic, write_text_atomic
 from medres.models.folder import WEIGHTS
-from medres.models.registry import build_model
+from medres.models.registry import build_pipeline_network
 from medres.pipeline import LossName, PipelineConfig, ScheduleName
 from medres.training.datasets import TrainingCase
 
@@ -283,13 +283,7 @@ def train_member(
     use_amp = device.startswith("cuda")
 
     _seed_everything(tcfg.seed + fold)
-    net = build_model(
-        cfg.model.name,
-        dims=cfg.dims,
-        in_channels=len(cfg.channels),
-        out_channels=len(cfg.labels),
-        params=dict(cfg.model.params),
-    ).to(device)
+    net = build_pipeline_network(cfg).to(device)
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=tcfg.optimizer.lr, weight_decay=tcfg.optimizer.weight_decay
     )

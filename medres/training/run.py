@@ -103,7 +103,7 @@ def train_pipeline(
         ConfigError: A model the registry cannot build.
         TrainingError: Bad fold numbers, device, or an ``out`` folder in the way.
     """
-    from medres.models.registry import build_model
+    from medres.models.registry import build_pipeline_network
 
     out = Path(out)
     resolved_device = resolve_device(device)
@@ -112,13 +112,7 @@ def train_pipeline(
     bad = [f for f in wanted if not 0 <= f < n_folds]
     if bad:
         raise TrainingError(f"fold(s) {bad} do not exist; the pipeline has folds 0..{n_folds - 1}")
-    build_model(  # fail on bad model params before reading data
-        cfg.model.name,
-        dims=cfg.dims,
-        in_channels=len(cfg.channels),
-        out_channels=len(cfg.labels),
-        params=dict(cfg.model.params),
-    )
+    build_pipeline_network(cfg)  # fail on bad model params before reading data
     cases = find_training_cases(data, mask_suffix=mask_suffix, base_dir=data_root)
     if excluded_groups:
         cases = exclude_groups(cases, excluded_groups)
