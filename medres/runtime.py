@@ -53,4 +53,28 @@ def tune_allocator() -> bool:
     return applied
 
 
-__all__ = ["tune_allocator"]
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available else ``cpu``; refuses ``cuda`` without a GPU.
+
+    Raises:
+        ConfigError: An unknown device name, or CUDA requested but unavailable.
+    """
+    import torch
+
+    from medres.errors import ConfigError
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {device!r} requested but torch {torch.__version__} sees no CUDA GPU; "
+                "use --device cpu or install a CUDA build of torch"
+            )
+        return device
+    if device == "cpu":
+        return device
+    raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda")
+
+
+__all__ = ["resolve_device", "tune_allocator"]

@@ -15,7 +15,7 @@ from medres._version import __version__
 
 app = typer.Typer(
     name="medres",
-    help="Medical image lesion workbench: inspect and convert scans (DICOM, NIfTI, 2D).",
+    help="Medical image lesion workbench: inspect, convert, train and predict (DICOM, NIfTI, 2D).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -52,11 +52,12 @@ def main_options(
 
 
 def _register() -> None:
-    from medres.cli import convert, inspect, train
+    from medres.cli import convert, inspect, predict, train
 
     app.command("inspect")(inspect.inspect_command)
     app.command("convert")(convert.convert_command)
     app.command("train")(train.train_command)
+    app.command("predict")(predict.predict_command)
 
 
 _register()

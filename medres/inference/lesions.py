@@ -21,7 +21,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -115,8 +114,10 @@ def find_lesions(
     affine: npt.NDArray[np.float64],
     label_index: int = 1,
     label_name: str = "lesion",
-    probabilities: npt.NDArray[np.floating] | None = None,
-    member_probabilities: Sequence[npt.NDArray[np.floating]] = (),
+    probabilities: npt.NDArray[np.floating[Any]] | None = None,
+    member_hits: npt.NDArray[np.unsignedinteger[Any]] | None = None,
+    n_members: int | None = None,
+    uncertainty: npt.NDArray[np.floating[Any]] | None = None,
     min_size: float = 0.0,
 ) -> list[Lesion]:
     """Connected components of ``labels == label_index`` with their measurements.
@@ -127,7 +128,10 @@ def find_lesions(
         label_index: Which label to split into lesions.
         label_name: Name written into each :class:`Lesion`.
         probabilities: Ensemble probability of ``label_index`` on the same grid.
-        member_probabilities: Each member's probability of ``label_index``.
+        member_hits: Bit mask on the same grid: bit ``m`` set where member ``m`` predicts
+            ``label_index`` (see :class:`~medres.inference.predictor.EnsemblePrediction`).
+        n_members: Members in the ensemble (needed with ``member_hits``).
+        uncertainty: Members' standard deviation of the probability, same grid.
         min_size: Components smaller than this (mm^3 in 3D, mm^2 in 2D) are dropped.
 
     Returns:
@@ -151,7 +155,6 @@ def find_lesions(
     sizes = np.bincount(components.ravel())[1:]
     objects = ndimage.find_objects(components)
     axis = slice_axis(affine, ndim)
-    member_masks = [np.asarray(p) >= 0.5 for p in member_probabilities]
     lesions: list[Lesion] = []
     order = np.argsort(-sizes, kind="stable")
     for index in order:
@@ -176,23 +179,25 @@ def find_lesions(
                 d = _in_plane_diameter(in_slice, columns[:, plane_axes])
                 if d > diameter:
                     diameter, best_slice = d, int(k)
-        mean_p = max_p = uncertainty = None
-        detecting = n_members = None
+        mean_p = max_p = spread = None
+        detecting = None
         if probabilities is not None:
-            values = np.asarray(probabilities)[box][local]
-            mean_p, max_p = float(values.mean()), float(values.max())
-        if member_masks:
-            n_members = len(member_masks)
-            detecting = sum(bool(mask[box][local].any()) for mask in member_masks)
-            stacked = np.stack([np.asarray(p)[box][local] for p in member_probabilities])
-            uncertainty = float(stacked.std(axis=0).mean())
+            values = np.asarray(probabilities)[box][local].astype(np.float64)
+            mean_p, max_p = round(float(values.mean()), 4), round(float(values.max()), 4)
+        if member_hits is not None:
+            if n_members is None:
+                raise ValueError("n_members is needed with member_hits")
+            union = np.bitwise_or.reduce(np.asarray(member_hits)[box][local].ravel())
+            detecting = int(bin(int(union)).count("1"))
+        if uncertainty is not None:
+            spread = round(float(np.asarray(uncertainty)[box][local].astype(np.float64).mean()), 4)
         lesions.append(
             Lesion(
                 lesion_id=len(lesions) + 1,
                 label=label_name,
                 voxel_count=int(sizes[index]),
-                volume_ml=float(sizes[index] * voxel_size / 1000.0) if ndim == 3 else None,
-                area_mm2=float(sizes[index] * voxel_size) if ndim == 2 else None,
+                volume_ml=round(float(sizes[index] * voxel_size / 1000.0), 5) if ndim == 3 else None,
+                area_mm2=round(float(sizes[index] * voxel_size), 3) if ndim == 2 else None,
                 center_ijk=tuple(round(float(c), 3) for c in center),
                 center_ras_mm=tuple(round(float(c), 3) for c in world),  # type: ignore[arg-type]
                 bbox_ijk=tuple((int(s.start), int(s.stop) - 1) for s in box),
@@ -201,8 +206,8 @@ def find_lesions(
                 mean_probability=mean_p,
                 max_probability=max_p,
                 members_detecting=detecting,
-                n_members=n_members,
-                uncertainty=uncertainty,
+                n_members=n_members if member_hits is not None else None,
+                uncertainty=spread,
             )
         )
     return lesions

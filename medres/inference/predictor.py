@@ -1,123 +1,419 @@
-"""Predict with the members of a model folder and map probabilities back to the scan's grid.
+"""Ensemble prediction of one scan, brought back onto the scan's own grid.
 
-A scan record goes through the model's own preprocessing (the deterministic part of its
-pipeline), each member predicts with Gaussian-blended sliding windows (optionally averaged
-over mirrored copies, flip TTA), and the class probabilities are inverted through the
-geometric steps (``Invertd``: crop, spacing, orientation) onto the input grid, so that
-``probabilities.shape[1:] == scan.spatial_shape`` with the scan's own affine.
+An :class:`Ensemble` is one or more model folders with the same input (dimensions,
+channel count) and the same labels; every member of every folder votes. For one scan:
+
+1. each folder preprocesses the scan with its own saved transforms (orientation, spacing,
+   crop, intensity) into its "model grid";
+2. each member predicts class probabilities there with Gaussian-blended sliding windows,
+   optionally averaged over mirrored copies (flip TTA along the axes it was trained with);
+3. on the model grid we keep running sums only: the sum and the sum of squares of the
+   members' foreground probabilities, and a bit mask of which member predicts which label;
+4. those are mapped onto the scan's grid once per folder
+   (:func:`~medres.inference.resample.resample_to_grid`, slab by slab, straight into
+   float16 / integer arrays): the ensemble mean, the members' standard deviation, and the
+   member bits;
+5. the label map is the thresholded mean (binary tasks) or its argmax, or with
+   ``ensemble="vote"`` the majority of the members' own label maps.
+
+Peak memory beyond the scan itself is therefore one model-grid probability volume per
+member being run plus, on the scan grid, 1 byte (labels) + per foreground class 2 (mean)
++ 2 (spread) + 1 (member bits) bytes per voxel: about 6 bytes per voxel for a binary
+task, against 8 per class per copy for float32 probability maps.
 
 Example:
-    >>> folder = ModelFolder.open("pipelines/models/demo_ct_3d")  # doctest: +SKIP
-    >>> predictor = Predictor(folder, device="cpu")  # doctest: +SKIP
-    >>> result = predictor.predict({"image": ["sample_data/ct_phantom.nii.gz"]})  # doctest: +SKIP
-    >>> result.labels.shape  # (x, y, z) on the input grid  # doctest: +SKIP
+    >>> ensemble = Ensemble([ModelFolder.open("models/demo_ct_3d")])  # doctest: +SKIP
+    >>> result = ensemble.predict(read_nifti("sample_data/ct_phantom.nii.gz"))  # doctest: +SKIP
+    >>> result.labels.shape  # the scan's own (x, y, z)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from medres.errors import ModelError
+from medres.inference.postprocess import remove_small_lesions
+from medres.inference.resample import resample_to_grid
 from medres.inference.sliding import predict_logits
+from medres.io.volume import Volume
 from medres.models.folder import MemberInfo, ModelFolder
+from medres.pipeline import EnsembleMode, PipelineConfig
+
+#: Most members one ensemble can hold (their agreement is kept as bits of a uint32).
+MAX_MEMBERS = 32
 
 
 @dataclass
-class Prediction:
-    """Ensemble prediction of one scan on its own grid.
+class EnsemblePrediction:
+    """An ensemble's prediction of one scan, on the scan's own grid.
 
     Attributes:
-        probabilities: Mean class probabilities ``(C, x, y[, z])`` float32.
-        member_probabilities: Per member, the same (empty unless requested).
-        labels: Argmax label map ``(x, y[, z])`` uint8.
-        affine: RAS affine of the input grid.
+        labels: Label map ``(x, y[, z])`` uint8, small lesions removed.
+        probabilities: ``(C-1, x, y[, z])`` float16: mean probability of labels 1..C-1
+            (the background is what is left).
+        uncertainty: ``(C-1, ...)`` float16: standard deviation of the members'
+            probabilities (0 where they agree).
+        member_hits: ``(C-1, ...)`` unsigned ints: bit ``m`` is set where member ``m``
+            predicts that label (sampled nearest from the model grid).
+        member_labels: Each member's own label map (only when asked for, or voting).
+        member_names: ``<pipeline>/<member>`` for each member, in bit order.
+        affine: The scan's voxel -> RAS mm affine.
+        seconds: Time per stage (``preprocess``, ``inference``, ``to_scan_grid``).
     """
 
-    probabilities: npt.NDArray[np.float32]
-    member_probabilities: list[npt.NDArray[np.float32]]
     labels: npt.NDArray[np.uint8]
+    probabilities: npt.NDArray[np.float16]
+    uncertainty: npt.NDArray[np.float16]
+    member_hits: npt.NDArray[np.unsignedinteger[Any]]
+    member_labels: list[npt.NDArray[np.uint8]]
+    member_names: list[str]
     affine: npt.NDArray[np.float64]
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
-class Predictor:
-    """Run a model folder's members on preprocessed scans and invert to the input grid."""
+def _bits_dtype(n_members: int) -> type[np.unsignedinteger[Any]]:
+    if n_members <= 8:
+        return np.uint8
+    if n_members <= 16:
+        return np.uint16
+    return np.uint32
+
+
+def decide_labels(
+    foreground: npt.NDArray[np.floating[Any]], *, threshold: float
+) -> npt.NDArray[np.uint8]:
+    """Label map from foreground probabilities ``(C-1, ...)``.
+
+    One foreground class: ``p > threshold``. Several: the most probable class, the
+    background's probability being ``1 - sum``; ties go to the lower label.
+    """
+    if foreground.shape[0] == 1:
+        return (foreground[0] > threshold).astype(np.uint8)
+    best = 1.0 - foreground.sum(0, dtype=np.float32)
+    labels = np.zeros(foreground.shape[1:], dtype=np.uint8)
+    for index in range(foreground.shape[0]):
+        channel = foreground[index].astype(np.float32, copy=False)
+        better = channel > best
+        labels[better] = index + 1
+        np.maximum(best, channel, out=best)
+    return labels
+
+
+def majority_vote(
+    member_labels: Sequence[npt.NDArray[np.uint8]], n_labels: int
+) -> npt.NDArray[np.uint8]:
+    """The label most members chose, per voxel; ties go to the lower label."""
+    counts = [np.zeros(member_labels[0].shape, dtype=np.uint8) for _ in range(n_labels)]
+    for labels in member_labels:
+        for value in range(1, n_labels):
+            counts[value] += labels == value
+    background = np.full(member_labels[0].shape, len(member_labels), dtype=np.uint8)
+    for value in range(1, n_labels):
+        background -= counts[value]
+    counts[0] = background
+    best = counts[0].copy()
+    out = np.zeros(member_labels[0].shape, dtype=np.uint8)
+    for value in range(1, n_labels):
+        better = counts[value] > best
+        out[better] = value
+        np.maximum(best, counts[value], out=best)
+    return out
+
+
+@dataclass
+class _FolderRunner:
+    folder: ModelFolder
+    members: list[MemberInfo]
+    networks: list[Any]
+    preprocess: Any
+
+
+def check_compatible(folders: Sequence[ModelFolder]) -> None:
+    """Refuse folders that cannot vote together (different labels, dims or inputs).
+
+    Raises:
+        ModelError: Names the two folders and what differs.
+    """
+    first = folders[0]
+    for other in folders[1:]:
+        a, b = first.pipeline, other.pipeline
+        for what, left, right in (
+            ("labels", a.labels, b.labels),
+            ("dimensions", a.dims, b.dims),
+            ("input channel count", len(a.channels), len(b.channels)),
+        ):
+            if left != right:
+                raise ModelError(
+                    f"{other.path}: cannot join an ensemble with {first.path}: {what} differ "
+                    f"({right} vs {left})"
+                )
+
+
+class Ensemble:
+    """Members of one or more model folders that predict together.
+
+    Args:
+        folders: Opened model folders (same labels, dims and channel count).
+        device: ``cpu`` or ``cuda[:N]``.
+        tta: Flip test-time augmentation; None uses each pipeline's setting.
+        mode: ``mean`` (of probabilities) or ``vote``; None uses the first pipeline's.
+        overlap: Sliding-window overlap; None uses each pipeline's setting.
+
+    Raises:
+        ModelError: Incompatible folders, or more than :data:`MAX_MEMBERS` members.
+    """
 
     def __init__(
         self,
-        folder: ModelFolder,
+        folders: Sequence[ModelFolder],
         *,
         device: str = "cpu",
-        members: Sequence[MemberInfo] | None = None,
         tta: bool | None = None,
+        mode: EnsembleMode | str | None = None,
+        overlap: float | None = None,
     ) -> None:
         from medres.transforms.presets import validation_transforms
 
-        self.folder = folder
-        self.cfg = folder.pipeline
+        if not folders:
+            raise ModelError("an ensemble needs at least one model folder")
+        check_compatible(folders)
+        self.folders = list(folders)
+        self.cfg: PipelineConfig = folders[0].pipeline
         self.device = device
-        self.members = list(members if members is not None else folder.members)
-        self.tta = self.cfg.inference.tta if tta is None else tta
-        self.networks = [folder.load_network(m, device=device) for m in self.members]
-        self.preprocess = validation_transforms(self.cfg, with_label=False)
+        self.mode = EnsembleMode(mode) if mode is not None else self.cfg.inference.ensemble
+        self.tta = tta
+        self.overlap = overlap
+        self.runners: list[_FolderRunner] = []
+        for folder in self.folders:
+            members = list(folder.members)
+            self.runners.append(
+                _FolderRunner(
+                    folder=folder,
+                    members=members,
+                    networks=[folder.load_network(m, device=device) for m in members],
+                    preprocess=validation_transforms(folder.pipeline, with_label=False),
+                )
+            )
+        if self.n_members > MAX_MEMBERS:
+            raise ModelError(f"{self.n_members} members: an ensemble holds at most {MAX_MEMBERS}")
 
-    def _member_logits(self, net: Any, image: Any) -> Any:
+    @property
+    def n_members(self) -> int:
+        """Members over all folders."""
+        return sum(len(r.members) for r in self.runners)
+
+    @property
+    def member_names(self) -> list[str]:
+        """``<pipeline name>/<member>`` in bit order."""
+        return [f"{r.folder.pipeline.name}/{m.name}" for r in self.runners for m in r.members]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Label names; index 0 is the background."""
+        return self.cfg.labels
+
+    def input_problem(self, volume: Volume) -> str | None:
+        """Why this ensemble cannot take ``volume`` (None when it can)."""
+        dims = self.cfg.dims
+        ndim = volume.spatial_ndim
+        if dims == 2 and ndim == 3 and volume.spatial_shape[2] == 1:
+            ndim = 2
+        expected = len(self.cfg.channels)
+        if ndim != dims or volume.n_channels != expected:
+            return (
+                f"{ndim}D scan with {volume.n_channels} channel(s), but {self.cfg.name} takes "
+                f"{dims}D scans with {expected} channel(s) ({', '.join(self.cfg.channels)})"
+            )
+        return None
+
+    def _member_probabilities(self, runner: _FolderRunner, net: Any, image: Any) -> Any:
         import torch
 
-        logits = predict_logits(net, image, self.cfg, device=self.device)
-        if not self.tta or not self.cfg.augmentation.flip_axes:
-            return torch.softmax(logits, 0)
-        probs = torch.softmax(logits, 0)
+        cfg = runner.folder.pipeline
+        tta = cfg.inference.tta if self.tta is None else self.tta
+        overlap = cfg.inference.overlap if self.overlap is None else self.overlap
+
+        def run(x: Any) -> Any:
+            return torch.softmax(
+                predict_logits(net, x, cfg, device=self.device, overlap=overlap), 0
+            )
+
+        probs = run(image)
+        if not tta or not cfg.augmentation.flip_axes:
+            return probs
         # mirror only along the axes the model saw mirrored in training
-        axes = [axis + 1 for axis in self.cfg.augmentation.flip_axes]
+        axes = [axis + 1 for axis in cfg.augmentation.flip_axes]
         flips = [c for n in range(1, len(axes) + 1) for c in itertools.combinations(axes, n)]
         for dims in flips:
-            flipped = torch.flip(torch.as_tensor(image), dims)
-            out = predict_logits(net, flipped, self.cfg, device=self.device)
-            probs += torch.flip(torch.softmax(out, 0), dims)
+            probs += torch.flip(run(torch.flip(image, dims)), dims)
         return probs / (len(flips) + 1)
 
-    def predict(self, record: Mapping[str, Any], *, keep_members: bool = False) -> Prediction:
-        """Predict one record (``{"image": [paths...]}``) with every member."""
-        from monai.data import MetaTensor
-        from monai.transforms import Invertd
+    def predict(
+        self,
+        volume: Volume,
+        *,
+        source: str = "scan",
+        keep_members: bool = False,
+        on_stage: Callable[[str], None] | None = None,
+    ) -> EnsemblePrediction:
+        """Predict one scan with every member and map the result onto its grid.
 
-        from medres.transforms.presets import unwrap_transform_errors
+        Args:
+            volume: The scan (channel-first, RAS affine), as :func:`medres.io.load_scan`
+                returns it (channels stacked for multi-channel models).
+            source: Name of the scan for error messages.
+            keep_members: Also return each member's own label map.
+            on_stage: Called with a short description as work proceeds.
 
-        with unwrap_transform_errors():
-            data = self.preprocess(dict(record))
-        image = data["image"]
-        inverter = Invertd(
-            keys="pred", transform=self.preprocess, orig_keys="image", nearest_interp=False
+        Raises:
+            LoadError / DatasetError: The scan does not fit the models (dims, channels).
+        """
+        import torch
+
+        from medres.errors import LoadError
+        from medres.transforms.presets import fit_dims, unwrap_transform_errors
+
+        problem = self.input_problem(volume)
+        if problem is not None:
+            raise LoadError(f"{source}: {problem}")
+        volume = fit_dims(volume, dims=self.cfg.dims, source=source)
+        shape = volume.spatial_shape
+        n_fg = len(self.labels) - 1
+        n_total = self.n_members
+        multi = len(self.runners) > 1
+        acc_dtype = np.float32 if multi else np.float16
+        mean = np.zeros((n_fg, *shape), dtype=acc_dtype)
+        spread = np.zeros((n_fg, *shape), dtype=acc_dtype)
+        bits_dtype = _bits_dtype(n_total)
+        hits = np.zeros((n_fg, *shape), dtype=bits_dtype)
+        need_members = keep_members or self.mode == EnsembleMode.VOTE
+        member_labels: list[npt.NDArray[np.uint8]] = []
+        seconds = {"preprocess": 0.0, "inference": 0.0, "to_scan_grid": 0.0}
+        bit = 0
+        for runner in self.runners:
+            cfg = runner.folder.pipeline
+            start = time.perf_counter()
+            if on_stage is not None:
+                on_stage(f"preprocess ({cfg.name})")
+            with unwrap_transform_errors():
+                data = runner.preprocess({"image": volume, "source": source})
+            image = data["image"]
+            model_affine = np.asarray(image.affine, dtype=np.float64)
+            if model_affine.shape != (4, 4):  # a 2D MetaTensor may carry a 3x3 affine
+                model_affine = _as_4x4(model_affine)
+            tensor = image.as_tensor().float()
+            seconds["preprocess"] += time.perf_counter() - start
+            total: npt.NDArray[np.float32] | None = None
+            squares: npt.NDArray[np.float32] | None = None
+            folder_bits: npt.NDArray[Any] | None = None
+            for member, net in zip(runner.members, runner.networks, strict=True):
+                if on_stage is not None:
+                    on_stage(f"predict {cfg.name}/{member.name}")
+                start = time.perf_counter()
+                probs = self._member_probabilities(runner, net, tensor)
+                foreground = probs[1:].cpu().numpy().astype(np.float32, copy=False)
+                own = decide_labels(foreground, threshold=cfg.inference.threshold)
+                del probs
+                seconds["inference"] += time.perf_counter() - start
+                start = time.perf_counter()
+                if total is None:
+                    total, squares = foreground.copy(), foreground**2
+                    folder_bits = np.zeros(foreground.shape, dtype=bits_dtype)
+                else:
+                    assert squares is not None
+                    total += foreground
+                    squares += foreground**2
+                assert folder_bits is not None
+                for index in range(n_fg):
+                    folder_bits[index][own == index + 1] |= bits_dtype(1 << bit)
+                if need_members:
+                    native = resample_to_grid(
+                        foreground, model_affine, volume.affine, shape, dtype=np.float16
+                    )
+                    member_labels.append(decide_labels(native, threshold=cfg.inference.threshold))
+                    del native
+                bit += 1
+                seconds["to_scan_grid"] += time.perf_counter() - start
+            assert total is not None and squares is not None and folder_bits is not None
+            start = time.perf_counter()
+            count = len(runner.members)
+            if multi:  # accumulate sums on the scan grid; mean and spread at the end
+                mean += resample_to_grid(total, model_affine, volume.affine, shape)
+                spread += resample_to_grid(squares, model_affine, volume.affine, shape)
+            else:
+                folder_mean = total / count
+                folder_std = np.sqrt(np.maximum(squares / count - folder_mean**2, 0.0))
+                resample_to_grid(folder_mean, model_affine, volume.affine, shape, out=mean)
+                resample_to_grid(folder_std, model_affine, volume.affine, shape, out=spread)
+            hits |= resample_to_grid(
+                folder_bits, model_affine, volume.affine, shape, nearest=True, dtype=bits_dtype
+            )
+            seconds["to_scan_grid"] += time.perf_counter() - start
+            del total, squares, folder_bits, data, image, tensor
+            torch.cuda.empty_cache() if self.device.startswith("cuda") else None
+        start = time.perf_counter()
+        if multi:
+            mean /= n_total
+            spread /= n_total
+            spread -= mean**2
+            np.sqrt(np.maximum(spread, 0.0, out=spread), out=spread)
+            mean16, spread16 = mean.astype(np.float16), spread.astype(np.float16)
+            del mean, spread
+        else:
+            mean16, spread16 = mean.astype(np.float16, copy=False), spread.astype(
+                np.float16, copy=False
+            )
+        if self.mode == EnsembleMode.VOTE:
+            labels = majority_vote(member_labels, len(self.labels))
+        else:
+            labels = decide_labels(mean16, threshold=self.cfg.inference.threshold)
+        labels = self.postprocess(labels, volume)
+        if not keep_members:
+            member_labels = []
+        else:
+            member_labels = [self.postprocess(m, volume) for m in member_labels]
+        seconds["to_scan_grid"] += time.perf_counter() - start
+        return EnsemblePrediction(
+            labels=labels,
+            probabilities=mean16,
+            uncertainty=spread16,
+            member_hits=hits,
+            member_labels=member_labels,
+            member_names=self.member_names,
+            affine=volume.affine.copy(),
+            seconds=seconds,
         )
-        total: npt.NDArray[np.float32] | None = None
-        kept: list[npt.NDArray[np.float32]] = []
-        for net in self.networks:
-            probs = self._member_logits(net, image.as_tensor()).cpu()
-            meta = {k: v for k, v in image.meta.items() if k != "affine"}
-            pred = MetaTensor(probs, affine=image.affine, meta=meta)
-            pred.applied_operations = list(image.applied_operations)
-            if image.applied_operations:
-                inverted = inverter({"image": image, "pred": pred})["pred"]
-            else:  # nothing geometric was applied (2D slices at their own size)
-                inverted = pred
-            array = np.asarray(inverted.detach().cpu().numpy(), dtype=np.float32)
-            if keep_members:
-                kept.append(array)
-            total = array if total is None else total + array
-        assert total is not None
-        mean = (total / np.float32(len(self.networks))).astype(np.float32, copy=False)
-        original = np.asarray(image.meta["original_affine"], dtype=np.float64)
-        return Prediction(
-            probabilities=mean,
-            member_probabilities=kept,
-            labels=mean.argmax(0).astype(np.uint8),
-            affine=original,
+
+    def postprocess(self, labels: npt.NDArray[np.uint8], volume: Volume) -> npt.NDArray[np.uint8]:
+        """Remove lesion components below the pipeline's minimum size."""
+        return remove_small_lesions(
+            labels,
+            spacing_mm=volume.spacing_mm[: labels.ndim],
+            min_size=self.cfg.postprocessing.min_lesion_size,
+            lesion_indices=self.cfg.lesion_indices,
         )
 
 
-__all__ = ["Prediction", "Predictor"]
+def _as_4x4(affine: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Embed a 2D (3x3) affine into 4x4 with a unit, untouched third axis."""
+    out = np.eye(4)
+    out[:2, :2] = affine[:2, :2]
+    out[:2, 3] = affine[:2, 2]
+    return out
+
+
+__all__ = [
+    "MAX_MEMBERS",
+    "Ensemble",
+    "EnsemblePrediction",
+    "check_compatible",
+    "decide_labels",
+    "majority_vote",
+]

@@ -100,10 +100,23 @@ def read_nifti(path: str | Path, *, channel_axis_from: int = 3) -> Volume:
     return Volume(array=array, affine=np.asarray(img.affine, dtype=np.float64), source=source)
 
 
-def nifti_bytes(array: npt.NDArray[Any], affine: AffineRAS, *, compress: bool = True) -> bytes:
+def nifti_bytes(
+    array: npt.NDArray[Any],
+    affine: AffineRAS,
+    *,
+    compress: bool = True,
+    scale: float | None = None,
+) -> bytes:
     """Serialise a spatial ``(x, y[, z][, t])`` array and its RAS affine to NIfTI-1 bytes.
 
     gzip output carries no timestamp, so the same input gives the same bytes.
+
+    Args:
+        array: Values to store, in the dtype to store them in.
+        affine: 4x4 voxel -> RAS mm.
+        compress: gzip the bytes.
+        scale: NIfTI ``scl_slope``: readers see ``stored * scale`` (e.g. uint8 with
+            ``1/255`` stores probabilities in one byte per voxel).
     """
     import nibabel as nib
 
@@ -113,6 +126,8 @@ def nifti_bytes(array: npt.NDArray[Any], affine: AffineRAS, *, compress: bool = 
     img.set_sform(affine, code=1)
     img.set_qform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
+    if scale is not None:
+        img.header.set_slope_inter(scale, 0.0)
     raw = img.to_bytes()
     return gzip.compress(raw, compresslevel=6, mtime=0) if compress else raw
 

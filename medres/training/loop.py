@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from medres.errors import TrainingError
+from medres.runtime import resolve_device
 from medres.inference.sliding import predict_logits
 from medres.io.atomic import atomic_write, write_bytes_atomic, write_text_atomic
 from medres.models.folder import WEIGHTS
@@ -92,28 +93,6 @@ class MemberResult:
             "stopped_by": self.stopped_by,
             "val_dice_per_group": self.val_dice_per_group,
         }
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available else ``cpu``; refuses ``cuda`` without a GPU.
-
-    Raises:
-        TrainingError: An unknown device name, or CUDA requested but unavailable.
-    """
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise TrainingError(
-                f"device {device!r} requested but torch {torch.__version__} sees no CUDA GPU; "
-                "use --device cpu or install a CUDA build of torch"
-            )
-        return device
-    if device == "cpu":
-        return device
-    raise TrainingError(f"unknown device {device!r}; use auto, cpu or cuda")
 
 
 def learning_rate(cfg: PipelineConfig, progress: float, iteration: int) -> float:

@@ -42,6 +42,22 @@ IMAGE = "image"
 LABEL = "label"
 
 
+def fit_dims(volume: Volume, *, dims: int, source: str) -> Volume:
+    """``volume`` as a ``dims``-D image: a single-slice 3D scan becomes 2D for a 2D pipeline.
+
+    Raises:
+        LoadError: The scan has other spatial dimensions than the pipeline.
+    """
+    if dims == 2 and volume.spatial_ndim == 3 and volume.spatial_shape[2] == 1:
+        return volume.with_array(volume.array[..., 0])
+    if volume.spatial_ndim != dims:
+        raise LoadError(
+            f"{source}: {volume.spatial_ndim}D image {volume.spatial_shape} but the "
+            f"pipeline is {dims}D"
+        )
+    return volume
+
+
 def read_channels(paths: Sequence[str | Path], *, dims: int) -> Volume:
     """Read one or several files and stack their channels into one :class:`Volume`.
 
@@ -57,16 +73,11 @@ def read_channels(paths: Sequence[str | Path], *, dims: int) -> Volume:
         p = Path(path)
         if is_nifti_path(p):
             vol = read_nifti(p)
-            if dims == 2 and vol.spatial_ndim == 3 and vol.spatial_shape[2] == 1:
-                vol = vol.with_array(vol.array[..., 0])
         elif is_image2d_path(p):
             vol = read_image2d(p)
         else:
             raise LoadError(f"{p}: unsupported file type for training (use NIfTI or 2D images)")
-        if vol.spatial_ndim != dims:
-            raise LoadError(
-                f"{p}: {vol.spatial_ndim}D image {vol.spatial_shape} but the pipeline is {dims}D"
-            )
+        vol = fit_dims(vol, dims=dims, source=str(p))
         if volumes:
             first = volumes[0]
             if vol.spatial_shape != first.spatial_shape or not np.allclose(
@@ -155,7 +166,8 @@ class LoadCased(Transform):  # type: ignore[misc]
     """MONAI dictionary transform: paths -> channel-first MetaTensors with RAS affines.
 
     Reads ``record["image"]`` (a path or list of paths, one per channel group) with medres's
-    readers, and ``record["label"]`` when present, mapped to label indices. It is a MONAI
+    readers, or takes it as is when it is an already loaded :class:`Volume` (then
+    ``record["source"]`` names it in messages), and ``record["label"]`` when present, mapped to label indices. It is a MONAI
     ``Transform`` (deterministic), so ``CacheDataset`` caches its output and everything
     after it up to the first random step: scans are decoded once, not every epoch.
     """
@@ -167,9 +179,13 @@ class LoadCased(Transform):  # type: ignore[misc]
         from monai.data import MetaTensor
 
         out = dict(record)
-        paths = record[IMAGE]
-        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-        image = read_channels(paths, dims=self.cfg.dims)
+        given = record[IMAGE]
+        if isinstance(given, Volume):  # already loaded (medres predict: DICOM, NIfTI, 2D)
+            image = fit_dims(given, dims=self.cfg.dims, source=str(record.get("source", "scan")))
+            paths: list[str | Path] = [str(record.get("source", "scan"))]
+        else:
+            paths = [given] if isinstance(given, (str, Path)) else list(given)
+            image = read_channels(paths, dims=self.cfg.dims)
         if image.array.shape[0] != len(self.cfg.channels):
             raise DatasetError(
                 f"{paths[0]}: {image.array.shape[0]} channel(s) but the pipeline expects "
@@ -333,6 +349,7 @@ __all__ = [
     "LABEL",
     "LoadCased",
     "augmentation_transforms",
+    "fit_dims",
     "label_lookup",
     "map_labels",
     "medres_error_from",

@@ -47,9 +47,18 @@ def test_discs_in_2d_sorted_by_size_with_scores() -> None:
     )
     affine = np.diag([*spacing, 1.0, 1.0])
     prob = labels * 0.8 + 0.1
-    members = [labels * 0.9, np.zeros_like(prob), labels * 0.7]
+    # members 0 and 2 found the big disc, member 1 nothing; the small one only member 2
+    small_disc = _sphere((90, 70), spacing, (15.0, 20.0), 6.0).astype(bool)
+    hits = np.where(labels > 0, 0b101, 0).astype(np.uint8)
+    hits[small_disc] = 0b100
+    spread = (labels * np.std([0.9, 0.0, 0.7])).astype(np.float16)
     big, small = find_lesions(
-        labels, affine=affine, probabilities=prob, member_probabilities=members
+        labels,
+        affine=affine,
+        probabilities=prob,
+        member_hits=hits,
+        n_members=3,
+        uncertainty=spread,
     )
     assert (big.lesion_id, small.lesion_id) == (1, 2)
     assert big.area_mm2 == pytest.approx(math.pi * 9.0**2, rel=0.05)
@@ -58,7 +67,10 @@ def test_discs_in_2d_sorted_by_size_with_scores() -> None:
     assert big.volume_ml is None and big.axial_slice is None
     assert big.max_probability == pytest.approx(0.9) and big.mean_probability == pytest.approx(0.9)
     assert (big.members_detecting, big.n_members) == (2, 3)
-    assert big.uncertainty == pytest.approx(np.std([0.9, 0.0, 0.7]))
+    assert (small.members_detecting, small.n_members) == (1, 3)
+    assert big.uncertainty == pytest.approx(np.std([0.9, 0.0, 0.7]), abs=1e-3)
+    with pytest.raises(ValueError, match="n_members"):
+        find_lesions(labels, affine=affine, member_hits=hits)
 
 
 def test_known_count_min_size_and_oblique_axis() -> None:

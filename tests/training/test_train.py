@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from medres.cli.app import app
-from medres.errors import ModelError, TrainingError
+from medres.errors import ConfigError, ModelError, TrainingError
 from medres.models.folder import ModelFolder
 from medres.pipeline import PipelineConfig, parse_pipeline
 from medres.synthetic import disc_image
@@ -194,7 +194,7 @@ def test_train_bad_fold_and_device(tmp_path: Path) -> None:
     ):
         train_pipeline(_cfg(TINY_3D), data=SAMPLE_DATA / "ct_train", out=tmp_path / "m", folds=[3])
     if not torch.cuda.is_available():
-        with pytest.raises(TrainingError, match=r"device 'cuda' requested but .* sees no CUDA GPU"):
+        with pytest.raises(ConfigError, match=r"device 'cuda' requested but .* sees no CUDA GPU"):
             train_pipeline(
                 _cfg(TINY_3D), data=SAMPLE_DATA / "ct_train", out=tmp_path / "m", device="cuda"
             )

@@ -1,0 +1,151 @@
+"""``medres predict DIR --model M [--model M2 ...] --out OUT``: batch ensemble inference."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+#: Scans listed on the console (all of them are in summary.csv).
+MAX_ROWS = 40
+
+
+def predict_command(
+    scans: Annotated[
+        Path, typer.Argument(help="Folder of scans (DICOM any nesting, NIfTI, 2D) or one file.")
+    ],
+    model: Annotated[
+        list[Path],
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model folder (from medres train). Repeat to add folders: those taking the "
+            "same input form one ensemble; others take the scans that fit them.",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    tta: Annotated[
+        bool | None,
+        typer.Option(
+            "--tta/--no-tta", help="Flip test-time augmentation (default: the pipeline's)."
+        ),
+    ] = None,
+    ensemble: Annotated[
+        str | None,
+        typer.Option(
+            "--ensemble",
+            help="How members combine: mean (of probabilities) or vote (majority of their "
+            "label maps). Default: the pipeline's (mean).",
+        ),
+    ] = None,
+    overlap: Annotated[
+        float | None,
+        typer.Option(
+            "--overlap", min=0.0, max=0.95, help="Sliding-window overlap (default: the pipeline's)."
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    members: Annotated[
+        bool,
+        typer.Option("--members", help="Also write each member's mask (for medres evaluate)."),
+    ] = False,
+    probabilities: Annotated[
+        bool,
+        typer.Option(
+            "--probabilities", help="Also write probabilities.nii.gz (one byte per voxel)."
+        ),
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Skip scans whose outputs in --out are complete.")
+    ] = False,
+) -> None:
+    """Segment every scan with an ensemble; masks on each scan's own grid, plus lesions.
+
+    Writes OUT/<scan_id>/seg.nii.gz and lesions.json per scan, OUT/summary.csv and
+    OUT/run.json. A scan that cannot be read or does not fit the models is reported and
+    the others go on; the exit code is 1 when any scan failed.
+    """
+    from rich.table import Table
+
+    from medres.cli.app import EXIT_SOME_FAILED
+    from medres.cli.console import console, err_console, fail_cleanly, progress_bar
+    from medres.errors import ConfigError
+    from medres.inference.batch import PredictOptions, open_ensembles, predict_batch
+    from medres.pipeline import EnsembleMode
+    from medres.runtime import resolve_device, tune_allocator
+
+    tune_allocator()
+    with fail_cleanly():
+        if ensemble is not None and ensemble not in {m.value for m in EnsembleMode}:
+            raise ConfigError(f"--ensemble {ensemble!r}: use mean or vote")
+        options = PredictOptions(
+            device=resolve_device(device),
+            tta=tta,
+            ensemble=ensemble,
+            overlap=overlap,
+            keep_members=members,
+            save_probabilities=probabilities,
+            resume=resume,
+        )
+        opened = open_ensembles(model, options=options)
+        for item in opened:
+            names = ", ".join(f.pipeline.name for f in item.folders)
+            err_console.print(
+                f"model {names}: {item.n_members} member(s), {item.cfg.dims}D, "
+                f"channels {', '.join(item.cfg.channels)}, ensemble {item.mode}"
+            )
+        with progress_bar(transient=False) as progress:
+            task = progress.add_task("scans", total=None, item="")
+
+            def on_progress(done: int, total: int, scan_id: str, stage: str) -> None:
+                progress.update(task, completed=done, total=total, item=f"{scan_id} {stage}")
+
+            try:
+                run = predict_batch(
+                    scans,
+                    model,
+                    out,
+                    options=options,
+                    ensembles=opened,
+                    on_progress=on_progress,
+                )
+            except KeyboardInterrupt:
+                err_console.print(
+                    "interrupted: finished scans are saved; run the same command with --resume "
+                    "to continue"
+                )
+                raise typer.Exit(130) from None
+    table = Table(title=f"medres predict: {out} ({options.device})")
+    for column in ("scan", "status", "model", "shape", "lesions", "volume ml / area mm²", "s"):
+        table.add_column(column)
+    for result in run.results[:MAX_ROWS]:
+        size = result.lesion_volume_ml if result.lesion_volume_ml is not None else None
+        if size is None and result.lesion_area_mm2 is not None:
+            size = result.lesion_area_mm2
+        table.add_row(
+            result.scan_id,
+            result.status,
+            result.model,
+            result.shape,
+            "" if result.n_lesions is None else str(result.n_lesions),
+            "" if size is None else f"{size:.2f}",
+            f"{result.seconds:.1f}",
+        )
+    console.print(table)
+    if len(run.results) > MAX_ROWS:
+        console.print(f"... {len(run.results) - MAX_ROWS} more rows in {out / 'summary.csv'}")
+    statuses = Counter(r.status for r in run.results)
+    err_console.print(
+        ", ".join(f"{n} {status}" for status, n in sorted(statuses.items())) or "no scans found"
+    )
+    if run.skipped:
+        reasons = Counter(s.reason for s in run.skipped)
+        err_console.print(f"{len(run.skipped)} file(s) not used (listed in run.json):")
+        for reason, n in reasons.most_common(5):
+            err_console.print(f"  {n} x {reason}", highlight=False)
+    for failure in run.failed:
+        err_console.print(f"[red]failed[/] {failure.scan_id}: {failure.error}", highlight=False)
+    if run.failed:
+        raise typer.Exit(EXIT_SOME_FAILED)

@@ -1,0 +1,573 @@
+"""``medres predict`` as a library call: every scan of a folder through the ensembles.
+
+:func:`predict_batch` discovers the scans, groups channel files, routes each scan to the
+ensemble that takes its kind of input (dimensions and channel count), predicts, finds
+lesion instances and writes, atomically, per scan ``OUT/<scan_id>/``:
+
+* ``seg.nii.gz``: label map on the scan's own grid (same shape, same affine);
+* ``probabilities.nii.gz`` (``save_probabilities``): mean probability of each foreground
+  label, one byte per voxel (``scl_slope`` 1/255, so readers get 0..1 back);
+* ``members/<member>/seg.nii.gz`` (``keep_members``): each member's own label map;
+* ``lesions.json``: lesion instances with measurements, score, agreement, uncertainty,
+  plus the scan's grid and the models used. Written last: it marks the scan complete.
+
+and for the run ``summary.csv`` (one row per scan, rewritten after every scan) and
+``run.json`` (versions, model checksums, options, device, inputs, timings, peak memory).
+
+A scan that fails is recorded with its error and the batch goes on; ``--resume`` skips
+scans whose ``lesions.json`` was written by the same models and options.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import re
+import resource
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medres._version import __version__
+from medres.errors import MedresError, ModelError
+from medres.inference.inputs import ScanInput, assemble_inputs, load_input
+from medres.inference.lesions import Lesion, find_lesions
+from medres.inference.predictor import Ensemble, EnsemblePrediction
+from medres.io.atomic import write_bytes_atomic, write_text_atomic
+from medres.io.discover import SkippedFile, discover, safe_name
+from medres.io.nifti import nifti_bytes
+from medres.io.volume import Volume
+from medres.models.folder import ModelFolder, software_versions
+
+logger = logging.getLogger(__name__)
+
+SEG = "seg.nii.gz"
+PROBABILITIES = "probabilities.nii.gz"
+LESIONS = "lesions.json"
+SUMMARY = "summary.csv"
+RUN = "run.json"
+MEMBERS = "members"
+
+SUMMARY_COLUMNS = (
+    "scan_id",
+    "status",
+    "model",
+    "kind",
+    "modality",
+    "shape",
+    "spacing_mm",
+    "n_lesions",
+    "lesion_volume_ml",
+    "lesion_area_mm2",
+    "seconds",
+    "error",
+    "source",
+)
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """What ``medres predict`` was asked for (None: the pipeline's own setting).
+
+    Attributes:
+        device: ``cpu`` or ``cuda[:N]`` (resolved, not ``auto``).
+        tta: Flip test-time augmentation.
+        ensemble: ``mean`` or ``vote``.
+        overlap: Sliding-window overlap.
+        keep_members: Also write each member's label map (for ``medres evaluate``).
+        save_probabilities: Also write the compact probability map.
+        resume: Skip scans whose outputs are complete.
+    """
+
+    device: str = "cpu"
+    tta: bool | None = None
+    ensemble: str | None = None
+    overlap: float | None = None
+    keep_members: bool = False
+    save_probabilities: bool = False
+    resume: bool = False
+
+
+@dataclass
+class ScanResult:
+    """One row of ``summary.csv``."""
+
+    scan_id: str
+    status: str  # ok | resumed | failed
+    model: str = ""
+    kind: str = ""
+    modality: str = ""
+    shape: str = ""
+    spacing_mm: str = ""
+    n_lesions: int | None = None
+    lesion_volume_ml: float | None = None
+    lesion_area_mm2: float | None = None
+    seconds: float = 0.0
+    error: str = ""
+    source: str = ""
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        """The CSV row (fixed columns)."""
+        data = asdict(self)
+        return {k: "" if data[k] is None else data[k] for k in SUMMARY_COLUMNS}
+
+
+@dataclass
+class BatchRun:
+    """What a batch did."""
+
+    out: Path
+    results: list[ScanResult]
+    skipped: list[SkippedFile]
+    ensembles: list[Ensemble]
+
+    @property
+    def failed(self) -> list[ScanResult]:
+        """Scans (or unreadable files) that produced no output."""
+        return [r for r in self.results if r.status == "failed"]
+
+
+#: Progress callback: ``(scans_done, scans_total, scan_id, stage)``.
+ProgressCallback = Callable[[int, int, str, str], None]
+
+
+def open_ensembles(
+    model_dirs: Sequence[str | Path], *, options: PredictOptions
+) -> list[Ensemble]:
+    """Open model folders and join those with the same kind of input into ensembles.
+
+    Folders taking the same input (dimensions and channel count) vote together and must
+    share their labels; folders taking other inputs form other ensembles, and each scan
+    goes to the one that takes it (a 2D 3-channel MR model and a 3D CT model in one run).
+
+    Raises:
+        ModelError: A folder cannot be opened, or folders with the same input disagree
+            on labels.
+    """
+    if not model_dirs:
+        raise ModelError("give at least one model folder (--model)")
+    groups: dict[tuple[int, int], list[ModelFolder]] = {}
+    seen: set[Path] = set()
+    for path in model_dirs:
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise ModelError(f"{path}: the same model folder is given twice")
+        seen.add(resolved)
+        folder = ModelFolder.open(path)
+        key = (folder.pipeline.dims, len(folder.pipeline.channels))
+        groups.setdefault(key, []).append(folder)
+    return [
+        Ensemble(
+            folders,
+            device=options.device,
+            tta=options.tta,
+            mode=options.ensemble,
+            overlap=options.overlap,
+        )
+        for folders in groups.values()
+    ]
+
+
+def ensemble_name(ensemble: Ensemble) -> str:
+    """``+``-joined pipeline names of an ensemble's folders."""
+    return "+".join(f.pipeline.name for f in ensemble.folders)
+
+
+def fingerprint(ensemble: Ensemble, options: PredictOptions) -> str:
+    """What makes two predictions of a scan the same: weights and options."""
+    parts = [m.weights_sha256 for f in ensemble.folders for m in f.members]
+    parts += [
+        str(options.tta),
+        str(ensemble.mode),
+        str(options.overlap),
+        str(options.keep_members),
+        str(options.save_probabilities),
+    ]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _relative(path: str, root: Path) -> str:
+    base = root.resolve()
+    if base.is_file():
+        base = base.parent
+    try:
+        return str(Path(path).resolve().relative_to(base))
+    except ValueError:
+        return Path(path).name
+
+
+def compact_json(data: Any) -> str:
+    """Indented JSON with short lists of numbers or strings kept on one line."""
+    text = json.dumps(data, indent=2)
+    return (
+        re.sub(
+            r"\[\s+([^\[\]{}]*?)\s+\]",
+            lambda m: "[" + re.sub(r",\s*\n\s*", ", ", m.group(1)) + "]",
+            text,
+        )
+        + "\n"
+    )
+
+
+def _lesion_json(
+    item: ScanInput,
+    volume: Volume,
+    ensemble: Ensemble,
+    prediction: EnsemblePrediction,
+    lesions: list[Lesion],
+    *,
+    root: Path,
+    options: PredictOptions,
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    ref = item.refs[0]
+    three_d = prediction.labels.ndim == 3
+    return {
+        "medres_version": __version__,
+        "scan_id": item.scan_id,
+        "fingerprint": fingerprint(ensemble, options),
+        "source": {
+            "kind": str(item.kind),
+            "files": [_relative(p, root) for p in item.paths][:4]
+            + ([f"... {len(item.paths) - 4} more"] if len(item.paths) > 4 else []),
+            "n_files": len(item.paths),
+            "grouped_by": item.grouped_by,
+            "modality": volume.modality,
+            "series_uid": ref.series_uid,
+            "description": safe_name(ref.description, max_length=80) if ref.description else "",
+        },
+        "grid": {
+            "shape": list(prediction.labels.shape),
+            "spacing_mm": [round(s, 5) for s in volume.spacing_mm[: prediction.labels.ndim]],
+            "orientation": volume.orientation,
+            "affine": np.round(prediction.affine, 6).tolist(),
+        },
+        "ensemble": {
+            "pipelines": [f.pipeline.name for f in ensemble.folders],
+            "members": prediction.member_names,
+            "mode": str(ensemble.mode),
+            "tta": [
+                f.pipeline.inference.tta if options.tta is None else options.tta
+                for f in ensemble.folders
+            ],
+        },
+        "labels": list(ensemble.labels),
+        "lesion_labels": list(ensemble.cfg.lesion_labels),
+        "n_lesions": len(lesions),
+        "total_volume_ml": round(sum(x.volume_ml or 0.0 for x in lesions), 4) if three_d else None,
+        "total_area_mm2": None if three_d else round(sum(x.area_mm2 or 0.0 for x in lesions), 3),
+        "lesions": [x.to_json() for x in lesions],
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+    }
+
+
+def is_complete(scan_dir: Path, expected: str) -> dict[str, Any] | None:
+    """The scan's ``lesions.json`` when its outputs are complete for ``expected``."""
+    path = scan_dir / LESIONS
+    if not path.is_file() or not (scan_dir / SEG).is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if data.get("fingerprint") == expected else None
+
+
+def _write_scan_outputs(
+    scan_dir: Path,
+    prediction: EnsemblePrediction,
+    ensemble: Ensemble,
+    options: PredictOptions,
+) -> None:
+    labels = prediction.labels
+    affine = prediction.affine
+    write_bytes_atomic(scan_dir / SEG, nifti_bytes(labels, affine))
+    if options.save_probabilities:
+        quantised = np.rint(prediction.probabilities.astype(np.float32) * 255.0).astype(np.uint8)
+        stored = quantised[0] if quantised.shape[0] == 1 else np.moveaxis(quantised, 0, -1)
+        if labels.ndim == 2 and quantised.shape[0] > 1:
+            stored = stored[:, :, None, :]
+        write_bytes_atomic(scan_dir / PROBABILITIES, nifti_bytes(stored, affine, scale=1 / 255))
+    for name, member in zip(prediction.member_names, prediction.member_labels, strict=False):
+        member_dir = scan_dir / MEMBERS / safe_name(name.replace("/", "."))
+        write_bytes_atomic(member_dir / SEG, nifti_bytes(member, affine))
+
+
+def _scan_lesions(ensemble: Ensemble, prediction: EnsemblePrediction) -> list[Lesion]:
+    lesions: list[Lesion] = []
+    for index in ensemble.cfg.lesion_indices:
+        found = find_lesions(
+            prediction.labels,
+            affine=prediction.affine,
+            label_index=index,
+            label_name=ensemble.labels[index],
+            probabilities=prediction.probabilities[index - 1],
+            member_hits=prediction.member_hits[index - 1],
+            n_members=ensemble.n_members,
+            uncertainty=prediction.uncertainty[index - 1],
+        )
+        lesions.extend(found)
+    if len(ensemble.cfg.lesion_indices) > 1:  # one numbering over all lesion labels
+        lesions.sort(key=lambda x: -x.voxel_count)
+        lesions = [Lesion(**{**asdict(x), "lesion_id": n + 1}) for n, x in enumerate(lesions)]
+    return lesions
+
+
+def _describe(volume: Volume) -> tuple[str, str]:
+    shape = "x".join(str(s) for s in volume.spatial_shape)
+    spacing = "x".join(f"{s:.3g}" for s in volume.spacing_mm)
+    return shape, spacing
+
+
+def write_summary(out: Path, results: Sequence[ScanResult]) -> Path:
+    """Write ``summary.csv`` atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(SUMMARY_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for result in results:
+        writer.writerow(result.row())
+    return write_text_atomic(out / SUMMARY, buffer.getvalue())
+
+
+def _peak_rss_mib() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
+
+
+def _run_json(
+    run: BatchRun,
+    *,
+    root: Path,
+    options: PredictOptions,
+    started: datetime,
+    seconds: float,
+    finished: bool,
+) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for result in run.results:
+        counts[result.status] = counts.get(result.status, 0) + 1
+    return {
+        "medres_version": __version__,
+        "software": software_versions(),
+        "started": started.isoformat(timespec="seconds"),
+        "finished": finished,
+        "seconds_total": round(seconds, 2),
+        "peak_memory_mib": _peak_rss_mib(),
+        "input": str(root),
+        "options": asdict(options),
+        "models": [
+            {
+                "ensemble": ensemble_name(ensemble),
+                "mode": str(ensemble.mode),
+                "takes": {
+                    "dims": ensemble.cfg.dims,
+                    "channels": list(ensemble.cfg.channels),
+                },
+                "labels": list(ensemble.labels),
+                "folders": [
+                    {
+                        "path": str(folder.path),
+                        "pipeline": folder.pipeline.name,
+                        "members": [
+                            {"name": m.name, "weights_sha256": m.weights_sha256}
+                            for m in folder.members
+                        ],
+                        "config": folder.pipeline.model_dump(mode="json"),
+                    }
+                    for folder in ensemble.folders
+                ],
+            }
+            for ensemble in run.ensembles
+        ],
+        "counts": counts,
+        "scans": [
+            {**result.row(), "stage_seconds": result.stage_seconds} for result in run.results
+        ],
+        "skipped": [{"path": _relative(s.path, root), "reason": s.reason} for s in run.skipped],
+    }
+
+
+def predict_batch(
+    input_dir: str | Path,
+    model_dirs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    options: PredictOptions | None = None,
+    ensembles: Sequence[Ensemble] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> BatchRun:
+    """Predict every scan under ``input_dir`` and write the outputs under ``out``.
+
+    Args:
+        input_dir: Folder of scans (DICOM any nesting, NIfTI, 2D images) or one file.
+        model_dirs: Model folders (see :func:`open_ensembles`).
+        out: Output folder (created).
+        options: Run options.
+        ensembles: Already opened ensembles (then ``model_dirs`` is ignored).
+        on_progress: ``(done, total, scan_id, stage)`` as work proceeds.
+
+    Returns:
+        Results per scan. Failed scans are in ``results`` with their errors.
+
+    Raises:
+        ModelError: Unusable model folders. LoadError: ``input_dir`` does not exist.
+        KeyboardInterrupt: After writing ``summary.csv`` and ``run.json`` for what is done.
+    """
+    options = options or PredictOptions()
+    started = datetime.now(timezone.utc)
+    clock = time.perf_counter()
+    root = Path(input_dir)
+    out_dir = Path(out)
+    opened = list(ensembles) if ensembles is not None else open_ensembles(model_dirs, options=options)
+    found = discover(root)
+    inputs, unused = assemble_inputs(found, channel_sets=[e.cfg.channels for e in opened])
+    skipped = [s for s in found.skipped if not s.failed] + unused
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = BatchRun(out=out_dir, results=[], skipped=skipped, ensembles=opened)
+    for bad in found.failed:
+        run.results.append(
+            ScanResult(
+                scan_id=safe_name(Path(bad.path).name),
+                status="failed",
+                error=f"{bad.path}: {bad.reason}" if bad.path not in bad.reason else bad.reason,
+                source=_relative(bad.path, root),
+            )
+        )
+    total = len(inputs)
+    finished = False
+    try:
+        for done, item in enumerate(inputs):
+            if on_progress is not None:
+                on_progress(done, total, item.scan_id, "load")
+            result = _predict_one(item, opened, out_dir, root, options, on_progress, done, total)
+            run.results.append(result)
+            write_summary(out_dir, run.results)
+        finished = True
+        if on_progress is not None:
+            on_progress(total, total, "", "done")
+    finally:
+        write_summary(out_dir, run.results)
+        data = _run_json(
+            run,
+            root=root,
+            options=options,
+            started=started,
+            seconds=time.perf_counter() - clock,
+            finished=finished,
+        )
+        write_text_atomic(out_dir / RUN, compact_json(data))
+    return run
+
+
+def _predict_one(
+    item: ScanInput,
+    ensembles: Sequence[Ensemble],
+    out_dir: Path,
+    root: Path,
+    options: PredictOptions,
+    on_progress: ProgressCallback | None,
+    done: int,
+    total: int,
+) -> ScanResult:
+    start = time.perf_counter()
+    result = ScanResult(
+        scan_id=item.scan_id,
+        status="failed",
+        kind=str(item.kind),
+        source=_relative(item.name, root),
+    )
+    scan_dir = out_dir / item.scan_id
+    try:
+        if options.resume:
+            for ensemble in ensembles:
+                previous = is_complete(scan_dir, fingerprint(ensemble, options))
+                if previous is not None:
+                    result.status = "resumed"
+                    result.model = ensemble_name(ensemble)
+                    result.n_lesions = previous.get("n_lesions")
+                    result.lesion_volume_ml = previous.get("total_volume_ml")
+                    result.lesion_area_mm2 = previous.get("total_area_mm2")
+                    result.shape = "x".join(str(s) for s in previous["grid"]["shape"])
+                    result.spacing_mm = "x".join(
+                        f"{s:.3g}" for s in previous["grid"]["spacing_mm"]
+                    )
+                    result.modality = previous["source"].get("modality", "")
+                    return result
+        volume = load_input(item)
+        result.modality = volume.modality
+        result.shape, result.spacing_mm = _describe(volume)
+        problems = []
+        chosen: Ensemble | None = None
+        for ensemble in ensembles:
+            problem = ensemble.input_problem(volume)
+            if problem is None:
+                chosen = ensemble
+                break
+            problems.append(problem)
+        if chosen is None:
+            raise MedresError(f"{item.name}: no model takes this scan: {'; '.join(problems)}")
+        result.model = ensemble_name(chosen)
+
+        def on_stage(stage: str) -> None:
+            if on_progress is not None:
+                on_progress(done, total, item.scan_id, stage)
+
+        prediction = chosen.predict(
+            volume, source=item.name, keep_members=options.keep_members, on_stage=on_stage
+        )
+        on_stage("lesions")
+        lesion_start = time.perf_counter()
+        lesions = _scan_lesions(chosen, prediction)
+        seconds = dict(prediction.seconds)
+        seconds["lesions"] = time.perf_counter() - lesion_start
+        on_stage("write")
+        write_start = time.perf_counter()
+        _write_scan_outputs(scan_dir, prediction, chosen, options)
+        seconds["write"] = time.perf_counter() - write_start
+        seconds["total"] = time.perf_counter() - start
+        report = _lesion_json(
+            item, volume, chosen, prediction, lesions, root=root, options=options, seconds=seconds
+        )
+        write_text_atomic(scan_dir / LESIONS, compact_json(report))
+        result.status = "ok"
+        result.n_lesions = len(lesions)
+        result.lesion_volume_ml = report["total_volume_ml"]
+        result.lesion_area_mm2 = report["total_area_mm2"]
+        result.stage_seconds = {k: round(v, 3) for k, v in seconds.items()}
+    except MedresError as exc:
+        result.error = str(exc)
+        logger.info("%s failed: %s", item.scan_id, exc)
+    except (MemoryError, RuntimeError, ValueError, OSError) as exc:
+        result.error = f"{item.name}: {type(exc).__name__}: {exc}"
+        logger.debug("%s failed:\n%s", item.scan_id, traceback.format_exc())
+    result.seconds = round(time.perf_counter() - start, 3)
+    return result
+
+
+__all__ = [
+    "LESIONS",
+    "PROBABILITIES",
+    "RUN",
+    "SEG",
+    "SUMMARY",
+    "BatchRun",
+    "PredictOptions",
+    "ScanResult",
+    "ensemble_name",
+    "fingerprint",
+    "is_complete",
+    "open_ensembles",
+    "predict_batch",
+    "write_summary",
+]
