@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import resource
 import sys
@@ -142,9 +143,7 @@ class BatchRun:
 ProgressCallback = Callable[[int, int, str, str], None]
 
 
-def open_ensembles(
-    model_dirs: Sequence[str | Path], *, options: PredictOptions
-) -> list[Ensemble]:
+def open_ensembles(model_dirs: Sequence[str | Path], *, options: PredictOptions) -> list[Ensemble]:
     """Open model folders and join those with the same kind of input into ensembles.
 
     Folders taking the same input (dimensions and channel count) vote together and must
@@ -198,11 +197,11 @@ def fingerprint(ensemble: Ensemble, options: PredictOptions) -> str:
 
 
 def _relative(path: str, root: Path) -> str:
-    base = root.resolve()
+    base = Path(os.path.abspath(root))  # not resolve(): keep linked folders' own names
     if base.is_file():
         base = base.parent
     try:
-        return str(Path(path).resolve().relative_to(base))
+        return str(Path(os.path.abspath(path)).relative_to(base))
     except ValueError:
         return Path(path).name
 
@@ -244,7 +243,9 @@ def _lesion_json(
             "n_files": len(item.paths),
             "grouped_by": item.grouped_by,
             "modality": volume.modality,
-            "series_uid": ref.series_uid,
+            "series_uid": volume.source.series_uid,
+            "study_uid": volume.source.study_uid,
+            "frame_of_reference_uid": volume.source.frame_of_reference_uid,
             "description": safe_name(ref.description, max_length=80) if ref.description else "",
         },
         "grid": {
@@ -429,7 +430,9 @@ def predict_batch(
     clock = time.perf_counter()
     root = Path(input_dir)
     out_dir = Path(out)
-    opened = list(ensembles) if ensembles is not None else open_ensembles(model_dirs, options=options)
+    opened = (
+        list(ensembles) if ensembles is not None else open_ensembles(model_dirs, options=options)
+    )
     found = discover(root)
     inputs, unused = assemble_inputs(found, channel_sets=[e.cfg.channels for e in opened])
     skipped = [s for s in found.skipped if not s.failed] + unused
@@ -499,9 +502,7 @@ def _predict_one(
                     result.lesion_volume_ml = previous.get("total_volume_ml")
                     result.lesion_area_mm2 = previous.get("total_area_mm2")
                     result.shape = "x".join(str(s) for s in previous["grid"]["shape"])
-                    result.spacing_mm = "x".join(
-                        f"{s:.3g}" for s in previous["grid"]["spacing_mm"]
-                    )
+                    result.spacing_mm = "x".join(f"{s:.3g}" for s in previous["grid"]["spacing_mm"])
                     result.modality = previous["source"].get("modality", "")
                     return result
         volume = load_input(item)

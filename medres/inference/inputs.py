@@ -64,7 +64,9 @@ class ScanInput:
         """What to call the source in messages: the first file, or the case folder."""
         if len(self.refs) == 1:
             ref = self.refs[0]
-            return ref.paths[0] if ref.kind is not ScanKind.DICOM else str(Path(ref.paths[0]).parent)
+            return (
+                ref.paths[0] if ref.kind is not ScanKind.DICOM else str(Path(ref.paths[0]).parent)
+            )
         return str(Path(self.refs[0].paths[0]).parent)
 
 
@@ -77,7 +79,9 @@ def _suffix_groups(refs: list[ScanRef]) -> tuple[list[ScanInput], list[ScanRef]]
     groups: dict[tuple[str, str], dict[int, ScanRef]] = defaultdict(dict)
     rest: list[ScanRef] = []
     for ref in refs:
-        match = _CHANNEL_SUFFIX.match(nifti_stem(ref.paths[0])) if ref.kind is ScanKind.NIFTI else None
+        match = (
+            _CHANNEL_SUFFIX.match(nifti_stem(ref.paths[0])) if ref.kind is ScanKind.NIFTI else None
+        )
         if match is None:
             rest.append(ref)
             continue

@@ -196,7 +196,9 @@ def find_lesions(
                 lesion_id=len(lesions) + 1,
                 label=label_name,
                 voxel_count=int(sizes[index]),
-                volume_ml=round(float(sizes[index] * voxel_size / 1000.0), 5) if ndim == 3 else None,
+                volume_ml=round(float(sizes[index] * voxel_size / 1000.0), 5)
+                if ndim == 3
+                else None,
                 area_mm2=round(float(sizes[index] * voxel_size), 3) if ndim == 2 else None,
                 center_ijk=tuple(round(float(c), 3) for c in center),
                 center_ras_mm=tuple(round(float(c), 3) for c in world),  # type: ignore[arg-type]

@@ -95,7 +95,8 @@ def decide_labels(
     background's probability being ``1 - sum``; ties go to the lower label.
     """
     if foreground.shape[0] == 1:
-        return (foreground[0] > threshold).astype(np.uint8)
+        binary: npt.NDArray[np.uint8] = (foreground[0] > threshold).astype(np.uint8)
+        return binary
     best = 1.0 - foreground.sum(0, dtype=np.float32)
     labels = np.zeros(foreground.shape[1:], dtype=np.uint8)
     for index in range(foreground.shape[0]):
@@ -367,8 +368,9 @@ class Ensemble:
             mean16, spread16 = mean.astype(np.float16), spread.astype(np.float16)
             del mean, spread
         else:
-            mean16, spread16 = mean.astype(np.float16, copy=False), spread.astype(
-                np.float16, copy=False
+            mean16, spread16 = (
+                mean.astype(np.float16, copy=False),
+                spread.astype(np.float16, copy=False),
             )
         if self.mode == EnsembleMode.VOTE:
             labels = majority_vote(member_labels, len(self.labels))

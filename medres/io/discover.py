@@ -158,11 +158,21 @@ class DiscoveryResult:
 
 
 def iter_files(root: Path) -> Iterator[Path]:
-    """Files under ``root`` in sorted order, skipping hidden files and folders."""
+    """Files under ``root`` in sorted order, skipping hidden files and folders.
+
+    Linked folders are followed (a folder of links to case folders is a common way to
+    assemble a batch); a folder reached twice (a link loop) is read once.
+    """
     if root.is_file():
         yield root
         return
-    for dirpath, dirnames, filenames in os.walk(root):
+    visited: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:
+            dirnames[:] = []
+            continue
+        visited.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if not name.startswith("."):

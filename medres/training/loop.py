@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 
 from medres.errors import TrainingError
-from medres.runtime import resolve_device
 from medres.inference.sliding import predict_logits
 from medres.io.atomic import atomic_write, write_bytes_atomic, write_text_atomic
 from medres.models.folder import WEIGHTS
 from medres.models.registry import build_pipeline_network
 from medres.pipeline import LossName, PipelineConfig, ScheduleName
+from medres.runtime import resolve_device
 from medres.training.datasets import TrainingCase
 
 logger = logging.getLogger(__name__)

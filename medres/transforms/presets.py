@@ -167,9 +167,10 @@ class LoadCased(Transform):  # type: ignore[misc]
 
     Reads ``record["image"]`` (a path or list of paths, one per channel group) with medres's
     readers, or takes it as is when it is an already loaded :class:`Volume` (then
-    ``record["source"]`` names it in messages), and ``record["label"]`` when present, mapped to label indices. It is a MONAI
-    ``Transform`` (deterministic), so ``CacheDataset`` caches its output and everything
-    after it up to the first random step: scans are decoded once, not every epoch.
+    ``record["source"]`` names it in messages), and ``record["label"]`` when present,
+    mapped to label indices. It is a MONAI ``Transform`` (deterministic), so
+    ``CacheDataset`` caches its output and everything after it up to the first random
+    step: scans are decoded once, not every epoch.
     """
 
     def __init__(self, cfg: PipelineConfig) -> None:

@@ -39,7 +39,7 @@ def test_demo_model_on_the_held_out_sample_phantom(demo_ensemble: Ensemble) -> N
     np.testing.assert_array_equal(result.affine, image.affine)
     assert result.probabilities.shape == (1, *image.spatial_shape)
     assert result.probabilities.dtype == np.float16
-    assert 0.0 <= float(result.probabilities.min()) and float(result.probabilities.max()) <= 1.0
+    assert float(result.probabilities.min()) >= 0.0 and float(result.probabilities.max()) <= 1.0
     assert _dice(result.labels == 1, truth) > 0.8  # seed 7 is not a training phantom
     assert len(result.member_labels) == 3 and len(result.member_names) == 3
     for member in result.member_labels:
