@@ -28,6 +28,8 @@ demo: install
 	$(BIN)/medres inspect sample_data
 	$(BIN)/medres convert sample_data $(OUT)/nifti
 	@echo "NIfTI + JSON sidecars written to $(OUT)/nifti"
+	$(BIN)/medres predict sample_data --model models/demo_ct_3d --out $(OUT)/predictions --skip-unmatched
+	@echo "masks, lesions.json per scan and summary.csv written to $(OUT)/predictions"
 
 ## retrain the bundled demo model (about 2 CPU minutes) from sample_data/ct_train
 demo-model: install

@@ -60,6 +60,14 @@ def predict_command(
     resume: Annotated[
         bool, typer.Option("--resume", help="Skip scans whose outputs in --out are complete.")
     ] = False,
+    skip_unmatched: Annotated[
+        bool,
+        typer.Option(
+            "--skip-unmatched",
+            help="List scans no model takes (other dimensions or channel count) as skipped "
+            "instead of failed, e.g. for a mixed PACS export.",
+        ),
+    ] = False,
 ) -> None:
     """Segment every scan with an ensemble; masks on each scan's own grid, plus lesions.
 
@@ -88,6 +96,7 @@ def predict_command(
             keep_members=members,
             save_probabilities=probabilities,
             resume=resume,
+            skip_unmatched=skip_unmatched,
         )
         opened = open_ensembles(model, options=options)
         for item in opened:
@@ -147,5 +156,10 @@ def predict_command(
             err_console.print(f"  {n} x {reason}", highlight=False)
     for failure in run.failed:
         err_console.print(f"[red]failed[/] {failure.scan_id}: {failure.error}", highlight=False)
+    unmatched = [r for r in run.results if r.status == "skipped"]
+    if unmatched:
+        err_console.print(
+            f"{len(unmatched)} scan(s) skipped: no model takes them (see summary.csv)"
+        )
     if run.failed:
         raise typer.Exit(EXIT_SOME_FAILED)

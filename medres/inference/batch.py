@@ -88,6 +88,7 @@ class PredictOptions:
         keep_members: Also write each member's label map (for ``medres evaluate``).
         save_probabilities: Also write the compact probability map.
         resume: Skip scans whose outputs are complete.
+        skip_unmatched: Scans no model takes are "skipped", not "failed".
     """
 
     device: str = "cpu"
@@ -97,6 +98,11 @@ class PredictOptions:
     keep_members: bool = False
     save_probabilities: bool = False
     resume: bool = False
+    skip_unmatched: bool = False
+
+
+class NoModelForScanError(MedresError):
+    """No ensemble of the run takes this scan (dimensions or channel count differ)."""
 
 
 @dataclass
@@ -104,7 +110,7 @@ class ScanResult:
     """One row of ``summary.csv``."""
 
     scan_id: str
-    status: str  # ok | resumed | failed
+    status: str  # ok | resumed | failed | skipped
     model: str = ""
     kind: str = ""
     modality: str = ""
@@ -517,7 +523,9 @@ def _predict_one(
                 break
             problems.append(problem)
         if chosen is None:
-            raise MedresError(f"{item.name}: no model takes this scan: {'; '.join(problems)}")
+            raise NoModelForScanError(
+                f"{item.name}: no model takes this scan: {'; '.join(problems)}"
+            )
         result.model = ensemble_name(chosen)
 
         def on_stage(stage: str) -> None:
@@ -546,6 +554,10 @@ def _predict_one(
         result.lesion_volume_ml = report["total_volume_ml"]
         result.lesion_area_mm2 = report["total_area_mm2"]
         result.stage_seconds = {k: round(v, 3) for k, v in seconds.items()}
+    except NoModelForScanError as exc:
+        result.error = str(exc)
+        if options.skip_unmatched:
+            result.status = "skipped"
     except MedresError as exc:
         result.error = str(exc)
         logger.info("%s failed: %s", item.scan_id, exc)
@@ -563,6 +575,7 @@ __all__ = [
     "SEG",
     "SUMMARY",
     "BatchRun",
+    "NoModelForScanError",
     "PredictOptions",
     "ScanResult",
     "ensemble_name",

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from medres.inference.postprocess import label_components, occupied_box
+
 
 @dataclass(frozen=True)
 class Lesion:
@@ -149,9 +151,18 @@ def find_lesions(
         voxel_size = float(abs(np.linalg.det(affine[:3, :3])))
     else:
         voxel_size = float(np.linalg.norm(np.cross(columns[:, 0], columns[:, 1])))
-    components, count = ndimage.label(labels == label_index)
-    if count == 0:
+    region = occupied_box(labels == label_index)
+    if region is None:
         return []
+    # work inside the box holding every voxel of the label (small, even on a large scan)
+    origin = np.array([s.start for s in region])
+    components, _ = label_components(labels[region] == label_index)
+    if probabilities is not None:
+        probabilities = np.asarray(probabilities)[region]
+    if member_hits is not None:
+        member_hits = np.asarray(member_hits)[region]
+    if uncertainty is not None:
+        uncertainty = np.asarray(uncertainty)[region]
     sizes = np.bincount(components.ravel())[1:]
     objects = ndimage.find_objects(components)
     axis = slice_axis(affine, ndim)
@@ -164,7 +175,7 @@ def find_lesions(
         box = objects[index]
         assert box is not None
         local = components[box] == component
-        offset = np.array([s.start for s in box])
+        offset = np.array([s.start for s in box]) + origin
         ijk = np.argwhere(local) + offset
         center = ijk.mean(axis=0)
         world = affine[:3, :ndim] @ center + affine[:3, 3]
@@ -202,7 +213,10 @@ def find_lesions(
                 area_mm2=round(float(sizes[index] * voxel_size), 3) if ndim == 2 else None,
                 center_ijk=tuple(round(float(c), 3) for c in center),
                 center_ras_mm=tuple(round(float(c), 3) for c in world),  # type: ignore[arg-type]
-                bbox_ijk=tuple((int(s.start), int(s.stop) - 1) for s in box),
+                bbox_ijk=tuple(
+                    (int(s.start + o), int(s.stop + o) - 1)
+                    for s, o in zip(box, origin, strict=True)
+                ),
                 longest_axial_diameter_mm=round(diameter, 3),
                 axial_slice=best_slice,
                 mean_probability=mean_p,

@@ -162,6 +162,18 @@ def _nonzero_any_channel(x: Any) -> Any:
     return (x != 0).any(0, keepdims=True)
 
 
+def _compact(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Pixels in a dtype the transforms take without a full-size float32 copy.
+
+    Small integer types (CT's int16, 8-bit images) stay as they are: reorienting copies
+    them at their own size and resampling converts only what it produces; everything else
+    becomes float32. The intensity step and a final ``EnsureTyped`` give float32 anyway.
+    """
+    if array.dtype in (np.uint8, np.int8, np.int16, np.uint16):
+        return array
+    return array.astype(np.float32, copy=False)
+
+
 class LoadCased(Transform):  # type: ignore[misc]
     """MONAI dictionary transform: paths -> channel-first MetaTensors with RAS affines.
 
@@ -198,7 +210,7 @@ class LoadCased(Transform):  # type: ignore[misc]
             return {"filename_or_obj": str(paths[0]), "original_affine": affine.copy()}
 
         out[IMAGE] = MetaTensor(
-            np.ascontiguousarray(image.array, dtype=np.float32), affine=affine.copy(), meta=meta()
+            np.ascontiguousarray(_compact(image.array)), affine=affine.copy(), meta=meta()
         )
         if record.get(LABEL):
             label = read_label(record[LABEL], image)
@@ -240,7 +252,9 @@ def preprocessing_transforms(cfg: PipelineConfig, *, with_label: bool = True) ->
         steps.append(mt.Orientationd(keys=keys, axcodes=pre.orientation.upper(), labels=None))
     if pre.target_spacing_mm is not None:
         modes = ["bilinear", "nearest"] if with_label else ["bilinear"]
-        steps.append(mt.Spacingd(keys=keys, pixdim=pre.target_spacing_mm, mode=modes))
+        steps.append(
+            mt.Spacingd(keys=keys, pixdim=pre.target_spacing_mm, mode=modes, dtype=np.float32)
+        )
     if pre.crop_foreground:
         steps.append(
             mt.CropForegroundd(

@@ -232,3 +232,15 @@ def test_real_ct_dicom_series_lands_on_the_reference_grid(tmp_path: Path) -> Non
     report = json.loads(next(tmp_path.glob("*/lesions.json")).read_text())
     assert report["source"]["modality"] == "CT" and report["source"]["n_files"] == 20
     assert ModelFolder.open(DEMO).members[0].name in report["ensemble"]["members"][0]
+
+
+def test_skip_unmatched_keeps_the_exit_code_clean(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["predict", str(SAMPLE_DATA / "images2d"), "--model", str(DEMO), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--skip-unmatched"])
+    assert result.exit_code == 0, result.output
+    rows = _rows(out)
+    assert rows and all(row["status"] == "skipped" for row in rows.values())
+    assert all("no model takes this scan" in row["error"] for row in rows.values())
+    result = runner.invoke(app, [*args, "--ensemble", "median"])
+    assert result.exit_code == 2 and "use mean or vote" in result.output
