@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from medres._version import __version__
+from medres.cli.console import EXIT_USAGE
 
 app = typer.Typer(
     name="medres",
@@ -21,10 +22,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-#: Exit codes: 0 all good; 1 some scans or files failed; 2 bad usage or unusable input.
-EXIT_OK = 0
-EXIT_SOME_FAILED = 1
-EXIT_USAGE = 2
 
 
 def _version_callback(value: bool) -> None:

@@ -21,6 +21,11 @@ from rich.progress import (
 console = Console()
 err_console = Console(stderr=True)
 
+#: Exit codes: 0 all good; 1 some scans or files failed; 2 bad usage or unusable input.
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+
 
 def setup_logging(verbosity: int) -> None:
     """Rich logging on stderr: ``-v`` for info, ``-vv`` for debug, default warnings only.

@@ -77,8 +77,13 @@ def predict_command(
     """
     from rich.table import Table
 
-    from medres.cli.app import EXIT_SOME_FAILED
-    from medres.cli.console import console, err_console, fail_cleanly, progress_bar
+    from medres.cli.console import (
+        EXIT_SOME_FAILED,
+        console,
+        err_console,
+        fail_cleanly,
+        progress_bar,
+    )
     from medres.errors import ConfigError
     from medres.inference.batch import PredictOptions, open_ensembles, predict_batch
     from medres.pipeline import EnsembleMode
