@@ -348,6 +348,12 @@ def write_summary(out: Path, results: Sequence[ScanResult]) -> Path:
 
 
 def _peak_rss_mib() -> float:
+    """Peak resident memory of this process (Linux ``VmHWM``; ``ru_maxrss`` elsewhere)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 

@@ -244,3 +244,20 @@ def test_skip_unmatched_keeps_the_exit_code_clean(tmp_path: Path) -> None:
     assert all("no model takes this scan" in row["error"] for row in rows.values())
     result = runner.invoke(app, [*args, "--ensemble", "median"])
     assert result.exit_code == 2 and "use mean or vote" in result.output
+
+
+def test_dicom_text_cannot_steer_output_paths(tmp_path: Path) -> None:
+    """A SeriesDescription with path characters still gives a folder inside --out."""
+    scans = tmp_path / "scans"
+    shutil.copytree(SAMPLE_DATA / "ct_phantom_dicom", scans)
+    for path in scans.iterdir():
+        ds = pydicom.dcmread(path)
+        ds.SeriesDescription = "../../escaped/\x00evil"
+        ds.save_as(path)
+    out = tmp_path / "deep" / "out"
+    run = predict_batch(scans, [DEMO], out, options=PredictOptions())
+    (result,) = run.results
+    assert result.status == "ok"
+    assert "/" not in result.scan_id and ".." not in result.scan_id
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and scans not in p.parents]
+    assert written and all(out in p.parents for p in written)
