@@ -87,6 +87,10 @@ class TrainingError(MedresError):
     """Training could not start or continue (device, resume state, budget)."""
 
 
+class EvaluationError(MedresError):
+    """Predictions and ground truth cannot be compared (missing truth, other grid, labels)."""
+
+
 # --- writing outputs ---------------------------------------------------------------
 
 
@@ -99,6 +103,7 @@ __all__ = [
     "CorruptFileError",
     "DatasetError",
     "DuplicateSlicesError",
+    "EvaluationError",
     "ImageReadError",
     "LoadError",
     "MaskMismatchError",

@@ -16,7 +16,8 @@ from medres.cli.console import EXIT_USAGE
 
 app = typer.Typer(
     name="medres",
-    help="Medical image lesion workbench: inspect, convert, train and predict (DICOM, NIfTI, 2D).",
+    help="Medical image lesion workbench: inspect, convert, train, predict, evaluate "
+    "(DICOM, NIfTI, 2D).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -48,12 +49,13 @@ def main_options(
 
 
 def _register() -> None:
-    from medres.cli import convert, inspect, predict, train
+    from medres.cli import convert, evaluate, inspect, predict, train
 
     app.command("inspect")(inspect.inspect_command)
     app.command("convert")(convert.convert_command)
     app.command("train")(train.train_command)
     app.command("predict")(predict.predict_command)
+    app.command("evaluate")(evaluate.evaluate_command)
 
 
 _register()

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from medres._version import __version__
 from medres.errors import MedresError, ModelError
@@ -301,14 +302,46 @@ def _write_scan_outputs(
     affine = prediction.affine
     write_bytes_atomic(scan_dir / SEG, nifti_bytes(labels, affine))
     if options.save_probabilities:
-        quantised = np.rint(prediction.probabilities.astype(np.float32) * 255.0).astype(np.uint8)
-        stored = quantised[0] if quantised.shape[0] == 1 else np.moveaxis(quantised, 0, -1)
-        if labels.ndim == 2 and quantised.shape[0] > 1:
-            stored = stored[:, :, None, :]
-        write_bytes_atomic(scan_dir / PROBABILITIES, nifti_bytes(stored, affine, scale=1 / 255))
-    for name, member in zip(prediction.member_names, prediction.member_labels, strict=False):
-        member_dir = scan_dir / MEMBERS / safe_name(name.replace("/", "."))
+        write_bytes_atomic(
+            scan_dir / PROBABILITIES, _probability_nifti(prediction.probabilities, affine)
+        )
+    for index, member in enumerate(prediction.member_labels):
+        member_dir = scan_dir / MEMBERS / member_folder_name(prediction.member_names[index])
         write_bytes_atomic(member_dir / SEG, nifti_bytes(member, affine))
+        probabilities = prediction.member_probabilities[index]
+        if options.save_probabilities:
+            write_bytes_atomic(
+                member_dir / PROBABILITIES, _probability_nifti(probabilities, affine)
+            )
+        lesions: list[Lesion] = []
+        for label in ensemble.cfg.lesion_indices:
+            lesions += find_lesions(
+                member,
+                affine=affine,
+                label_index=label,
+                label_name=ensemble.labels[label],
+                probabilities=probabilities[label - 1],
+            )
+        report = {
+            "member": prediction.member_names[index],
+            "n_lesions": len(lesions),
+            "lesions": [x.to_json() for x in lesions],
+        }
+        write_text_atomic(member_dir / LESIONS, compact_json(report))
+
+
+def member_folder_name(member: str) -> str:
+    """Folder of a member's outputs: ``<pipeline>/<fold>`` -> ``<pipeline>.<fold>``."""
+    return safe_name(member.replace("/", "."))
+
+
+def _probability_nifti(probabilities: npt.NDArray[Any], affine: npt.NDArray[np.float64]) -> bytes:
+    """Foreground probabilities ``(C-1, ...)`` as 1-byte NIfTI (``scl_slope`` 1/255)."""
+    quantised = np.rint(probabilities.astype(np.float32) * 255.0).astype(np.uint8)
+    stored = quantised[0] if quantised.shape[0] == 1 else np.moveaxis(quantised, 0, -1)
+    if probabilities.ndim == 3 and quantised.shape[0] > 1:  # 2D with several labels
+        stored = stored[:, :, None, :]
+    return nifti_bytes(stored, affine, scale=1 / 255)
 
 
 def _scan_lesions(ensemble: Ensemble, prediction: EnsemblePrediction) -> list[Lesion]:
@@ -587,6 +620,7 @@ __all__ = [
     "ensemble_name",
     "fingerprint",
     "is_complete",
+    "member_folder_name",
     "open_ensembles",
     "predict_batch",
     "write_summary",

@@ -63,6 +63,8 @@ class EnsemblePrediction:
         member_hits: ``(C-1, ...)`` unsigned ints: bit ``m`` is set where member ``m``
             predicts that label (sampled nearest from the model grid).
         member_labels: Each member's own label map (only when asked for, or voting).
+        member_probabilities: Each member's ``(C-1, ...)`` float16 probabilities on the scan
+            grid (only with ``keep_members``: 2 bytes per voxel and class per member).
         member_names: ``<pipeline>/<member>`` for each member, in bit order.
         affine: The scan's voxel -> RAS mm affine.
         seconds: Time per stage (``preprocess``, ``inference``, ``to_scan_grid``).
@@ -75,6 +77,7 @@ class EnsemblePrediction:
     member_labels: list[npt.NDArray[np.uint8]]
     member_names: list[str]
     affine: npt.NDArray[np.float64]
+    member_probabilities: list[npt.NDArray[np.float16]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -296,6 +299,7 @@ class Ensemble:
         hits = np.zeros((n_fg, *shape), dtype=bits_dtype)
         need_members = keep_members or self.mode == EnsembleMode.VOTE
         member_labels: list[npt.NDArray[np.uint8]] = []
+        member_probabilities: list[npt.NDArray[np.float16]] = []
         seconds = {"preprocess": 0.0, "inference": 0.0, "to_scan_grid": 0.0}
         bit = 0
         for runner in self.runners:
@@ -339,6 +343,8 @@ class Ensemble:
                         foreground, model_affine, volume.affine, shape, dtype=np.float16
                     )
                     member_labels.append(decide_labels(native, threshold=cfg.inference.threshold))
+                    if keep_members:
+                        member_probabilities.append(native)
                     del native
                 bit += 1
                 seconds["to_scan_grid"] += time.perf_counter() - start
@@ -389,6 +395,7 @@ class Ensemble:
             member_hits=hits,
             member_labels=member_labels,
             member_names=self.member_names,
+            member_probabilities=member_probabilities,
             affine=volume.affine.copy(),
             seconds=seconds,
         )

@@ -1,0 +1,155 @@
+"""``medres evaluate PREDICTIONS --truth T``: metrics per member and for the ensemble."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+#: Problems listed on the console (all of them are in summary.json).
+MAX_PROBLEMS = 10
+
+
+def evaluate_command(
+    predictions: Annotated[Path, typer.Argument(help="Output folder of medres predict.")],
+    truth: Annotated[
+        Path,
+        typer.Option(
+            "--truth",
+            "-t",
+            help="Ground truth: a folder (masks named <scan_id>_mask.* or <scan_id>.nii.gz, "
+            "or --truth-name files in <scan_id>/ folders) or a datalist JSON (id + label).",
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Where to write (default: PREDICTIONS/evaluation)."),
+    ] = None,
+    members: Annotated[
+        bool,
+        typer.Option(
+            "--members/--no-members",
+            help="Also score each member (needs medres predict --members).",
+        ),
+    ] = True,
+    group_by: Annotated[
+        str,
+        typer.Option(
+            "--group-by",
+            help="scan: each scan is a case; folder: the scans of one source folder are "
+            "pooled into one case (the slices of a patient).",
+        ),
+    ] = "scan",
+    tolerance_mm: Annotated[
+        float | None,
+        typer.Option(
+            "--tolerance-mm", help="NSD tolerance in mm (default: the case's largest spacing)."
+        ),
+    ] = None,
+    iou: Annotated[
+        float,
+        typer.Option("--iou", min=0.0, max=1.0, help="Lesion overlap (IoU) that counts as found."),
+    ] = 0.1,
+    truth_name: Annotated[
+        str | None,
+        typer.Option("--truth-name", help="Truth file name inside each case folder."),
+    ] = None,
+    mask_suffix: Annotated[str, typer.Option("--mask-suffix", help="Truth mask suffix.")] = "_mask",
+    data_root: Annotated[
+        Path | None,
+        typer.Option("--data-root", help="Base folder for relative paths in a datalist JSON."),
+    ] = None,
+    skip_missing_truth: Annotated[
+        bool,
+        typer.Option(
+            "--skip-missing-truth",
+            help="Leave out scans without ground truth instead of reporting them.",
+        ),
+    ] = False,
+) -> None:
+    """Score predictions against ground truth: segmentation, lesion detection, calibration.
+
+    Writes metrics.csv (per case and model), lesions.csv (every lesion match),
+    summary.json (means, medians, 95 % bootstrap CIs, member vs ensemble), PNG plots and
+    evaluation.html. Cases that cannot be scored are listed; the exit code is then 1.
+    """
+    from rich.table import Table
+
+    from medres.cli.console import (
+        EXIT_SOME_FAILED,
+        console,
+        err_console,
+        fail_cleanly,
+        progress_bar,
+    )
+    from medres.evaluation.run import EvaluateOptions, evaluate_predictions
+
+    with fail_cleanly():
+        options = EvaluateOptions(
+            group_by=group_by,
+            tolerance_mm=tolerance_mm,
+            iou_threshold=iou,
+            members=members,
+            truth_name=truth_name,
+            mask_suffix=mask_suffix,
+            data_root=str(data_root) if data_root else None,
+            skip_missing_truth=skip_missing_truth,
+        )
+        with progress_bar() as progress:
+            task = progress.add_task("evaluate", total=None, item="")
+
+            def on_progress(done: int, total: int, scan_id: str) -> None:
+                progress.update(task, completed=done, total=total, item=scan_id)
+
+            result = evaluate_predictions(
+                predictions, truth, out, options=options, on_progress=on_progress
+            )
+    for label, by_model in result.summary["results"].items():
+        table = Table(title=f"{label}: mean [95 % CI] over {result.summary['n_cases']} case(s)")
+        for column in (
+            "model",
+            "Dice",
+            "HD95 mm",
+            "NSD",
+            "lesion F1",
+            "sensitivity",
+            "FP/case",
+            "CPM",
+        ):
+            table.add_column(column)
+        for model, entry in by_model.items():
+            seg = entry["segmentation"]
+            det = entry["detection"]
+
+            def ci(d: dict[str, float], key: str = "mean") -> str:
+                return f"{d[key]:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}]"
+
+            table.add_row(
+                model,
+                ci(seg["dice"]),
+                f"{seg['hd95_mm']['mean']:.1f}",
+                f"{seg['nsd']['mean']:.3f}",
+                ci(det["f1"], "value"),
+                f"{det['sensitivity']['value']:.3f}",
+                f"{det['fp_per_case']['value']:.2f}",
+                f"{det['cpm']['value']:.3f}",
+            )
+        console.print(table)
+    err_console.print(
+        f"{result.summary['n_scans']} scan(s) in {result.summary['n_cases']} case(s) scored in "
+        f"{result.seconds:.1f} s; see {result.out / 'evaluation.html'}"
+    )
+    if result.summary["without_truth"]:
+        err_console.print(f"{len(result.summary['without_truth'])} scan(s) without truth left out")
+    for failure in result.failed[:MAX_PROBLEMS]:
+        err_console.print(
+            f"[red]not scored[/] {failure['scan_id']}: {failure['error']}", highlight=False
+        )
+    if len(result.failed) > MAX_PROBLEMS:
+        err_console.print(
+            f"... {len(result.failed) - MAX_PROBLEMS} more scan(s) not scored: see "
+            f"{result.out / 'summary.json'} (failed)"
+        )
+    if result.failed:
+        raise typer.Exit(EXIT_SOME_FAILED)

@@ -1,0 +1,211 @@
+"""Plots (PNG) and the ``evaluation.html`` page of an evaluation.
+
+Plots: FROC curves of every model, per-case box plots of Dice and HD95, and the
+reliability diagram of the saved probabilities. The page shows the summary table (mean
+with 95 % CI per model), member-versus-ensemble comparisons, sensitivity by lesion size,
+the plots and the failed cases; it links to ``metrics.csv`` and ``lesions.csv``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medres.io.atomic import write_bytes_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from medres.evaluation.run import EvaluationRun
+
+
+def _png(figure: Any) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def write_plots(evaluation: EvaluationRun) -> list[str]:
+    """Write the PNG plots into the evaluation folder; returns their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[str] = []
+    results = evaluation.summary["results"]
+    for label, by_model in results.items():
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
+        # FROC
+        figure, axis = plt.subplots(figsize=(5.5, 4))
+        for model, entry in by_model.items():
+            curve = entry["froc"]
+            cpm_value = entry["detection"]["cpm"]["value"]
+            axis.step(
+                curve["fp_per_case"],
+                curve["sensitivity"],
+                where="post",
+                label=f"{model} (CPM {cpm_value:.2f})",
+                linewidth=2.2 if model == "ensemble" else 1.2,
+            )
+        axis.set_xscale("symlog", linthresh=0.125)
+        axis.set_xlabel("false positives per case")
+        axis.set_ylabel("lesion sensitivity")
+        axis.set_ylim(0, 1.02)
+        axis.set_title(f"FROC: {label}")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8, loc="lower right")
+        name = f"froc_{safe}.png"
+        write_bytes_atomic(evaluation.out / name, _png(figure))
+        plt.close(figure)
+        written.append(name)
+        # per-case box plots
+        figure, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+        for axis, metric, title in (
+            (axes[0], "dice", "Dice per case"),
+            (axes[1], "hd95_mm", "HD95 per case (mm)"),
+        ):
+            data = [
+                [r[metric] for r in evaluation.rows if r["model"] == m and r["label"] == label]
+                for m in by_model
+            ]
+            axis.boxplot(data, showmeans=True)
+            axis.set_xticks(range(1, len(by_model) + 1), list(by_model), rotation=30, fontsize=8)
+            axis.set_title(title)
+            axis.grid(alpha=0.3, axis="y")
+        name = f"cases_{safe}.png"
+        write_bytes_atomic(evaluation.out / name, _png(figure))
+        plt.close(figure)
+        written.append(name)
+        # reliability
+        calibrated = {m: e["calibration"] for m, e in by_model.items() if "calibration" in e}
+        if calibrated:
+            figure, axis = plt.subplots(figsize=(4.5, 4.2))
+            axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+            for model, calibration in calibrated.items():
+                points = [
+                    (b["mean_probability"], b["lesion_frequency"])
+                    for b in calibration["bins"]
+                    if b["voxels"] > 0
+                ]
+                if points:
+                    xs, ys = zip(*points, strict=True)
+                    axis.plot(xs, ys, marker="o", label=f"{model} (ECE {calibration['ece']:.4f})")
+            axis.set_xlabel("mean predicted probability")
+            axis.set_ylabel("observed lesion frequency")
+            axis.set_title(f"Reliability: {label}")
+            axis.legend(fontsize=8)
+            axis.grid(alpha=0.3)
+            name = f"reliability_{safe}.png"
+            write_bytes_atomic(evaluation.out / name, _png(figure))
+            plt.close(figure)
+            written.append(name)
+    return written
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>medres evaluation</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1200px; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f2f2f2; }
+tr.ensemble td { font-weight: bold; background: #f7fbff; }
+.ci { color: #666; font-size: 0.85em; }
+.note { color: #555; font-size: 0.9em; }
+img { max-width: 100%; margin: 0.5em 1em 1em 0; border: 1px solid #eee; }
+.failed td { color: #a00; text-align: left; }
+</style></head><body>
+<h1>Evaluation</h1>
+<p class="note">{{ n_cases }} case(s) ({{ group_by }}), {{ n_scans }} scan(s) scored in {{ seconds }} s;
+predictions <code>{{ predictions }}</code>, truth <code>{{ truth }}</code>.
+Per-case figures: <a href="metrics.csv">metrics.csv</a>; every lesion match:
+<a href="lesions.csv">lesions.csv</a>; everything: <a href="summary.json">summary.json</a>.
+Means with 95&nbsp;% bootstrap confidence intervals over cases. Research use only.</p>
+{% for label, by_model in results.items() %}
+<h2>{{ label }}</h2>
+<h3>Segmentation</h3>
+<table><tr><th>model</th>{% for m in seg_metrics %}<th>{{ m }}</th>{% endfor %}</tr>
+{% for model, entry in by_model.items() %}
+<tr class="{{ 'ensemble' if model == 'ensemble' else '' }}"><td>{{ model }}</td>
+{% for m in seg_metrics %}{% set d = entry.segmentation[m] %}
+<td>{{ fmt(d.mean) }} <span class="ci">[{{ fmt(d.ci_low) }}, {{ fmt(d.ci_high) }}]</span></td>
+{% endfor %}</tr>{% endfor %}</table>
+<h3>Lesion detection (IoU &ge; {{ iou }})</h3>
+<table><tr><th>model</th><th>TP</th><th>FP</th><th>FN</th>
+{% for m in det_metrics %}<th>{{ m }}</th>{% endfor %}</tr>
+{% for model, entry in by_model.items() %}
+<tr class="{{ 'ensemble' if model == 'ensemble' else '' }}"><td>{{ model }}</td>
+<td>{{ entry.detection_counts.tp }}</td><td>{{ entry.detection_counts.fp }}</td><td>{{ entry.detection_counts.fn }}</td>
+{% for m in det_metrics %}{% set d = entry.detection[m] %}
+<td>{{ fmt(d.value) }} <span class="ci">[{{ fmt(d.ci_low) }}, {{ fmt(d.ci_high) }}]</span></td>
+{% endfor %}</tr>{% endfor %}</table>
+{% set members = by_model.items() | selectattr('1.vs_ensemble', 'defined') | list %}
+{% if members %}
+<h3>Each member against the ensemble (member minus ensemble, paired over cases)</h3>
+<table><tr><th>member</th>{% for m in paired_metrics %}<th>{{ m }}</th>{% endfor %}</tr>
+{% for model, entry in members %}<tr><td>{{ model }}</td>
+{% for m in paired_metrics %}{% set d = entry.vs_ensemble[m] %}
+<td>{{ fmt(d.mean_difference) }} <span class="ci">[{{ fmt(d.ci_low) }}, {{ fmt(d.ci_high) }}] p={{ fmt(d.p_value) }}</span></td>
+{% endfor %}</tr>{% endfor %}</table>
+{% endif %}
+<h3>Sensitivity by true lesion size (equivalent diameter)</h3>
+<table><tr><th>model</th>{% for b in size_bins %}<th>{{ b }}</th>{% endfor %}</tr>
+{% for model, entry in by_model.items() %}<tr><td>{{ model }}</td>
+{% for b in size_bins %}{% set d = entry.sensitivity_by_size[b] %}
+<td>{{ fmt(d.sensitivity) }} <span class="ci">({{ d.detected }}/{{ d.true_lesions }})</span></td>
+{% endfor %}</tr>{% endfor %}</table>
+{% endfor %}
+<h2>Plots</h2>
+{% for plot in plots %}<img src="{{ plot }}" alt="{{ plot }}">{% endfor %}
+{% if failed %}<h2>Cases not scored</h2>
+<table class="failed"><tr><th>scan</th><th>problem</th></tr>
+{% for f in failed %}<tr><td>{{ f.scan_id }}</td><td>{{ f.error }}</td></tr>{% endfor %}</table>
+{% endif %}
+</body></html>
+"""
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def write_html(evaluation: EvaluationRun, plots: list[str]) -> Path:
+    """Write ``evaluation.html`` (plots linked by relative path)."""
+    import jinja2
+
+    from medres.evaluation.detection import SIZE_BINS_MM
+    from medres.evaluation.run import DETECTION_METRICS
+    from medres.evaluation.segmentation import SEGMENTATION_METRICS
+
+    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    template = environment.from_string(_PAGE)
+    summary = evaluation.summary
+    page = template.render(
+        results=summary["results"],
+        seg_metrics=list(SEGMENTATION_METRICS),
+        det_metrics=list(DETECTION_METRICS),
+        paired_metrics=["dice", "hd95_mm", "nsd", "f1"],
+        size_bins=list(SIZE_BINS_MM),
+        plots=plots,
+        failed=evaluation.failed,
+        fmt=_fmt,
+        n_cases=summary["n_cases"],
+        n_scans=summary["n_scans"],
+        group_by=summary["options"]["group_by"],
+        iou=summary["options"]["iou_threshold"],
+        seconds=summary["seconds"],
+        predictions=summary["predictions"],
+        truth=summary["truth"],
+    )
+    return write_text_atomic(evaluation.out / "evaluation.html", page)
+
+
+__all__ = ["write_html", "write_plots"]

@@ -1,0 +1,489 @@
+"""``medres evaluate`` as a library call: score a predict folder against ground truth.
+
+:func:`evaluate_predictions` reads what ``medres predict`` wrote (``seg.nii.gz``,
+``lesions.json``, ``probabilities.nii.gz`` and the same under ``members/<member>/`` when
+predicted with ``--members``), finds each scan's truth (:class:`TruthIndex`), and scores
+the ensemble and every member:
+
+* segmentation (:mod:`~medres.evaluation.segmentation`): Dice, IoU, HD95, mean surface
+  distance, NSD at a tolerance, absolute and relative volume error, per case;
+* detection (:mod:`~medres.evaluation.detection`): lesion matches, sensitivity, precision,
+  F1, false positives per case, FROC and CPM, sensitivity by lesion size;
+* calibration (:mod:`~medres.evaluation.calibration`) of the voxel probabilities when
+  they were saved;
+* for every figure: mean, median and 95 % bootstrap CI over cases, and each member
+  against the ensemble, case by case (:mod:`~medres.evaluation.statistics`).
+
+A case is a scan, or with ``group_by="folder"`` every scan of one source folder pooled
+(the slices of one patient for 2D data). A case that cannot be scored (no truth, other
+grid, unknown label values) is recorded with its error; the others go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from medres._version import __version__
+from medres.errors import EvaluationError, MedresError
+from medres.evaluation.calibration import ReliabilityBins
+from medres.evaluation.detection import (
+    LesionMatch,
+    cpm,
+    froc,
+    lesion_key,
+    match_lesions,
+    sensitivity_by_size,
+    summarise,
+)
+from medres.evaluation.segmentation import (
+    SEGMENTATION_METRICS,
+    OverlapStats,
+    overlap_stats,
+    pool_stats,
+    segmentation_metrics,
+)
+from medres.evaluation.statistics import describe, paired_comparison
+from medres.evaluation.truth import TruthIndex, read_truth
+from medres.io.atomic import write_text_atomic
+from medres.io.nifti import read_nifti
+from medres.pipeline import PipelineConfig, parse_pipeline
+
+logger = logging.getLogger(__name__)
+
+ENSEMBLE = "ensemble"
+METRICS_CSV = "metrics.csv"
+LESIONS_CSV = "lesions.csv"
+SUMMARY_JSON = "summary.json"
+DETECTION_METRICS = ("sensitivity", "precision", "f1", "fp_per_case", "cpm")
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """How to score.
+
+    Attributes:
+        group_by: ``scan`` (each scan is a case) or ``folder`` (scans of one source folder
+            pooled into one case: the slices of a patient).
+        tolerance_mm: NSD tolerance; None: the largest voxel spacing of the case.
+        iou_threshold: Smallest lesion IoU that counts as a detection.
+        members: Score the members too (when their masks were saved).
+        truth_name: Truth file name inside case folders.
+        mask_suffix: Suffix of truth mask files.
+        data_root: Base folder of a datalist's relative paths.
+        skip_missing_truth: Scans without truth are counted and left out instead of being
+            reported as problems (a predict folder holding more than the truth covers).
+    """
+
+    group_by: str = "scan"
+    tolerance_mm: float | None = None
+    iou_threshold: float = 0.1
+    members: bool = True
+    truth_name: str | None = None
+    mask_suffix: str = "_mask"
+    data_root: str | None = None
+    skip_missing_truth: bool = False
+
+
+@dataclass
+class _ModelCase:
+    """Accumulated statistics of one model on one case and label."""
+
+    parts: list[OverlapStats] = field(default_factory=list)
+    matches: list[LesionMatch] = field(default_factory=list)
+    match_scans: list[str] = field(default_factory=list)  # the scan of each match
+    n_scans: int = 0
+
+
+@dataclass
+class EvaluationRun:
+    """What an evaluation found."""
+
+    out: Path
+    models: list[str]
+    labels: list[str]
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    failed: list[dict[str, str]]
+    seconds: float
+
+
+def _read_run(predictions: Path) -> tuple[PipelineConfig, dict[str, Any]]:
+    run_path = predictions / "run.json"
+    try:
+        run = json.loads(run_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EvaluationError(
+            f"{predictions}: not a medres predict folder (cannot read run.json: {exc})"
+        ) from None
+    models = run.get("models") or []
+    if not models:
+        raise EvaluationError(f"{run_path}: names no model")
+    if len(models) > 1:
+        logger.info("%s: several ensembles; scoring each scan with its own labels", run_path)
+    config = models[0]["folders"][0]["config"]
+    return parse_pipeline(config, source=str(run_path)), run
+
+
+def _config_for(run: dict[str, Any], ensemble_name: str, default: PipelineConfig) -> PipelineConfig:
+    for model in run.get("models", []):
+        if model.get("ensemble") == ensemble_name or ensemble_name in model.get("ensemble", ""):
+            return parse_pipeline(model["folders"][0]["config"], source="run.json")
+    return default
+
+
+def _model_outputs(scan_dir: Path, *, members: bool) -> dict[str, Path]:
+    found = {ENSEMBLE: scan_dir}
+    if members and (scan_dir / "members").is_dir():
+        for member_dir in sorted((scan_dir / "members").iterdir()):
+            if (member_dir / "seg.nii.gz").is_file():
+                found[member_dir.name] = member_dir
+    return found
+
+
+def _scores(model_dir: Path, label: str) -> dict[Any, float]:
+    path = model_dir / "lesions.json"
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return {
+        lesion_key(x["voxel_count"], x["bbox_ijk"]): float(x["max_probability"])
+        for x in data.get("lesions", [])
+        if x.get("label") == label and x.get("max_probability") is not None
+    }
+
+
+def _spatial(array: npt.NDArray[Any], ndim: int) -> npt.NDArray[Any]:
+    return array[..., 0] if array.ndim == ndim + 1 and array.shape[-1] == 1 else array
+
+
+def evaluate_predictions(
+    predictions: str | Path,
+    truth: str | Path,
+    out: str | Path | None = None,
+    *,
+    options: EvaluateOptions | None = None,
+    on_progress: Callable[[int, int, str], None] | None = None,
+) -> EvaluationRun:
+    """Score a ``medres predict`` folder against ground truth and write the results.
+
+    Args:
+        predictions: The predict output folder.
+        truth: Truth folder or datalist JSON (see :class:`TruthIndex`).
+        out: Where to write (default: ``<predictions>/evaluation``).
+        options: Scoring options.
+        on_progress: ``(done, total, scan_id)``.
+
+    Raises:
+        EvaluationError: Not a predict folder, unusable truth source, nothing to score.
+    """
+    options = options or EvaluateOptions()
+    if options.group_by not in ("scan", "folder"):
+        raise EvaluationError(f"group_by {options.group_by!r}: use scan or folder")
+    start = time.perf_counter()
+    predictions = Path(predictions)
+    out_dir = Path(out) if out is not None else predictions / "evaluation"
+    default_cfg, run = _read_run(predictions)
+    index = TruthIndex(
+        truth,
+        truth_name=options.truth_name,
+        mask_suffix=options.mask_suffix,
+        data_root=options.data_root,
+    )
+    scan_dirs = sorted(p.parent for p in predictions.glob("*/lesions.json"))
+    if not scan_dirs:
+        raise EvaluationError(f"{predictions}: no predicted scan (no */lesions.json)")
+    # case -> model -> label -> statistics
+    cases: dict[str, dict[str, dict[str, _ModelCase]]] = {}
+    calibration: dict[str, dict[str, ReliabilityBins]] = {}
+    failed: list[dict[str, str]] = []
+    without_truth: list[str] = []
+    labels_seen: list[str] = []
+    spacing_of_case: dict[str, float] = {}
+    for done, scan_dir in enumerate(scan_dirs):
+        report = json.loads((scan_dir / "lesions.json").read_text(encoding="utf-8"))
+        scan_id = str(report["scan_id"])
+        if on_progress is not None:
+            on_progress(done, len(scan_dirs), scan_id)
+        source = str(report["source"]["files"][0]) if report["source"].get("files") else scan_id
+        case_id = scan_id
+        if options.group_by == "folder":
+            case_id = Path(source).parent.name or scan_id
+        cfg = _config_for(run, "+".join(report["ensemble"]["pipelines"]), default_cfg)
+        shape = tuple(int(s) for s in report["grid"]["shape"])
+        affine = np.asarray(report["grid"]["affine"], dtype=np.float64)
+        spacing = tuple(float(s) for s in report["grid"]["spacing_mm"])
+        if options.skip_missing_truth and not index.has(scan_id):
+            without_truth.append(scan_id)
+            continue
+        try:
+            truth_map = read_truth(
+                index.find(scan_id), scan_id=scan_id, shape=shape, affine=affine, cfg=cfg
+            )
+        except EvaluationError as exc:
+            failed.append({"scan_id": scan_id, "error": str(exc)})
+            continue
+        spacing_of_case[case_id] = max(spacing_of_case.get(case_id, 0.0), max(spacing))
+        per_model = cases.setdefault(case_id, {})
+        for model, model_dir in _model_outputs(scan_dir, members=options.members).items():
+            try:
+                predicted = _spatial(read_nifti(model_dir / "seg.nii.gz").array[0], len(shape))
+            except MedresError as exc:
+                failed.append({"scan_id": scan_id, "error": f"{model}: {exc}"})
+                continue
+            probabilities = None
+            if (model_dir / "probabilities.nii.gz").is_file():
+                probabilities = read_nifti(model_dir / "probabilities.nii.gz").array
+            for label_index in cfg.lesion_indices:
+                name = cfg.labels[label_index]
+                if name not in labels_seen:
+                    labels_seen.append(name)
+                pred_mask = predicted == label_index
+                true_mask = truth_map == label_index
+                stats = per_model.setdefault(model, {}).setdefault(name, _ModelCase())
+                stats.parts.append(overlap_stats(pred_mask, true_mask, spacing_mm=spacing))
+                found = match_lesions(
+                    pred_mask,
+                    true_mask,
+                    scores=_scores(model_dir, name),
+                    spacing_mm=spacing,
+                    iou_threshold=options.iou_threshold,
+                )
+                stats.matches += found
+                stats.match_scans += [scan_id] * len(found)
+                stats.n_scans += 1
+                if probabilities is not None:
+                    channel = probabilities[min(label_index - 1, probabilities.shape[0] - 1)]
+                    bins = calibration.setdefault(model, {}).setdefault(name, ReliabilityBins())
+                    bins.add(_spatial(channel, len(shape)), true_mask)
+    if not cases:
+        raise EvaluationError(
+            f"{predictions}: no scan could be scored; first problem: "
+            f"{failed[0]['error'] if failed else 'none found'}"
+        )
+    models = sorted({m for per in cases.values() for m in per}, key=lambda m: (m != ENSEMBLE, m))
+    models = models[1:] + models[:1]  # members first, the ensemble last
+    rows = _case_rows(cases, models, labels_seen, options, spacing_of_case)
+    summary = _summarise(rows, cases, models, labels_seen, calibration)
+    seconds = time.perf_counter() - start
+    summary.update(
+        {
+            "medres_version": __version__,
+            "predictions": str(predictions),
+            "truth": str(truth),
+            "options": asdict(options),
+            "n_cases": len(cases),
+            "n_scans": len(scan_dirs) - len(failed) - len(without_truth),
+            "failed": failed,
+            "without_truth": without_truth,
+            "seconds": round(seconds, 2),
+        }
+    )
+    evaluation = EvaluationRun(
+        out=out_dir,
+        models=models,
+        labels=labels_seen,
+        rows=rows,
+        summary=summary,
+        failed=failed,
+        seconds=seconds,
+    )
+    write_outputs(evaluation, cases)
+    return evaluation
+
+
+def _case_rows(
+    cases: dict[str, dict[str, dict[str, _ModelCase]]],
+    models: Sequence[str],
+    labels: Sequence[str],
+    options: EvaluateOptions,
+    spacing_of_case: dict[str, float],
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for case_id in sorted(cases):
+        for model in models:
+            for label in labels:
+                stats = cases[case_id].get(model, {}).get(label)
+                if stats is None:
+                    continue
+                tolerance = options.tolerance_mm or spacing_of_case[case_id]
+                seg = segmentation_metrics(pool_stats(stats.parts), tolerance_mm=tolerance)
+                det = summarise(stats.matches, 1)
+                rows.append(
+                    {
+                        "case": case_id,
+                        "model": model,
+                        "label": label,
+                        "scans": stats.n_scans,
+                        **seg,
+                        "nsd_tolerance_mm": tolerance,
+                        "true_lesions": det.tp + det.fn,
+                        "tp": det.tp,
+                        "fp": det.fp,
+                        "fn": det.fn,
+                        "sensitivity": det.sensitivity,
+                        "precision": det.precision,
+                        "f1": det.f1,
+                    }
+                )
+    return rows
+
+
+def _detection_figures(
+    per_case: Sequence[Sequence[LesionMatch]],
+) -> dict[str, float]:
+    matches = [m for case in per_case for m in case]
+    counts = summarise(matches, len(per_case))
+    fps, sens, _ = froc(matches, len(per_case))
+    score, _ = cpm(fps, sens)
+    return {
+        "sensitivity": counts.sensitivity,
+        "precision": counts.precision,
+        "f1": counts.f1,
+        "fp_per_case": counts.fp_per_scan,
+        "cpm": score,
+    }
+
+
+def _detection_ci(
+    per_case: Sequence[Sequence[LesionMatch]], *, n_resamples: int = 1000, seed: int = 0
+) -> dict[str, tuple[float, float]]:
+    """Bootstrap (over cases) intervals of the pooled detection figures."""
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {k: [] for k in DETECTION_METRICS}
+    n = len(per_case)
+    for _ in range(n_resamples):
+        sample = [per_case[i] for i in rng.integers(0, n, size=n)]
+        for key, value in _detection_figures(sample).items():
+            draws[key].append(value)
+    return {
+        k: (float(np.quantile(v, 0.025)), float(np.quantile(v, 0.975))) for k, v in draws.items()
+    }
+
+
+def _summarise(
+    rows: Sequence[dict[str, Any]],
+    cases: dict[str, dict[str, dict[str, _ModelCase]]],
+    models: Sequence[str],
+    labels: Sequence[str],
+    calibration: dict[str, dict[str, ReliabilityBins]],
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"models": list(models), "labels": list(labels), "results": {}}
+    for label in labels:
+        by_model: dict[str, Any] = {}
+        ensemble_rows = {
+            r["case"]: r for r in rows if r["model"] == ENSEMBLE and r["label"] == label
+        }
+        for model in models:
+            model_rows = [r for r in rows if r["model"] == model and r["label"] == label]
+            if not model_rows:
+                continue
+            case_ids = [r["case"] for r in model_rows]
+            per_case = [cases[c][model][label].matches for c in case_ids]
+            entry: dict[str, Any] = {
+                "segmentation": {
+                    metric: describe([r[metric] for r in model_rows])
+                    for metric in SEGMENTATION_METRICS
+                },
+                "per_case_f1": describe([r["f1"] for r in model_rows]),
+            }
+            figures = _detection_figures(per_case)
+            intervals = _detection_ci(per_case)
+            entry["detection"] = {
+                k: {"value": figures[k], "ci_low": intervals[k][0], "ci_high": intervals[k][1]}
+                for k in DETECTION_METRICS
+            }
+            all_matches = [m for case in per_case for m in case]
+            counts = summarise(all_matches, len(per_case))
+            entry["detection_counts"] = {"tp": counts.tp, "fp": counts.fp, "fn": counts.fn}
+            fps, sens, thresholds = froc(all_matches, len(per_case))
+            entry["froc"] = {
+                "fp_per_case": fps.tolist(),
+                "sensitivity": sens.tolist(),
+                "threshold": [t if math.isfinite(t) else None for t in thresholds.tolist()],
+                "cpm_by_rate": dict(
+                    zip(["1/8", "1/4", "1/2", "1", "2", "4", "8"], cpm(fps, sens)[1], strict=True)
+                ),
+            }
+            entry["sensitivity_by_size"] = sensitivity_by_size(all_matches)
+            bins = calibration.get(model, {}).get(label)
+            if bins is not None:
+                entry["calibration"] = {"ece": bins.ece(), "bins": bins.table()}
+            if model != ENSEMBLE and ensemble_rows:
+                paired = [r for r in model_rows if r["case"] in ensemble_rows]
+                entry["vs_ensemble"] = {
+                    metric: paired_comparison(
+                        [r[metric] for r in paired],
+                        [ensemble_rows[r["case"]][metric] for r in paired],
+                    )
+                    for metric in ("dice", "hd95_mm", "nsd", "f1")
+                }
+            by_model[model] = entry
+        out["results"][label] = by_model
+    return out
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _csv(rows: Sequence[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+            )
+    return buffer.getvalue()
+
+
+def write_outputs(
+    evaluation: EvaluationRun, cases: dict[str, dict[str, dict[str, _ModelCase]]]
+) -> None:
+    """``metrics.csv``, ``lesions.csv``, ``summary.json``, plots and ``evaluation.html``."""
+    from medres.evaluation.report import write_html, write_plots
+
+    out = evaluation.out
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / METRICS_CSV, _csv(evaluation.rows))
+    lesion_rows = [
+        {"case": case_id, "scan": scan, "model": model, "label": label, **asdict(match)}
+        for case_id, per_model in sorted(cases.items())
+        for model, per_label in per_model.items()
+        for label, stats in per_label.items()
+        for scan, match in zip(stats.match_scans, stats.matches, strict=True)
+    ]
+    write_text_atomic(out / LESIONS_CSV, _csv(lesion_rows))
+    write_text_atomic(
+        out / SUMMARY_JSON, json.dumps(_json_safe(evaluation.summary), indent=1) + "\n"
+    )
+    plots = write_plots(evaluation)
+    write_html(evaluation, plots)
+
+
+__all__ = [
+    "ENSEMBLE",
+    "EvaluateOptions",
+    "EvaluationRun",
+    "evaluate_predictions",
+    "write_outputs",
+]
