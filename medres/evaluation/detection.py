@@ -30,6 +30,9 @@ import numpy.typing as npt
 
 from medres.inference.postprocess import label_components
 
+#: Pooled detection figures reported per model (``fp_per_case``: per evaluation case).
+DETECTION_METRICS = ("sensitivity", "precision", "f1", "fp_per_case", "cpm")
+
 #: False-positive rates of the CPM.
 CPM_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -302,6 +305,7 @@ def sensitivity_by_size(matches: Sequence[LesionMatch]) -> dict[str, dict[str, f
 
 __all__ = [
     "CPM_FP_RATES",
+    "DETECTION_METRICS",
     "SIZE_BINS_MM",
     "DetectionSummary",
     "LesionKey",

@@ -9,13 +9,11 @@ the plots and the failed cases; it links to ``metrics.csv`` and ``lesions.csv``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from medres.io.atomic import write_bytes_atomic, write_text_atomic
-
-if TYPE_CHECKING:
-    from medres.evaluation.run import EvaluationRun
 
 
 def _png(figure: Any) -> bytes:
@@ -26,15 +24,21 @@ def _png(figure: Any) -> bytes:
     return buffer.getvalue()
 
 
-def write_plots(evaluation: EvaluationRun) -> list[str]:
-    """Write the PNG plots into the evaluation folder; returns their file names."""
+def write_plots(out: Path, summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Write the PNG plots into ``out``; returns their file names.
+
+    Args:
+        out: The evaluation folder.
+        summary: ``summary.json``'s content (``results`` per label and model).
+        rows: The per-case rows of ``metrics.csv``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written: list[str] = []
-    results = evaluation.summary["results"]
+    results = summary["results"]
     for label, by_model in results.items():
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
         # FROC
@@ -57,7 +61,7 @@ def write_plots(evaluation: EvaluationRun) -> list[str]:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8, loc="lower right")
         name = f"froc_{safe}.png"
-        write_bytes_atomic(evaluation.out / name, _png(figure))
+        write_bytes_atomic(out / name, _png(figure))
         plt.close(figure)
         written.append(name)
         # per-case box plots
@@ -67,7 +71,7 @@ def write_plots(evaluation: EvaluationRun) -> list[str]:
             (axes[1], "hd95_mm", "HD95 per case (mm)"),
         ):
             data = [
-                [r[metric] for r in evaluation.rows if r["model"] == m and r["label"] == label]
+                [r[metric] for r in rows if r["model"] == m and r["label"] == label]
                 for m in by_model
             ]
             axis.boxplot(data, showmeans=True)
@@ -75,7 +79,7 @@ def write_plots(evaluation: EvaluationRun) -> list[str]:
             axis.set_title(title)
             axis.grid(alpha=0.3, axis="y")
         name = f"cases_{safe}.png"
-        write_bytes_atomic(evaluation.out / name, _png(figure))
+        write_bytes_atomic(out / name, _png(figure))
         plt.close(figure)
         written.append(name)
         # reliability
@@ -98,7 +102,7 @@ def write_plots(evaluation: EvaluationRun) -> list[str]:
             axis.legend(fontsize=8)
             axis.grid(alpha=0.3)
             name = f"reliability_{safe}.png"
-            write_bytes_atomic(evaluation.out / name, _png(figure))
+            write_bytes_atomic(out / name, _png(figure))
             plt.close(figure)
             written.append(name)
     return written
@@ -177,17 +181,17 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def write_html(evaluation: EvaluationRun, plots: list[str]) -> Path:
-    """Write ``evaluation.html`` (plots linked by relative path)."""
+def write_html(
+    out: Path, summary: dict[str, Any], failed: Sequence[dict[str, str]], plots: list[str]
+) -> Path:
+    """Write ``out/evaluation.html`` (plots linked by relative path)."""
     import jinja2
 
-    from medres.evaluation.detection import SIZE_BINS_MM
-    from medres.evaluation.run import DETECTION_METRICS
+    from medres.evaluation.detection import DETECTION_METRICS, SIZE_BINS_MM
     from medres.evaluation.segmentation import SEGMENTATION_METRICS
 
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     template = environment.from_string(_PAGE)
-    summary = evaluation.summary
     page = template.render(
         results=summary["results"],
         seg_metrics=list(SEGMENTATION_METRICS),
@@ -195,7 +199,7 @@ def write_html(evaluation: EvaluationRun, plots: list[str]) -> Path:
         paired_metrics=["dice", "hd95_mm", "nsd", "f1"],
         size_bins=list(SIZE_BINS_MM),
         plots=plots,
-        failed=evaluation.failed,
+        failed=failed,
         fmt=_fmt,
         n_cases=summary["n_cases"],
         n_scans=summary["n_scans"],
@@ -205,7 +209,7 @@ def write_html(evaluation: EvaluationRun, plots: list[str]) -> Path:
         predictions=summary["predictions"],
         truth=summary["truth"],
     )
-    return write_text_atomic(evaluation.out / "evaluation.html", page)
+    return write_text_atomic(out / "evaluation.html", page)
 
 
 __all__ = ["write_html", "write_plots"]

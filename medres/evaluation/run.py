@@ -39,6 +39,7 @@ from medres._version import __version__
 from medres.errors import EvaluationError, MedresError
 from medres.evaluation.calibration import ReliabilityBins
 from medres.evaluation.detection import (
+    DETECTION_METRICS,
     LesionMatch,
     cpm,
     froc,
@@ -66,7 +67,6 @@ ENSEMBLE = "ensemble"
 METRICS_CSV = "metrics.csv"
 LESIONS_CSV = "lesions.csv"
 SUMMARY_JSON = "summary.json"
-DETECTION_METRICS = ("sensitivity", "precision", "f1", "fp_per_case", "cpm")
 
 
 @dataclass(frozen=True)
@@ -476,8 +476,8 @@ def write_outputs(
     write_text_atomic(
         out / SUMMARY_JSON, json.dumps(_json_safe(evaluation.summary), indent=1) + "\n"
     )
-    plots = write_plots(evaluation)
-    write_html(evaluation, plots)
+    plots = write_plots(out, evaluation.summary, evaluation.rows)
+    write_html(out, evaluation.summary, evaluation.failed, plots)
 
 
 __all__ = [
