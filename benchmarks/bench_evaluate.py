@@ -70,7 +70,7 @@ def make_pairs() -> dict[str, list[tuple[np.ndarray, np.ndarray, tuple[float, ..
         if index % 5 == 2:
             pred[:] = truth[:] = False
         slices.append((pred, truth, (1.0, 1.0)))
-    volumes = [_balls((240, 240, 155), rng, 3, (10, 30)) + ((1.0, 1.0, 1.0),) for _ in range(4)]
+    volumes = [(*_balls((240, 240, 155), rng, 3, (10, 30)), (1.0, 1.0, 1.0)) for _ in range(4)]
     return {"2D slices (175 x 256^2)": slices, "3D volumes (4 x 240x240x155)": volumes}
 
 
@@ -123,9 +123,8 @@ def run_monai(pairs: list[Any]) -> list[dict[str, float]]:
 
 
 def main() -> None:
-    from bench_dicom_load import peak_rss_bytes, reset_peak_rss
-
     import torch
+    from bench_dicom_load import peak_rss_bytes, reset_peak_rss
 
     torch.set_num_threads(2)
     pairs_by_input = make_pairs()
