@@ -49,13 +49,14 @@ def main_options(
 
 
 def _register() -> None:
-    from medres.cli import convert, evaluate, inspect, predict, train
+    from medres.cli import convert, evaluate, inspect, predict, report, train
 
     app.command("inspect")(inspect.inspect_command)
     app.command("convert")(convert.convert_command)
     app.command("train")(train.train_command)
     app.command("predict")(predict.predict_command)
     app.command("evaluate")(evaluate.evaluate_command)
+    app.command("report")(report.report_command)
 
 
 _register()

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from medres.io.volume import Volume
+    from medres.pipeline import PipelineConfig
 
 #: Scans listed on the console (all of them are in summary.csv).
 MAX_ROWS = 40
@@ -59,6 +63,17 @@ def predict_command(
     ] = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="Skip scans whose outputs in --out are complete.")
+    ] = False,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report/--no-report",
+            help="Write report.html/pdf, overlays and DICOM SEG/SR per scan, and index.html.",
+        ),
+    ] = True,
+    pdf: Annotated[bool, typer.Option("--pdf/--no-pdf", help="report.pdf with the report.")] = True,
+    show_phi: Annotated[
+        bool, typer.Option("--show-phi", help="Patient fields in the reports (off by default).")
     ] = False,
     skip_unmatched: Annotated[
         bool,
@@ -116,6 +131,31 @@ def predict_command(
             def on_progress(done: int, total: int, scan_id: str, stage: str) -> None:
                 progress.update(task, completed=done, total=total, item=f"{scan_id} {stage}")
 
+            after_scan = None
+            if report:
+                from medres.report.build import report_scan
+
+                run_json: dict[str, object] = {
+                    "models": [
+                        {
+                            "folders": [
+                                {
+                                    "pipeline": f.pipeline.name,
+                                    "members": [
+                                        {"name": m.name, "weights_sha256": m.weights_sha256}
+                                        for m in f.members
+                                    ],
+                                }
+                                for f in e.folders
+                            ]
+                        }
+                        for e in opened
+                    ]
+                }
+
+                def after_scan(scan_dir: Path, volume: Volume, cfg: PipelineConfig) -> None:
+                    report_scan(scan_dir, volume, cfg=cfg, run=run_json, show_phi=show_phi, pdf=pdf)
+
             try:
                 run = predict_batch(
                     scans,
@@ -124,6 +164,7 @@ def predict_command(
                     options=options,
                     ensembles=opened,
                     on_progress=on_progress,
+                    after_scan=after_scan,
                 )
             except KeyboardInterrupt:
                 err_console.print(
@@ -148,6 +189,10 @@ def predict_command(
             f"{result.seconds:.1f}",
         )
     console.print(table)
+    if report:
+        from medres.report.build import write_index
+
+        err_console.print(f"reports: {write_index(out)}")
     if len(run.results) > MAX_ROWS:
         console.print(f"... {len(run.results) - MAX_ROWS} more rows in {out / 'summary.csv'}")
     statuses = Counter(r.status for r in run.results)

@@ -50,6 +50,7 @@ from medres.io.discover import SkippedFile, discover, safe_name
 from medres.io.nifti import nifti_bytes
 from medres.io.volume import Volume
 from medres.models.folder import ModelFolder, software_versions
+from medres.pipeline import PipelineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,9 @@ class BatchRun:
 
 #: Progress callback: ``(scans_done, scans_total, scan_id, stage)``.
 ProgressCallback = Callable[[int, int, str, str], None]
+#: Called after a scan's outputs are written: ``(scan_dir, volume, pipeline)``; what it
+#: raises is noted in the scan's row without failing the scan (e.g. the report step).
+AfterScanCallback = Callable[[Path, Volume, PipelineConfig], None]
 
 
 def open_ensembles(model_dirs: Sequence[str | Path], *, options: PredictOptions) -> list[Ensemble]:
@@ -452,6 +456,7 @@ def predict_batch(
     options: PredictOptions | None = None,
     ensembles: Sequence[Ensemble] | None = None,
     on_progress: ProgressCallback | None = None,
+    after_scan: AfterScanCallback | None = None,
 ) -> BatchRun:
     """Predict every scan under ``input_dir`` and write the outputs under ``out``.
 
@@ -462,6 +467,7 @@ def predict_batch(
         options: Run options.
         ensembles: Already opened ensembles (then ``model_dirs`` is ignored).
         on_progress: ``(done, total, scan_id, stage)`` as work proceeds.
+        after_scan: Extra work per finished scan (the CLI writes the reports with it).
 
     Returns:
         Results per scan. Failed scans are in ``results`` with their errors.
@@ -498,7 +504,9 @@ def predict_batch(
         for done, item in enumerate(inputs):
             if on_progress is not None:
                 on_progress(done, total, item.scan_id, "load")
-            result = _predict_one(item, opened, out_dir, root, options, on_progress, done, total)
+            result = _predict_one(
+                item, opened, out_dir, root, options, on_progress, done, total, after_scan
+            )
             run.results.append(result)
             write_summary(out_dir, run.results)
         finished = True
@@ -527,6 +535,7 @@ def _predict_one(
     on_progress: ProgressCallback | None,
     done: int,
     total: int,
+    after_scan: AfterScanCallback | None = None,
 ) -> ScanResult:
     start = time.perf_counter()
     result = ScanResult(
@@ -589,6 +598,13 @@ def _predict_one(
         )
         write_text_atomic(scan_dir / LESIONS, compact_json(report))
         result.status = "ok"
+        if after_scan is not None:
+            on_stage("report")
+            try:
+                after_scan(scan_dir, volume, chosen.cfg)
+            except Exception as exc:  # a report problem must not lose the prediction
+                result.error = f"report not written: {type(exc).__name__}: {exc}"
+                logger.debug("%s report failed:\n%s", item.scan_id, traceback.format_exc())
         result.n_lesions = len(lesions)
         result.lesion_volume_ml = report["total_volume_ml"]
         result.lesion_area_mm2 = report["total_area_mm2"]

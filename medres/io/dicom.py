@@ -347,6 +347,12 @@ def _shared_group(ds: Any) -> Any:
     return shared[0] if shared else None
 
 
+def _media_text(ds: Any, keyword: str) -> str:
+    """A file-meta text element (``MediaStorageSOPInstanceUID``...), "" when absent."""
+    meta = getattr(ds, "file_meta", None)
+    return str(meta.get(keyword, "") or "").strip() if meta is not None else ""
+
+
 def read_slice_headers(path: str | Path, *, ds: Any = None) -> list[SliceHeader]:
     """Header records of one DICOM file: one for a single-frame file, one per frame otherwise.
 
@@ -388,7 +394,7 @@ def read_slice_headers(path: str | Path, *, ds: Any = None) -> list[SliceHeader]
         series_uid=_text(ds, "SeriesInstanceUID"),
         study_uid=_text(ds, "StudyInstanceUID"),
         frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
-        sop_class_uid=_text(ds, "SOPClassUID"),
+        sop_class_uid=_text(ds, "SOPClassUID") or _media_text(ds, "MediaStorageSOPClassUID"),
         modality=_text(ds, "Modality").upper(),
         rows=rows,
         columns=columns,
@@ -406,7 +412,8 @@ def read_slice_headers(path: str | Path, *, ds: Any = None) -> list[SliceHeader]
         patient=_patient(ds),
         extra=_acquisition_extra(ds),
     )
-    sop_uid = _text(ds, "SOPInstanceUID")
+    # some exporters leave the SOP UIDs empty in the data set and keep them in the file meta
+    sop_uid = _text(ds, "SOPInstanceUID") or _media_text(ds, "MediaStorageSOPInstanceUID")
     instance = _int_or_none(ds.get("InstanceNumber", None))
 
     per_frame = ds.get("PerFrameFunctionalGroupsSequence", None)
