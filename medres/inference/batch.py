@@ -600,8 +600,10 @@ def _predict_one(
         result.status = "ok"
         if after_scan is not None:
             on_stage("report")
+            report_start = time.perf_counter()
             try:
                 after_scan(scan_dir, volume, chosen.cfg)
+                seconds["report"] = time.perf_counter() - report_start
             except Exception as exc:  # a report problem must not lose the prediction
                 result.error = f"report not written: {type(exc).__name__}: {exc}"
                 logger.debug("%s report failed:\n%s", item.scan_id, traceback.format_exc())

@@ -112,7 +112,12 @@ def _key_images(
             images.append(
                 (f"lesion_{lesion['lesion_id']:02d}.png", render(view, lesions=mark, crop=crop))
             )
-        return images, "2D image shown as stored (first row at the top)."
+        note = "2D image shown as stored (first row at the top)."
+        if volume.source.kind is ScanKind.IMAGE2D:
+            note += (
+                " Image files carry no pixel spacing: sizes and the scale bar assume 1 mm pixels."
+            )
+        return images, note
     _, ras_affine = to_ras(np.zeros(shown.shape, np.uint8), volume.affine)
     ras_shape = to_ras(np.zeros(shown.shape, np.uint8), volume.affine)[0].shape
     center = lesions[0]["center_ras_mm"] if lesions else None
