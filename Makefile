@@ -23,13 +23,10 @@ install: $(VENV)/.installed
 
 dev: $(VENV)/.installed-dev
 
-## run the main job on sample_data/: list the scans, convert the DICOM series to NIfTI
+## run the main job on sample_data/: list the scans, then predict, report and evaluate them (medres demo)
 demo: install
 	$(BIN)/medres inspect sample_data
-	$(BIN)/medres convert sample_data $(OUT)/nifti
-	@echo "NIfTI + JSON sidecars written to $(OUT)/nifti"
-	$(BIN)/medres predict sample_data --model models/demo_ct_3d --out $(OUT)/predictions --skip-unmatched
-	@echo "masks, lesions.json per scan and summary.csv written to $(OUT)/predictions"
+	$(BIN)/medres demo --out $(OUT)
 
 ## retrain the bundled demo model (about 2 CPU minutes) from sample_data/ct_train
 demo-model: install
@@ -53,6 +50,8 @@ bench: dev
 	$(BIN)/pip install --quiet SimpleITK
 	$(BIN)/python benchmarks/bench_dicom_load.py
 	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_predict.py
+	$(BIN)/python benchmarks/bench_evaluate.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache

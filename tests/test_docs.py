@@ -34,3 +34,23 @@ def test_config_reference_lists_every_key() -> None:
     documented = {line.split("`")[1] for line in reference.splitlines() if line.startswith("| `")}
     top = {k.split(".")[0] for k in _keys(PipelineConfig)}
     assert {d.split(".")[0] for d in documented if "." in d or d in top} <= top
+
+
+def test_every_cli_option_is_in_the_user_guide() -> None:
+    """Each command's options (their long names) appear in docs/user-guide.md."""
+    import typer.main
+
+    from medres.cli.app import app
+
+    guide = (REPO / "docs" / "user-guide.md").read_text()
+    group: Any = typer.main.get_command(app)  # typer's bundled click group
+    missing = []
+    for name, command in group.commands.items():
+        assert f"medres {name}" in guide, f"command {name} is not in the guide"
+        for param in command.params:
+            if getattr(param, "param_type_name", "") != "option":
+                continue
+            names = [n for n in param.opts + param.secondary_opts if n.startswith("--")]
+            if names and not any(n in guide for n in names) and "--help" not in names:
+                missing.append(f"{name} {names[0]}")
+    assert missing == []

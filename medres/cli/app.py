@@ -49,7 +49,7 @@ def main_options(
 
 
 def _register() -> None:
-    from medres.cli import convert, evaluate, inspect, predict, report, train
+    from medres.cli import convert, demo, evaluate, inspect, predict, report, train
 
     app.command("inspect")(inspect.inspect_command)
     app.command("convert")(convert.convert_command)
@@ -57,6 +57,7 @@ def _register() -> None:
     app.command("predict")(predict.predict_command)
     app.command("evaluate")(evaluate.evaluate_command)
     app.command("report")(report.report_command)
+    app.command("demo")(demo.demo_command)
 
 
 _register()

@@ -211,6 +211,7 @@ def render(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import patheffects
     from matplotlib.patches import Rectangle
     from skimage import measure
 
@@ -257,7 +258,17 @@ def render(
             )
     bar = _scale_bar_mm(width_mm)
     x0, y0 = width_mm * 0.95 - bar, height_mm * 0.94
-    axis.add_patch(Rectangle((x0, y0), bar, height_mm * 0.012 + 0.5, color="white"))
+    outline = [patheffects.withStroke(linewidth=2.2, foreground="black")]  # readable on white
+    axis.add_patch(
+        Rectangle(
+            (x0, y0),
+            bar,
+            height_mm * 0.012 + 0.5,
+            facecolor="white",
+            edgecolor="black",
+            linewidth=0.8,
+        )
+    )
     axis.text(
         x0 + bar / 2,
         y0 - height_mm * 0.015,
@@ -266,6 +277,7 @@ def render(
         ha="center",
         va="bottom",
         fontsize=8,
+        path_effects=outline,
     )
     if view.orientation:
         left, right, top, bottom = (view.orientation[n] for n in range(4))
@@ -275,7 +287,17 @@ def render(
             (top, width_mm / 2, height_mm * 0.03, "center", "top"),
             (bottom, width_mm / 2, height_mm * 0.98, "center", "bottom"),
         ):
-            axis.text(x, y, text, ha=ha, va=va, color="#ffb000", fontsize=9, fontweight="bold")
+            axis.text(
+                x,
+                y,
+                text,
+                ha=ha,
+                va=va,
+                color="#ffb000",
+                fontsize=9,
+                fontweight="bold",
+                path_effects=outline,
+            )
     axis.set_title(view.title, fontsize=9)
     axis.set_axis_off()
     buffer = io.BytesIO()
