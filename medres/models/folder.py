@@ -18,7 +18,7 @@ Loading needs nothing but that folder: :meth:`ModelFolder.open` checks every che
 and rebuilds each network through the registry.
 
 Example:
-    >>> folder = ModelFolder.open("pipelines/models/demo_ct_3d")  # doctest: +SKIP
+    >>> folder = ModelFolder.open("models/demo_ct_3d")  # doctest: +SKIP
     >>> net = folder.load_network(folder.members[0], device="cpu")  # doctest: +SKIP
 """
 
