@@ -56,3 +56,50 @@ def oblique_affine(spacing: tuple[float, float, float], *, angle_deg: float = 23
     affine[:3, :3] = rot_z @ rot_x @ np.diag(spacing)
     affine[:3, 3] = [-31.5, 12.25, 87.0]
     return affine
+
+
+def images_loaded_in_chromium(page: Path) -> tuple[int, int]:
+    """Open an HTML page in headless Chromium: ``(images that decoded, images)``.
+
+    Skips the test where Chromium is not installed (Debian package ``chromium``; ``.ci/run``
+    installs it). The page is copied beside itself with a script that counts, after the
+    load event, the images that decoded, and writes the count into the title.
+    """
+    import re
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium not installed (Debian package chromium; .ci/run installs it)")
+    probe = page.with_name(f".probe_{page.name}")
+    probe.write_text(
+        page.read_text(encoding="utf-8").replace(
+            "</body>",
+            "<script>window.addEventListener('load', () => { const i = [...document.images];"
+            " document.title = 'loaded ' + i.filter(x => x.complete && x.naturalWidth > 0).length"
+            " + ' of ' + i.length; });</script></body>",
+        ),
+        encoding="utf-8",
+    )
+    try:
+        dom = subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+                probe.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        ).stdout
+    finally:
+        probe.unlink()
+    title = re.search(r"<title>loaded (\d+) of (\d+)</title>", dom)
+    assert title is not None, dom[:500]
+    return int(title.group(1)), int(title.group(2))

@@ -18,7 +18,7 @@ from medres.errors import EvaluationError
 from medres.evaluation.run import EvaluateOptions, evaluate_predictions
 from medres.evaluation.truth import TruthIndex
 from medres.inference.batch import PredictOptions, open_ensembles, predict_batch
-from tests.conftest import REPO, SAMPLE_DATA, shared
+from tests.conftest import REPO, SAMPLE_DATA, images_loaded_in_chromium, shared
 
 DEMO = REPO / "models" / "demo_ct_3d"
 runner = CliRunner()
@@ -71,6 +71,8 @@ def test_members_and_ensemble_on_the_training_phantoms(
     assert float(row["dice"]) == pytest.approx(direct, rel=1e-5)
     html = (tmp_path / "evaluation.html").read_text()
     assert "froc_lesion.png" in html and "Research use only" in html
+    loaded, total = images_loaded_in_chromium(tmp_path / "evaluation.html")
+    assert loaded == total == 3  # the linked PNG plots load
 
 
 def test_bad_truth_is_reported_and_the_rest_is_scored(
