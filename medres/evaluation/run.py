@@ -138,9 +138,17 @@ def _read_run(predictions: Path) -> tuple[PipelineConfig, dict[str, Any]]:
 
 def _config_for(run: dict[str, Any], ensemble_name: str, default: PipelineConfig) -> PipelineConfig:
     for model in run.get("models", []):
-        if model.get("ensemble") == ensemble_name or ensemble_name in model.get("ensemble", ""):
+        if model.get("ensemble") == ensemble_name:
             return parse_pipeline(model["folders"][0]["config"], source="run.json")
     return default
+
+
+def _finished_scans(predictions: Path, run: dict[str, Any]) -> set[str] | None:
+    """Scan ids the run marks ``ok`` or ``resumed`` (None when it lists none: score all)."""
+    rows = run.get("scans") or []
+    if not rows:
+        return None
+    return {str(r["scan_id"]) for r in rows if r.get("status") in ("ok", "resumed")}
 
 
 def _model_outputs(scan_dir: Path, *, members: bool) -> dict[str, Path]:
@@ -201,7 +209,12 @@ def evaluate_predictions(
         mask_suffix=options.mask_suffix,
         data_root=options.data_root,
     )
-    scan_dirs = sorted(p.parent for p in predictions.glob("*/lesions.json"))
+    finished = _finished_scans(predictions, run)
+    scan_dirs = sorted(
+        p.parent
+        for p in predictions.glob("*/lesions.json")
+        if finished is None or p.parent.name in finished  # never a stale earlier output
+    )
     if not scan_dirs:
         raise EvaluationError(f"{predictions}: no predicted scan (no */lesions.json)")
     # case -> model -> label -> statistics
@@ -209,6 +222,7 @@ def evaluate_predictions(
     calibration: dict[str, dict[str, ReliabilityBins]] = {}
     failed: list[dict[str, str]] = []
     without_truth: list[str] = []
+    scored_scans = 0
     labels_seen: list[str] = []
     spacing_of_case: dict[str, float] = {}
     for done, scan_dir in enumerate(scan_dirs):
@@ -219,7 +233,8 @@ def evaluate_predictions(
         source = str(report["source"]["files"][0]) if report["source"].get("files") else scan_id
         case_id = scan_id
         if options.group_by == "folder":
-            case_id = Path(source).parent.name or scan_id
+            folder = Path(source).parent
+            case_id = str(folder) if str(folder) not in ("", ".") else scan_id
         cfg = _config_for(run, "+".join(report["ensemble"]["pipelines"]), default_cfg)
         shape = tuple(int(s) for s in report["grid"]["shape"])
         affine = np.asarray(report["grid"]["affine"], dtype=np.float64)
@@ -235,6 +250,7 @@ def evaluate_predictions(
             failed.append({"scan_id": scan_id, "error": str(exc)})
             continue
         spacing_of_case[case_id] = max(spacing_of_case.get(case_id, 0.0), max(spacing))
+        scored_scans += 1
         per_model = cases.setdefault(case_id, {})
         for model, model_dir in _model_outputs(scan_dir, members=options.members).items():
             try:
@@ -284,7 +300,7 @@ def evaluate_predictions(
             "truth": str(truth),
             "options": asdict(options),
             "n_cases": len(cases),
-            "n_scans": len(scan_dirs) - len(failed) - len(without_truth),
+            "n_scans": scored_scans,
             "failed": failed,
             "without_truth": without_truth,
             "seconds": round(seconds, 2),

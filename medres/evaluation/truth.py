@@ -100,7 +100,8 @@ class TruthIndex:
                 if not isinstance(entry, dict) or "label" not in entry:
                     continue
                 label = root / str(entry["label"])
-                key = str(entry.get("id") or label.parent.name)
+                # Decathlon lists have no ids: the label's name is the case's
+                key = str(entry.get("id") or nifti_stem(label))
                 self._add(key, label)
 
     def has(self, scan_id: str) -> bool:

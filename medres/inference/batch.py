@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import resource
+import shutil
 import sys
 import time
 import traceback
@@ -194,9 +195,12 @@ def ensemble_name(ensemble: Ensemble) -> str:
     return "+".join(f.pipeline.name for f in ensemble.folders)
 
 
-def fingerprint(ensemble: Ensemble, options: PredictOptions) -> str:
-    """What makes two predictions of a scan the same: weights and options."""
-    parts = [m.weights_sha256 for f in ensemble.folders for m in f.members]
+def fingerprint(ensemble: Ensemble, options: PredictOptions, sources: Sequence[str] = ()) -> str:
+    """What makes two predictions of a scan the same: medres version, weights, resolved
+    pipelines, options, and the source files (names, sizes, modification times)."""
+    parts = [__version__]
+    parts += [m.weights_sha256 for f in ensemble.folders for m in f.members]
+    parts += [f.pipeline.model_dump_json() for f in ensemble.folders]
     parts += [
         str(options.tta),
         str(ensemble.mode),
@@ -204,7 +208,40 @@ def fingerprint(ensemble: Ensemble, options: PredictOptions) -> str:
         str(options.keep_members),
         str(options.save_probabilities),
     ]
+    for source in sources:
+        try:
+            stat = os.stat(source)
+            parts.append(f"{os.path.basename(source)}:{stat.st_size}:{stat.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{os.path.basename(source)}:missing")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+#: What ``medres predict`` and the report step write into a scan's folder.
+SCAN_OUTPUTS = (
+    SEG,
+    PROBABILITIES,
+    LESIONS,
+    MEMBERS,
+    "report.html",
+    "report.pdf",
+    "overlays",
+    "seg.dcm",
+    "sr.dcm",
+)
+
+
+def clear_scan_outputs(scan_dir: Path) -> None:
+    """Remove what an earlier run wrote for this scan (only medres's own file names), so a
+    re-run that fails or writes less never leaves stale results beside new ones."""
+    if not scan_dir.is_dir():
+        return
+    for name in SCAN_OUTPUTS:
+        path = scan_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 def _relative(path: str, root: Path) -> str:
@@ -246,7 +283,7 @@ def _lesion_json(
     return {
         "medres_version": __version__,
         "scan_id": item.scan_id,
-        "fingerprint": fingerprint(ensemble, options),
+        "fingerprint": fingerprint(ensemble, options, item.paths),
         "source": {
             "kind": str(item.kind),
             "files": [_relative(p, root) for p in item.paths][:4]
@@ -548,7 +585,7 @@ def _predict_one(
     try:
         if options.resume:
             for ensemble in ensembles:
-                previous = is_complete(scan_dir, fingerprint(ensemble, options))
+                previous = is_complete(scan_dir, fingerprint(ensemble, options, item.paths))
                 if previous is not None:
                     result.status = "resumed"
                     result.model = ensemble_name(ensemble)
@@ -559,6 +596,7 @@ def _predict_one(
                     result.spacing_mm = "x".join(f"{s:.3g}" for s in previous["grid"]["spacing_mm"])
                     result.modality = previous["source"].get("modality", "")
                     return result
+        clear_scan_outputs(scan_dir)
         volume = load_input(item)
         result.modality = volume.modality
         result.shape, result.spacing_mm = _describe(volume)
@@ -618,7 +656,7 @@ def _predict_one(
     except MedresError as exc:
         result.error = str(exc)
         logger.info("%s failed: %s", item.scan_id, exc)
-    except (MemoryError, RuntimeError, ValueError, OSError) as exc:
+    except Exception as exc:  # one scan's unexpected failure must not end the batch
         result.error = f"{item.name}: {type(exc).__name__}: {exc}"
         logger.debug("%s failed:\n%s", item.scan_id, traceback.format_exc())
     result.seconds = round(time.perf_counter() - start, 3)

@@ -163,13 +163,14 @@ def assemble_inputs(
     singles = [ScanInput(scan_id=ref.scan_id, refs=(ref,)) for ref in rest]
     order = {id(ref): n for n, ref in enumerate(found.scans)}
     inputs = sorted(grouped + named + singles, key=lambda item: order[id(item.refs[0])])
-    seen: dict[str, int] = {}
+    used: set[str] = set()
     for item in inputs:
-        base = item.scan_id
-        if base in seen:
-            seen[base] += 1
-            item.scan_id = f"{base}_{seen[base]}"
-        seen.setdefault(item.scan_id, 1)
+        candidate, n = item.scan_id, 1
+        while candidate in used:  # never reuse an id, not even one a suffix produced
+            n += 1
+            candidate = f"{item.scan_id}_{n}"
+        item.scan_id = candidate
+        used.add(candidate)
     return inputs, unused
 
 

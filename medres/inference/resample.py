@@ -207,25 +207,33 @@ def resample_to_grid(
         _resample_separable(source, axes_map, out, nearest=nearest, integer=integer)
         return out
 
-    linear = mapping[:ndim, :ndim].astype(np.float32)
-    offset = mapping[:ndim, 3].astype(np.float32)
-    src_shape = source.shape[1:]
+    # large integers (member bits of > 24 members) lose bits in float32: sample in float64
+    work = (
+        torch.float64
+        if source.dtype.itemsize >= 4 and not np.issubdtype(source.dtype, np.floating)
+        else torch.float32
+    )
+    np_work = np.float64 if work == torch.float64 else np.float32
+    linear = mapping[:ndim, :ndim].astype(np_work)
+    offset = mapping[:ndim, 3].astype(np_work) + 1.0  # indices into the padded source
+    # one zero voxel on each side: outside the source is 0 (also along a size-1 axis,
+    # which align_corners=True would otherwise stretch over every coordinate)
+    padded = np.pad(source, [(0, 0)] + [(1, 1)] * ndim)
+    src_shape = padded.shape[1:]
     # grid_sample's normalised coordinates (align_corners=True): -1 .. 1 over the index range
-    scale = np.array([2.0 / max(s - 1, 1) for s in src_shape], dtype=np.float32)
-    shift = np.array([-1.0 if s > 1 else 0.0 for s in src_shape], dtype=np.float32)
-    tensor = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))[None]
+    scale = np.array([2.0 / (s - 1) for s in src_shape], dtype=np_work)
+    shift = np.full(ndim, -1.0, dtype=np_work)
+    tensor = torch.from_numpy(np.ascontiguousarray(padded, dtype=np_work))[None]
     mode = "nearest" if nearest else ("bilinear")
     last = target_shape[-1]
     per_slice = int(np.prod(target_shape[:-1]))
     step = max(1, SLAB_VOXELS // max(per_slice, 1))
-    axes = [torch.arange(n, dtype=torch.float32) for n in target_shape[:-1]]
+    axes = [torch.arange(n, dtype=work) for n in target_shape[:-1]]
     lin = torch.from_numpy(linear)
     with torch.inference_mode():
         for start in range(0, last, step):
             stop = min(last, start + step)
-            grids = torch.meshgrid(
-                *axes, torch.arange(start, stop, dtype=torch.float32), indexing="ij"
-            )
+            grids = torch.meshgrid(*axes, torch.arange(start, stop, dtype=work), indexing="ij")
             index = torch.stack(grids, dim=-1)  # (*slab, ndim) target voxel indices
             src_index = index @ lin.T + torch.from_numpy(offset)
             normalised = src_index * torch.from_numpy(scale) + torch.from_numpy(shift)

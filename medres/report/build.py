@@ -5,9 +5,10 @@ loaded scan into ``report.html`` (self-contained: images embedded), ``report.pdf
 (weasyprint), ``overlays/*.png`` and, for DICOM input, ``seg.dcm`` and ``sr.dcm``.
 :func:`write_index` writes ``OUT/index.html`` listing every scan of ``summary.csv``.
 
-Privacy: by default no patient name, ID, birth date, sex or study date appears in any
-output (the scan is named by its scan id, which carries no patient field); ``show_phi``
-adds them to the HTML/PDF only, never to a file name.
+Privacy: by default no patient name, ID, birth date, sex or study date appears in the
+HTML, PDF, PNG, JSON or CSV outputs or in any file name (the scan is named by its scan
+id, which carries no patient field); ``show_phi`` adds them to the HTML/PDF only. The
+DICOM SEG and SR necessarily carry the source's patient module, as DICOM requires.
 """
 
 from __future__ import annotations
@@ -320,11 +321,17 @@ def report_scan(
     start = time.perf_counter()
     report = json.loads((scan_dir / "lesions.json").read_text(encoding="utf-8"))
     labels_volume = read_nifti(scan_dir / "seg.nii.gz")
-    labels = labels_volume.array[0].astype(np.uint8)
-    if labels.ndim == 3 and volume.spatial_ndim == 2:
-        labels = labels[..., 0]
+    labels = labels_volume.array[0].astype(np.uint8).reshape(volume.spatial_shape)
+    if volume.spatial_ndim == 3 and volume.spatial_shape[2] == 1:
+        # a single-slice scan (one DICOM image): drawn as a 2D image; its SEG keeps 3D
+        from dataclasses import replace
+
+        image_volume = replace(volume, array=volume.array[..., 0])
+        image_labels = labels[..., 0]
+    else:
+        image_volume, image_labels = volume, labels
     result = ScanReport(scan_id=report["scan_id"])
-    images, orientation_note = _key_images(volume, labels, report["lesions"], cfg)
+    images, orientation_note = _key_images(image_volume, image_labels, report["lesions"], cfg)
     for name, png in images:
         write_bytes_atomic(scan_dir / OVERLAYS / name, png)
         result.files.append(f"{OVERLAYS}/{name}")

@@ -6,8 +6,11 @@
   frame on its slice.
 * ``sr.dcm``: a Comprehensive 3D SR measurement report (TID 1500): per lesion a
   volumetric ROI group (TID 1411) with a tracking identifier ``lesion N``, a reference to
-  its label's segment in ``seg.dcm``, and its volume (ml) and longest axial diameter (mm),
-  plus the detection score as a measurement of probability.
+  its label's segment in ``seg.dcm``, and its volume (ml; area in mm2 for a single-slice
+  scan) and longest axial diameter (mm), plus the detection score as a probability.
+
+Both objects carry the source's patient and study modules (DICOM requires it for objects
+of the same patient); keep them with the source images.
 
 Only single-frame slice series are exported (the source instances are read back for
 their identifiers); other sources get a reason instead of a file.
@@ -171,12 +174,20 @@ def write_sr(
     groups = []
     for lesion in lesions:
         label_index = label_names.index(lesion["label"])
-        measurements = [
-            hd.sr.Measurement(
+        if lesion.get("volume_ml") is not None:
+            size = hd.sr.Measurement(
                 name=CodedConcept("118565006", "SCT", "Volume"),
-                value=float(lesion["volume_ml"] or 0.0),
+                value=float(lesion["volume_ml"]),
                 unit=CodedConcept("ml", "UCUM", "milliliter"),
-            ),
+            )
+        else:  # a lesion of a single-slice scan has an area, not a volume
+            size = hd.sr.Measurement(
+                name=CodedConcept("42798000", "SCT", "Area"),
+                value=float(lesion["area_mm2"]),
+                unit=CodedConcept("mm2", "UCUM", "square millimeter"),
+            )
+        measurements = [
+            size,
             hd.sr.Measurement(
                 name=CodedConcept("103339001", "SCT", "Long axis"),
                 value=float(lesion["longest_axial_diameter_mm"]),
@@ -229,7 +240,8 @@ def read_sr_measurements(path: str | Path) -> dict[str, dict[str, float]]:
     """Measurements per tracking identifier (``lesion N``) from an ``sr.dcm``.
 
     Returns:
-        ``{"lesion 1": {"Volume": ml, "Long axis": mm, "Probability": p}, ...}``
+        ``{"lesion 1": {"Volume": ml, "Long axis": mm, "Probability": p}, ...}`` (``Area``
+        in mm2 instead of ``Volume`` for single-slice scans).
     """
     import highdicom as hd
 

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -49,7 +50,8 @@ def fit_dims(volume: Volume, *, dims: int, source: str) -> Volume:
         LoadError: The scan has other spatial dimensions than the pipeline.
     """
     if dims == 2 and volume.spatial_ndim == 3 and volume.spatial_shape[2] == 1:
-        return volume.with_array(volume.array[..., 0])
+        # same pixels, one axis fewer (with_array keeps the spatial shape, so not that)
+        return dataclasses.replace(volume, array=volume.array[..., 0])
     if volume.spatial_ndim != dims:
         raise LoadError(
             f"{source}: {volume.spatial_ndim}D image {volume.spatial_shape} but the "

@@ -135,6 +135,10 @@ def test_truth_lookup_rules(tmp_path: Path) -> None:
         TruthIndex(datalist, data_root=tmp_path / "root").find("p1")
         == tmp_path / "root" / "y.nii.gz"
     )
+    decathlon = tmp_path / "dataset.json"  # no ids: the label's own name is the case's
+    entry = {"image": "./imagesTr/c7.nii.gz", "label": "./labelsTr/c7.nii.gz"}
+    decathlon.write_text(json.dumps({"training": [entry]}))
+    assert TruthIndex(decathlon).find("c7").name == "c7.nii.gz"
     with pytest.raises(EvaluationError, match="no such truth folder"):
         TruthIndex(tmp_path / "missing")
     with pytest.raises(EvaluationError, match="not a medres predict folder"):

@@ -24,7 +24,7 @@ from medres.errors import LoadError, ModelError
 from medres.inference.batch import PredictOptions, open_ensembles, predict_batch
 from medres.inference.inputs import assemble_inputs, load_input
 from medres.io import discover, load_scan, write_nifti
-from medres.io.volume import Volume
+from medres.io.volume import ScanKind, Volume
 from medres.models.folder import ModelFolder
 from medres.synthetic import ct_phantom
 from tests.conftest import REPO, SAMPLE_DATA, oblique_affine, on_world_grid, shared
@@ -158,6 +158,9 @@ def test_resume_skips_finished_scans_and_reruns_on_other_options(
     single = mixed_batch / "oblique.nii.gz"
     run = predict_batch(single, [DEMO], predicted, options=vote)
     assert [r.status for r in run.results] == ["ok"] and seg.stat().st_mtime_ns != before
+    # the earlier run's extra outputs are gone, not left beside the new ones
+    assert not (predicted / "oblique" / "members").exists()
+    assert not (predicted / "oblique" / "probabilities.nii.gz").exists()
 
 
 def test_model_folders_must_agree_on_labels(tmp_path: Path) -> None:
@@ -261,3 +264,18 @@ def test_dicom_text_cannot_steer_output_paths(tmp_path: Path) -> None:
     assert "/" not in result.scan_id and ".." not in result.scan_id
     written = [p for p in tmp_path.rglob("*") if p.is_file() and scans not in p.parents]
     assert written and all(out in p.parents for p in written)
+
+
+def test_scan_ids_stay_unique_and_single_slices_fit_2d_models() -> None:
+    from medres.inference.inputs import assemble_inputs
+    from medres.io.discover import DiscoveryResult, ScanRef
+    from medres.transforms.presets import fit_dims
+
+    refs = [
+        ScanRef(scan_id=name, kind=ScanKind.NIFTI, paths=(f"/data/{n}/{name}.nii.gz",))
+        for n, name in enumerate(["ct_2", "ct", "ct"])
+    ]
+    inputs, _ = assemble_inputs(DiscoveryResult(root="/data", scans=refs))
+    assert sorted(item.scan_id for item in inputs) == ["ct", "ct_2", "ct_3"]
+    one_slice = Volume(np.zeros((1, 4, 5, 1), np.float32), np.diag([0.5, 0.5, 3.0, 1.0]))
+    assert fit_dims(one_slice, dims=2, source="x").spatial_shape == (4, 5)

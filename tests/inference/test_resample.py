@@ -91,8 +91,10 @@ def test_per_axis_path_matches_the_general_path(
     source = rng.integers(0, 9, size=(2, 14, 11, 9)).astype(np.float32)
     source_affine = np.diag([-1.8, 1.8, 2.5, 1.0])  # flipped, coarser
     source_affine[:3, 3] = [30.0, -12.0, 4.0]
-    target_affine = oblique_affine((0.9, 0.7, 2.0), angle_deg=0.0)
-    target_affine[:3, 3] = [5.0, -10.0, 3.0]
+    # spacings and offsets chosen so that no target voxel falls exactly halfway between
+    # two source voxels (where "nearest" is a tie either path may break its own way)
+    target_affine = oblique_affine((0.93, 0.71, 2.07), angle_deg=0.0)
+    target_affine[:3, 3] = [5.03, -10.07, 3.02]
     shape = (31, 27, 13)
     fast = resample_to_grid(source, source_affine, target_affine, shape, nearest=nearest)
     monkeypatch.setattr(resample, "_separable", lambda mapping, ndim: None)
