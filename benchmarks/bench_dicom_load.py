@@ -26,7 +26,8 @@ Methods, each in a fresh subprocess per repeat so that memory peaks do not mix:
 Each child imports what its method needs and builds its reader objects, then records its
 RSS (on Linux the peak RSS is reset there through ``/proc/self/clear_refs``, so import-time
 peaks do not hide the load's), times the load alone and reads its peak RSS (``VmHWM`` on
-Linux, see :func:`peak_rss_bytes` for why not ``ru_maxrss``; ``ru_maxrss`` elsewhere). The
+Linux, see :func:`medres.runtime.peak_rss_bytes` for why not ``ru_maxrss``; ``ru_maxrss``
+elsewhere). The
 table shows medians over the repeats; "output MiB" is the size of the returned array, the
 least memory any loader needs. The parent checks that every method returns the same voxel
 values as medres (same multiset of values, i.e. the same value histogram, and the same
@@ -42,7 +43,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -55,6 +55,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from medres.runtime import peak_rss_bytes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REAL_SERIES = REPO_ROOT / ".." / "shared" / "data" / "ct_dicom_totalseg" / "example_ct_dicom"
@@ -190,23 +192,6 @@ def current_rss_bytes() -> int:
     import psutil
 
     return int(psutil.Process().memory_info().rss)
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process's own memory.
-
-    On Linux this is ``VmHWM``: ``getrusage(RUSAGE_SELF).ru_maxrss`` would also never drop
-    below the peak RSS of the parent at spawn time (subprocess uses vfork, and exec folds
-    the parent's high-water mark into the child's ``ru_maxrss``), and clearing the peak does
-    not clear that part. Elsewhere ``ru_maxrss`` (KiB on Linux, bytes on macOS).
-    """
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def value_histogram_digest(array: npt.NDArray[Any]) -> str:

@@ -124,7 +124,9 @@ def run_monai(pairs: list[Any]) -> list[dict[str, float]]:
 
 def main() -> None:
     import torch
-    from bench_dicom_load import peak_rss_bytes, reset_peak_rss
+    from bench_dicom_load import reset_peak_rss
+
+    from medres.runtime import peak_rss_bytes
 
     torch.set_num_threads(2)
     pairs_by_input = make_pairs()

@@ -51,7 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _memory() -> tuple[float, float]:
-    from bench_dicom_load import current_rss_bytes, peak_rss_bytes
+    from bench_dicom_load import current_rss_bytes
+
+    from medres.runtime import peak_rss_bytes
 
     return current_rss_bytes() / 2**20, peak_rss_bytes() / 2**20
 

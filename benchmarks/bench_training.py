@@ -46,8 +46,8 @@ WARMUP = 5
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process in MiB (see bench_dicom_load.peak_rss_bytes)."""
-    from bench_dicom_load import peak_rss_bytes
+    """Peak resident memory of this process in MiB (see medres.runtime.peak_rss_bytes)."""
+    from medres.runtime import peak_rss_bytes
 
     return peak_rss_bytes() / 2**20
 

@@ -77,4 +77,24 @@ def resolve_device(device: str) -> str:
     raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda")
 
 
-__all__ = ["resolve_device", "tune_allocator"]
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process's own memory.
+
+    On Linux this is ``VmHWM``: ``getrusage(RUSAGE_SELF).ru_maxrss`` would also never drop
+    below the peak RSS of the parent at spawn time (subprocess uses vfork, and exec folds
+    the parent's high-water mark into the child's ``ru_maxrss``), and clearing the peak does
+    not clear that part. Elsewhere ``ru_maxrss`` (KiB on Linux, bytes on macOS).
+    """
+    import resource
+    from pathlib import Path
+
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+__all__ = ["peak_rss_bytes", "resolve_device", "tune_allocator"]

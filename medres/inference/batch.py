@@ -27,9 +27,7 @@ import json
 import logging
 import os
 import re
-import resource
 import shutil
-import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -52,6 +50,7 @@ from medres.io.nifti import nifti_bytes
 from medres.io.volume import Volume
 from medres.models.folder import ModelFolder, software_versions
 from medres.pipeline import PipelineConfig
+from medres.runtime import peak_rss_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -421,17 +420,6 @@ def write_summary(out: Path, results: Sequence[ScanResult]) -> Path:
     return write_text_atomic(out / SUMMARY, buffer.getvalue())
 
 
-def _peak_rss_mib() -> float:
-    """Peak resident memory of this process (Linux ``VmHWM``; ``ru_maxrss`` elsewhere)."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
-
-
 def _run_json(
     run: BatchRun,
     *,
@@ -450,7 +438,7 @@ def _run_json(
         "started": started.isoformat(timespec="seconds"),
         "finished": finished,
         "seconds_total": round(seconds, 2),
-        "peak_memory_mib": _peak_rss_mib(),
+        "peak_memory_mib": round(peak_rss_bytes() / 2**20, 1),
         "input": str(root),
         "options": asdict(options),
         "models": [
