@@ -20,13 +20,12 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from medres.errors import ConfigError
 from medres.evaluation.run import EvaluateOptions, EvaluationRun, evaluate_predictions
 from medres.inference.batch import BatchRun, PredictOptions, open_ensembles, predict_batch
 from medres.io import discover
-from medres.report.build import report_scan, write_index
+from medres.report.build import report_hook, write_index
 
 #: The phantom the demo model never saw, and its mask.
 HELD_OUT_SCAN = "ct_phantom.nii.gz"
@@ -102,26 +101,6 @@ def run_demo(
         device=device, keep_members=True, save_probabilities=True, skip_unmatched=True
     )
     ensembles = open_ensembles([model], options=options)
-    run_json: dict[str, Any] = {
-        "models": [
-            {
-                "folders": [
-                    {
-                        "pipeline": f.pipeline.name,
-                        "members": [
-                            {"name": m.name, "weights_sha256": m.weights_sha256} for m in f.members
-                        ],
-                    }
-                    for f in e.folders
-                ]
-            }
-            for e in ensembles
-        ]
-    }
-
-    def after_scan(scan_dir: Path, volume: Any, cfg: Any) -> None:
-        report_scan(scan_dir, volume, cfg=cfg, run=run_json, pdf=pdf)
-
     batch = predict_batch(
         data,
         [],
@@ -129,7 +108,7 @@ def run_demo(
         options=options,
         ensembles=ensembles,
         on_progress=on_progress,
-        after_scan=after_scan,
+        after_scan=report_hook(ensembles, pdf=pdf),
     )
     index = write_index(predictions)
     series_ids = [s.scan_id for s in discover(data / HELD_OUT_SERIES).scans]

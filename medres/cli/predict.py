@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
-
-if TYPE_CHECKING:
-    from medres.io.volume import Volume
-    from medres.pipeline import PipelineConfig
 
 #: Scans listed on the console (all of them are in summary.csv).
 MAX_ROWS = 40
@@ -133,28 +129,9 @@ def predict_command(
 
             after_scan = None
             if report:
-                from medres.report.build import report_scan
+                from medres.report.build import report_hook
 
-                run_json: dict[str, object] = {
-                    "models": [
-                        {
-                            "folders": [
-                                {
-                                    "pipeline": f.pipeline.name,
-                                    "members": [
-                                        {"name": m.name, "weights_sha256": m.weights_sha256}
-                                        for m in f.members
-                                    ],
-                                }
-                                for f in e.folders
-                            ]
-                        }
-                        for e in opened
-                    ]
-                }
-
-                def after_scan(scan_dir: Path, volume: Volume, cfg: PipelineConfig) -> None:
-                    report_scan(scan_dir, volume, cfg=cfg, run=run_json, show_phi=show_phi, pdf=pdf)
+                after_scan = report_hook(opened, show_phi=show_phi, pdf=pdf)
 
             try:
                 run = predict_batch(

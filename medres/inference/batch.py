@@ -420,6 +420,31 @@ def write_summary(out: Path, results: Sequence[ScanResult]) -> Path:
     return write_text_atomic(out / SUMMARY, buffer.getvalue())
 
 
+def models_provenance(ensembles: Sequence[Ensemble]) -> list[dict[str, Any]]:
+    """Per ensemble: its input, labels, and per folder the path, pipeline (resolved) and
+    every member's weight checksum; what ``run.json`` and the reports show."""
+    return [
+        {
+            "ensemble": ensemble_name(ensemble),
+            "mode": str(ensemble.mode),
+            "takes": {"dims": ensemble.cfg.dims, "channels": list(ensemble.cfg.channels)},
+            "labels": list(ensemble.labels),
+            "folders": [
+                {
+                    "path": str(folder.path),
+                    "pipeline": folder.pipeline.name,
+                    "members": [
+                        {"name": m.name, "weights_sha256": m.weights_sha256} for m in folder.members
+                    ],
+                    "config": folder.pipeline.model_dump(mode="json"),
+                }
+                for folder in ensemble.folders
+            ],
+        }
+        for ensemble in ensembles
+    ]
+
+
 def _run_json(
     run: BatchRun,
     *,
@@ -441,30 +466,7 @@ def _run_json(
         "peak_memory_mib": round(peak_rss_bytes() / 2**20, 1),
         "input": str(root),
         "options": asdict(options),
-        "models": [
-            {
-                "ensemble": ensemble_name(ensemble),
-                "mode": str(ensemble.mode),
-                "takes": {
-                    "dims": ensemble.cfg.dims,
-                    "channels": list(ensemble.cfg.channels),
-                },
-                "labels": list(ensemble.labels),
-                "folders": [
-                    {
-                        "path": str(folder.path),
-                        "pipeline": folder.pipeline.name,
-                        "members": [
-                            {"name": m.name, "weights_sha256": m.weights_sha256}
-                            for m in folder.members
-                        ],
-                        "config": folder.pipeline.model_dump(mode="json"),
-                    }
-                    for folder in ensemble.folders
-                ],
-            }
-            for ensemble in run.ensembles
-        ],
+        "models": models_provenance(run.ensembles),
         "counts": counts,
         "scans": [
             {**result.row(), "stage_seconds": result.stage_seconds} for result in run.results
@@ -657,6 +659,7 @@ __all__ = [
     "RUN",
     "SEG",
     "SUMMARY",
+    "AfterScanCallback",
     "BatchRun",
     "NoModelForScanError",
     "PredictOptions",
@@ -665,6 +668,7 @@ __all__ = [
     "fingerprint",
     "is_complete",
     "member_folder_name",
+    "models_provenance",
     "open_ensembles",
     "predict_batch",
     "write_summary",

@@ -30,6 +30,8 @@ import numpy.typing as npt
 
 from medres._version import __version__
 from medres.errors import MedresError
+from medres.inference.batch import AfterScanCallback, models_provenance
+from medres.inference.predictor import Ensemble
 from medres.io.atomic import write_bytes_atomic, write_text_atomic
 from medres.io.nifti import read_nifti
 from medres.io.volume import ScanKind, Volume
@@ -383,6 +385,19 @@ def report_scan(
     return result
 
 
+def report_hook(
+    ensembles: Sequence[Ensemble], *, show_phi: bool = False, pdf: bool = True
+) -> AfterScanCallback:
+    """The ``after_scan`` step of :func:`~medres.inference.batch.predict_batch` that writes
+    each scan's report while its volume is still in memory."""
+    run = {"models": models_provenance(ensembles)}
+
+    def after_scan(scan_dir: Path, volume: Volume, cfg: PipelineConfig) -> None:
+        report_scan(scan_dir, volume, cfg=cfg, run=run, show_phi=show_phi, pdf=pdf)
+
+    return after_scan
+
+
 def write_index(out: Path) -> Path:
     """``OUT/index.html``: every scan of ``summary.csv``, sortable, linking to its report."""
     with (out / "summary.csv").open(encoding="utf-8") as handle:
@@ -439,6 +454,7 @@ __all__ = [
     "SEG_DCM",
     "SR_DCM",
     "ScanReport",
+    "report_hook",
     "report_scan",
     "write_index",
 ]
