@@ -121,16 +121,18 @@ def _key_images(
                 " Image files carry no pixel spacing: sizes and the scale bar assume 1 mm pixels."
             )
         return images, note
-    _, ras_affine = to_ras(np.zeros(shown.shape, np.uint8), volume.affine)
-    ras_shape = to_ras(np.zeros(shown.shape, np.uint8), volume.affine)[0].shape
+    # turned to RAS once (flips and transposes: views, no copies); every view reads it
+    img_ras, ras_affine = to_ras(shown, volume.affine)
+    lab_ras, _ = to_ras(labels, volume.affine)
+    ras_shape = img_ras.shape
     center = lesions[0]["center_ras_mm"] if lesions else None
-    for view in orthogonal_views(shown, labels, volume.affine, center):
+    for view in orthogonal_views(img_ras, lab_ras, ras_affine, center):
         placed = [_mark(view, x, ras_affine, ras_shape) for x in lesions]
         name = f"overview_{view.title.split(',')[0]}.png"
         images.append((name, render(view, lesions=[m for m in placed if m], size_inches=3.4)))
     for lesion in lesions[:MAX_KEY_IMAGES]:
         (view,) = orthogonal_views(
-            shown, labels, volume.affine, lesion["center_ras_mm"], only="axial"
+            img_ras, lab_ras, ras_affine, lesion["center_ras_mm"], only="axial"
         )
         centre = _mark(view, lesion, ras_affine, ras_shape)
         if centre is None:

@@ -97,9 +97,9 @@ def ras_index(affine_ras: npt.NDArray[np.float64], world: Sequence[float]) -> li
 
 
 def orthogonal_views(
-    image: npt.NDArray[Any],
-    labels: npt.NDArray[np.uint8],
-    affine: npt.NDArray[np.float64],
+    img: npt.NDArray[Any],
+    lab: npt.NDArray[np.uint8],
+    ras_affine: npt.NDArray[np.float64],
     center_ras_mm: Sequence[float] | None,
     *,
     only: str | None = None,
@@ -107,14 +107,12 @@ def orthogonal_views(
     """Axial, coronal and sagittal views of a 3D scan through a point (RAS mm).
 
     Args:
-        image: Windowed scan ``(x, y, z)`` on its own grid.
-        labels: Label map on the same grid.
-        affine: Voxel -> RAS mm of that grid.
+        img: Windowed scan turned to the closest RAS axes (:func:`to_ras`).
+        lab: Label map on the same RAS-ordered grid.
+        ras_affine: Voxel -> RAS mm of that grid.
         center_ras_mm: Point the views go through (None: the centre of the scan).
         only: ``axial``, ``coronal`` or ``sagittal`` for a single view.
     """
-    img, ras_affine = to_ras(image, affine)
-    lab, _ = to_ras(labels, affine)
     spacing = np.linalg.norm(ras_affine[:3, :3], axis=0)
     if center_ras_mm is None:
         index = [n // 2 for n in img.shape]
