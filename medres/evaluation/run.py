@@ -57,9 +57,10 @@ from medres.evaluation.segmentation import (
 )
 from medres.evaluation.statistics import describe, paired_comparison
 from medres.evaluation.truth import TruthIndex, read_truth
+from medres.inference.batch import run_pipelines
 from medres.io.atomic import write_text_atomic
 from medres.io.nifti import read_nifti
-from medres.pipeline import PipelineConfig, parse_pipeline
+from medres.pipeline import PipelineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,8 @@ class EvaluationRun:
     seconds: float
 
 
-def _read_run(predictions: Path) -> tuple[PipelineConfig, dict[str, Any]]:
+def _read_run(predictions: Path) -> tuple[dict[str, PipelineConfig], dict[str, Any]]:
+    """The run's pipelines by name (each parsed once) and ``run.json`` itself."""
     run_path = predictions / "run.json"
     try:
         run = json.loads(run_path.read_text(encoding="utf-8"))
@@ -127,20 +129,10 @@ def _read_run(predictions: Path) -> tuple[PipelineConfig, dict[str, Any]]:
         raise EvaluationError(
             f"{predictions}: not a medres predict folder (cannot read run.json: {exc})"
         ) from None
-    models = run.get("models") or []
-    if not models:
+    configs = run_pipelines(run)
+    if not configs:
         raise EvaluationError(f"{run_path}: names no model")
-    if len(models) > 1:
-        logger.info("%s: several ensembles; scoring each scan with its own labels", run_path)
-    config = models[0]["folders"][0]["config"]
-    return parse_pipeline(config, source=str(run_path)), run
-
-
-def _config_for(run: dict[str, Any], ensemble_name: str, default: PipelineConfig) -> PipelineConfig:
-    for model in run.get("models", []):
-        if model.get("ensemble") == ensemble_name:
-            return parse_pipeline(model["folders"][0]["config"], source="run.json")
-    return default
+    return configs, run
 
 
 def _finished_scans(predictions: Path, run: dict[str, Any]) -> set[str] | None:
@@ -202,7 +194,8 @@ def evaluate_predictions(
     start = time.perf_counter()
     predictions = Path(predictions)
     out_dir = Path(out) if out is not None else predictions / "evaluation"
-    default_cfg, run = _read_run(predictions)
+    configs, run = _read_run(predictions)
+    default_cfg = next(iter(configs.values()))
     index = TruthIndex(
         truth,
         truth_name=options.truth_name,
@@ -235,7 +228,7 @@ def evaluate_predictions(
         if options.group_by == "folder":
             folder = Path(source).parent
             case_id = str(folder) if str(folder) not in ("", ".") else scan_id
-        cfg = _config_for(run, "+".join(report["ensemble"]["pipelines"]), default_cfg)
+        cfg = configs.get(report["ensemble"]["pipelines"][0], default_cfg)
         shape = tuple(int(s) for s in report["grid"]["shape"])
         affine = np.asarray(report["grid"]["affine"], dtype=np.float64)
         spacing = tuple(float(s) for s in report["grid"]["spacing_mm"])

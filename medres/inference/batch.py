@@ -445,6 +445,22 @@ def models_provenance(ensembles: Sequence[Ensemble]) -> list[dict[str, Any]]:
     ]
 
 
+def run_pipelines(run: dict[str, Any]) -> dict[str, PipelineConfig]:
+    """The resolved pipelines recorded in a ``run.json``, by pipeline name (parsed once).
+
+    Raises:
+        ConfigError: A recorded pipeline does not validate.
+    """
+    from medres.pipeline import parse_pipeline
+
+    out: dict[str, PipelineConfig] = {}
+    for model in run.get("models", []):
+        for folder in model.get("folders", []):
+            cfg = parse_pipeline(folder["config"], source="run.json")
+            out[cfg.name] = cfg
+    return out
+
+
 def _run_json(
     run: BatchRun,
     *,
@@ -671,5 +687,6 @@ __all__ = [
     "models_provenance",
     "open_ensembles",
     "predict_batch",
+    "run_pipelines",
     "write_summary",
 ]

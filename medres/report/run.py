@@ -13,12 +13,11 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from medres.errors import MedresError, OutputError
+from medres.inference.batch import run_pipelines
 from medres.inference.inputs import assemble_inputs, load_input
 from medres.io import discover
-from medres.pipeline import PipelineConfig, parse_pipeline
 from medres.report.build import ScanReport, report_scan, write_index
 
 
@@ -29,15 +28,6 @@ class ReportRun:
     reports: list[ScanReport] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     index: Path | None = None
-
-
-def _configs(run: dict[str, Any]) -> dict[str, PipelineConfig]:
-    out = {}
-    for model in run.get("models", []):
-        for folder in model.get("folders", []):
-            cfg = parse_pipeline(folder["config"], source="run.json")
-            out[cfg.name] = cfg
-    return out
 
 
 def report_predictions(
@@ -58,7 +48,7 @@ def report_predictions(
         run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise OutputError(f"{out}: not a medres predict folder (run.json: {exc})") from None
-    configs = _configs(run)
+    configs = run_pipelines(run)
     root = Path(run["input"])
     if not root.exists():
         raise OutputError(
