@@ -113,6 +113,8 @@ class ScanRef:
         orientation: RAS axis codes when known from headers.
         problem: The error that loading this scan will raise, found from headers.
         plan: The checked DICOM series plan (sorted slices, affine), when headers allowed it.
+        warnings: What reading the headers had to assume (a default pixel spacing...);
+            loading the scan repeats them in :attr:`Volume.warnings`.
     """
 
     scan_id: str
@@ -128,6 +130,7 @@ class ScanRef:
     orientation: str = ""
     problem: LoadError | None = field(default=None, repr=False)
     plan: SeriesPlan | None = field(default=None, repr=False)
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

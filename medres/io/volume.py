@@ -99,6 +99,9 @@ class Volume:
         source: Identifiers of the source scan.
         patient: Patient fields (never written to outputs unless asked for).
         channel_names: One name per channel (e.g. ``("flair", "t1c")`` or ``("R","G","B")``).
+        warnings: What the loader had to assume or repair (a default pixel spacing, a
+            normalised orientation vector...), one line each; they reach the scan's row in
+            ``summary.csv`` and its report.
 
     Example:
         >>> import numpy as np
@@ -113,6 +116,7 @@ class Volume:
     source: SourceInfo = field(default_factory=lambda: SourceInfo(kind=ScanKind.NIFTI))
     patient: PatientInfo = field(default_factory=PatientInfo)
     channel_names: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.array.ndim not in (3, 4):
