@@ -33,8 +33,10 @@ demo-model: install
 	rm -rf models/demo_ct_3d
 	$(BIN)/medres train pipelines/demo_ct_3d.yaml --data sample_data/ct_train --out models/demo_ct_3d
 
-## lint, type-check and run the tests (real-data tests skip when ../shared/data is absent)
+## check the system packages (medres doctor), lint, type-check and run the tests
+## (real-data tests skip when ../shared/data is absent)
 test: dev lint
+	$(BIN)/medres doctor --no-gpu
 	$(BIN)/python -m pytest
 
 lint: dev

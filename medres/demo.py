@@ -98,7 +98,12 @@ def run_demo(
     out = Path(out)
     predictions = out / "predictions"
     options = PredictOptions(
-        device=device, keep_members=True, save_probabilities=True, skip_unmatched=True
+        device=device,
+        keep_members=True,
+        save_probabilities=True,
+        skip_unmatched=True,
+        report=True,
+        report_pdf=pdf,
     )
     ensembles = open_ensembles([model], options=options)
     batch = predict_batch(

@@ -35,6 +35,13 @@ def main_options(
     verbose: Annotated[
         int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv: debug).")
     ] = 0,
+    log_file: Annotated[
+        str | None,
+        typer.Option(
+            "--log-file",
+            help="Append the full log (every library, debug level, tracebacks) to this file.",
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -45,11 +52,11 @@ def main_options(
     """medres: find, load and convert medical scans; later: train, predict, evaluate, report."""
     from medres.cli.console import setup_logging
 
-    setup_logging(verbose)
+    setup_logging(verbose, log_file=log_file)
 
 
 def _register() -> None:
-    from medres.cli import convert, demo, evaluate, inspect, predict, report, train
+    from medres.cli import convert, demo, doctor, evaluate, inspect, predict, report, train
 
     app.command("inspect")(inspect.inspect_command)
     app.command("convert")(convert.convert_command)
@@ -58,6 +65,7 @@ def _register() -> None:
     app.command("evaluate")(evaluate.evaluate_command)
     app.command("report")(report.report_command)
     app.command("demo")(demo.demo_command)
+    app.command("doctor")(doctor.doctor_command)
 
 
 _register()

@@ -113,6 +113,8 @@ def predict_command(
             save_probabilities=probabilities,
             resume=resume,
             skip_unmatched=skip_unmatched,
+            report=report,
+            report_pdf=report and pdf,
         )
         opened = open_ensembles(model, options=options)
         for item in opened:
@@ -189,4 +191,11 @@ def predict_command(
             f"{len(unmatched)} scan(s) skipped: no model takes them (see summary.csv)"
         )
     if run.failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
+    if not run.results:
+        err_console.print(
+            f"[red]no scans found in {scans}[/]: nothing was predicted"
+            + (" (every file was left out, see the reasons above)" if run.skipped else ""),
+            highlight=False,
+        )
         raise typer.Exit(EXIT_SOME_FAILED)

@@ -9,13 +9,18 @@ lesion instances and writes, atomically, per scan ``OUT/<scan_id>/``:
   label, one byte per voxel (``scl_slope`` 1/255, so readers get 0..1 back);
 * ``members/<member>/seg.nii.gz`` (``keep_members``): each member's own label map;
 * ``lesions.json``: lesion instances with measurements, score, agreement, uncertainty,
-  plus the scan's grid and the models used. Written last: it marks the scan complete.
+  plus the scan's grid and the models used. Written once the masks are written, with
+  ``"complete": false``; rewritten with ``"complete": true`` and the list of every output
+  (with its size) once the report step has written its files too. Only that second
+  version marks the scan complete, so a run killed in the report step redoes the scan.
 
 and for the run ``summary.csv`` (one row per scan, rewritten after every scan) and
 ``run.json`` (versions, model checksums, options, device, inputs, timings, peak memory).
 
 A scan that fails is recorded with its error and the batch goes on; ``--resume`` skips
-scans whose ``lesions.json`` was written by the same models and options.
+scans whose ``lesions.json`` is complete, was written by the same models and options, and
+whose listed outputs are all present with their recorded sizes. A requested output that
+could not be written (a failed report) fails the scan; its masks are kept.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ SUMMARY_COLUMNS = (
     "lesion_area_mm2",
     "seconds",
     "error",
+    "warnings",
     "source",
 )
 
@@ -91,6 +97,8 @@ class PredictOptions:
         save_probabilities: Also write the compact probability map.
         resume: Skip scans whose outputs are complete.
         skip_unmatched: Scans no model takes are "skipped", not "failed".
+        report: An after-scan step writes reports (part of what "complete" means).
+        report_pdf: That step also writes ``report.pdf``.
     """
 
     device: str = "cpu"
@@ -101,6 +109,8 @@ class PredictOptions:
     save_probabilities: bool = False
     resume: bool = False
     skip_unmatched: bool = False
+    report: bool = False
+    report_pdf: bool = False
 
 
 class NoModelForScanError(MedresError):
@@ -123,6 +133,7 @@ class ScanResult:
     lesion_area_mm2: float | None = None
     seconds: float = 0.0
     error: str = ""
+    warnings: str = ""
     source: str = ""
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -149,9 +160,23 @@ class BatchRun:
 
 #: Progress callback: ``(scans_done, scans_total, scan_id, stage)``.
 ProgressCallback = Callable[[int, int, str, str], None]
-#: Called after a scan's outputs are written: ``(scan_dir, volume, pipeline)``; what it
-#: raises is noted in the scan's row without failing the scan (e.g. the report step).
-AfterScanCallback = Callable[[Path, Volume, PipelineConfig], None]
+#: Called after a scan's outputs are written: ``(scan_dir, volume, pipeline)``; returns
+#: what it wrote (paths relative to ``scan_dir``) and the warnings for the scan's row. What
+#: it raises fails the scan, keeping the masks already written (e.g. the report step).
+AfterScanCallback = Callable[[Path, Volume, PipelineConfig], "AfterScanResult"]
+
+
+@dataclass(frozen=True)
+class AfterScanResult:
+    """What an after-scan step (the report) wrote for one scan.
+
+    Attributes:
+        files: Written files, relative to the scan folder (``overlays/lesion_01.png``).
+        warnings: Notes for the scan's row (``DICOM SEG skipped: ...``).
+    """
+
+    files: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
 
 def open_ensembles(model_dirs: Sequence[str | Path], *, options: PredictOptions) -> list[Ensemble]:
@@ -206,6 +231,8 @@ def fingerprint(ensemble: Ensemble, options: PredictOptions, sources: Sequence[s
         str(options.overlap),
         str(options.keep_members),
         str(options.save_probabilities),
+        str(options.report),
+        str(options.report_pdf),
     ]
     for source in sources:
         try:
@@ -235,6 +262,9 @@ def clear_scan_outputs(scan_dir: Path) -> None:
     re-run that fails or writes less never leaves stale results beside new ones."""
     if not scan_dir.is_dir():
         return
+    for leftover in scan_dir.rglob(".*.tmp"):  # an atomic write cut short by a kill
+        if leftover.is_file() and not leftover.is_symlink():
+            leftover.unlink()
     for name in SCAN_OUTPUTS:
         path = scan_dir / name
         if path.is_dir() and not path.is_symlink():
@@ -321,15 +351,57 @@ def _lesion_json(
 
 
 def is_complete(scan_dir: Path, expected: str) -> dict[str, Any] | None:
-    """The scan's ``lesions.json`` when its outputs are complete for ``expected``."""
+    """The scan's ``lesions.json`` when every output of the scan is there for ``expected``.
+
+    Complete means: ``lesions.json`` says ``"complete": true``, its fingerprint is
+    ``expected``, and every output it lists exists with the size it had when written.
+    """
     path = scan_dir / LESIONS
     if not path.is_file() or not (scan_dir / SEG).is_file():
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    return data if data.get("fingerprint") == expected else None
+    if not isinstance(data, dict) or data.get("fingerprint") != expected:
+        return None
+    if data.get("complete") is not True or not isinstance(data.get("outputs"), dict):
+        return None
+    for name, size in data["outputs"].items():
+        output = scan_dir / name
+        if not _inside(output, scan_dir) or not output.is_file():
+            return None
+        if output.stat().st_size != size:
+            return None
+    return data
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):
+        return False
+
+
+def _output_sizes(scan_dir: Path, names: Sequence[str]) -> dict[str, int]:
+    """Size in bytes of each written output (lesions.json itself excluded)."""
+    return {name: (scan_dir / name).stat().st_size for name in sorted(set(names))}
+
+
+def refresh_outputs(scan_dir: Path, files: Sequence[str]) -> None:
+    """Record the sizes of files rewritten later (``medres report``) in a complete scan's
+    ``lesions.json``, so ``--resume`` still sees the scan as complete."""
+    path = scan_dir / LESIONS
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return
+    if not isinstance(data, dict) or data.get("complete") is not True:
+        return
+    outputs = dict(data.get("outputs") or {})
+    outputs.update(_output_sizes(scan_dir, files))
+    data["outputs"] = dict(sorted(outputs.items()))
+    write_text_atomic(path, compact_json(data))
 
 
 def _write_scan_outputs(
@@ -337,22 +409,28 @@ def _write_scan_outputs(
     prediction: EnsemblePrediction,
     ensemble: Ensemble,
     options: PredictOptions,
-) -> None:
+) -> list[str]:
+    """Write the masks (and probabilities, members); returns the written names."""
     labels = prediction.labels
     affine = prediction.affine
+    written = [SEG]
     write_bytes_atomic(scan_dir / SEG, nifti_bytes(labels, affine))
     if options.save_probabilities:
         write_bytes_atomic(
             scan_dir / PROBABILITIES, _probability_nifti(prediction.probabilities, affine)
         )
+        written.append(PROBABILITIES)
     for index, member in enumerate(prediction.member_labels):
-        member_dir = scan_dir / MEMBERS / member_folder_name(prediction.member_names[index])
+        member_name = member_folder_name(prediction.member_names[index])
+        member_dir = scan_dir / MEMBERS / member_name
         write_bytes_atomic(member_dir / SEG, nifti_bytes(member, affine))
+        written.append(f"{MEMBERS}/{member_name}/{SEG}")
         probabilities = prediction.member_probabilities[index]
         if options.save_probabilities:
             write_bytes_atomic(
                 member_dir / PROBABILITIES, _probability_nifti(probabilities, affine)
             )
+            written.append(f"{MEMBERS}/{member_name}/{PROBABILITIES}")
         lesions: list[Lesion] = []
         for label in ensemble.cfg.lesion_indices:
             lesions += find_lesions(
@@ -368,6 +446,8 @@ def _write_scan_outputs(
             "lesions": [x.to_json() for x in lesions],
         }
         write_text_atomic(member_dir / LESIONS, compact_json(report))
+        written.append(f"{MEMBERS}/{member_name}/{LESIONS}")
+    return written
 
 
 def member_folder_name(member: str) -> str:
@@ -598,6 +678,7 @@ def _predict_one(
                     result.n_lesions = previous.get("n_lesions")
                     result.lesion_volume_ml = previous.get("total_volume_ml")
                     result.lesion_area_mm2 = previous.get("total_area_mm2")
+                    result.warnings = "; ".join(str(w) for w in previous.get("warnings", []))
                     result.shape = "x".join(str(s) for s in previous["grid"]["shape"])
                     result.spacing_mm = "x".join(f"{s:.3g}" for s in previous["grid"]["spacing_mm"])
                     result.modality = previous["source"].get("modality", "")
@@ -634,26 +715,41 @@ def _predict_one(
         seconds["lesions"] = time.perf_counter() - lesion_start
         on_stage("write")
         write_start = time.perf_counter()
-        _write_scan_outputs(scan_dir, prediction, chosen, options)
+        written = _write_scan_outputs(scan_dir, prediction, chosen, options)
         seconds["write"] = time.perf_counter() - write_start
-        seconds["total"] = time.perf_counter() - start
+        notes = list(volume.warnings)
         report = _lesion_json(
             item, volume, chosen, prediction, lesions, root=root, options=options, seconds=seconds
         )
+        report["warnings"] = notes
+        report["complete"] = False
         write_text_atomic(scan_dir / LESIONS, compact_json(report))
-        result.status = "ok"
+        result.n_lesions = len(lesions)
+        result.lesion_volume_ml = report["total_volume_ml"]
+        result.lesion_area_mm2 = report["total_area_mm2"]
+        result.warnings = "; ".join(notes)
         if after_scan is not None:
             on_stage("report")
             report_start = time.perf_counter()
             try:
-                after_scan(scan_dir, volume, chosen.cfg)
-                seconds["report"] = time.perf_counter() - report_start
-            except Exception as exc:  # a report problem must not lose the prediction
-                result.error = f"report not written: {type(exc).__name__}: {exc}"
+                extra = after_scan(scan_dir, volume, chosen.cfg)
+            except Exception as exc:  # the masks stay; the scan is not complete
+                result.error = f"{item.name}: report not written: {type(exc).__name__}: {exc}"
+                result.stage_seconds = {k: round(v, 3) for k, v in seconds.items()}
                 logger.debug("%s report failed:\n%s", item.scan_id, traceback.format_exc())
-        result.n_lesions = len(lesions)
-        result.lesion_volume_ml = report["total_volume_ml"]
-        result.lesion_area_mm2 = report["total_area_mm2"]
+                result.seconds = round(time.perf_counter() - start, 3)
+                return result
+            seconds["report"] = time.perf_counter() - report_start
+            written += list(extra.files)
+            notes += list(extra.warnings)
+        seconds["total"] = time.perf_counter() - start
+        report["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
+        report["warnings"] = notes
+        report["outputs"] = _output_sizes(scan_dir, written)
+        report["complete"] = True
+        write_text_atomic(scan_dir / LESIONS, compact_json(report))
+        result.status = "ok"
+        result.warnings = "; ".join(notes)
         result.stage_seconds = {k: round(v, 3) for k, v in seconds.items()}
     except NoModelForScanError as exc:
         result.error = str(exc)
@@ -676,6 +772,7 @@ __all__ = [
     "SEG",
     "SUMMARY",
     "AfterScanCallback",
+    "AfterScanResult",
     "BatchRun",
     "NoModelForScanError",
     "PredictOptions",
@@ -687,6 +784,7 @@ __all__ = [
     "models_provenance",
     "open_ensembles",
     "predict_batch",
+    "refresh_outputs",
     "run_pipelines",
     "write_summary",
 ]

@@ -30,7 +30,7 @@ import numpy.typing as npt
 
 from medres._version import __version__
 from medres.errors import MedresError
-from medres.inference.batch import AfterScanCallback, models_provenance
+from medres.inference.batch import AfterScanCallback, AfterScanResult, models_provenance
 from medres.inference.predictor import Ensemble
 from medres.io.atomic import write_bytes_atomic, write_text_atomic
 from medres.io.nifti import read_nifti
@@ -272,6 +272,14 @@ def _report_html(
         f"{report['total_volume_ml']:.3f} ml" if three_d else f"{report['total_area_mm2']:.1f} mm²"
     )
     size_head = "volume (ml)" if three_d else "area (mm²)"
+    notes = [str(w) for w in report.get("warnings", [])] + list(volume.warnings)
+    warnings_html = (
+        "<p class='notice'><b>Read with assumptions:</b> "
+        + "<br>".join(html.escape(w) for w in dict.fromkeys(notes))
+        + "</p>"
+        if notes
+        else ""
+    )
     made = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>medres report: {scan_id}</title>
@@ -279,6 +287,7 @@ def _report_html(
 <h1>Lesion report: {scan_id}</h1>
 <p class="notice">{NOTICE}</p>
 <h2>Scan</h2><table>{identity_rows}</table>
+{warnings_html}
 <h2>Model</h2>
 <p>Ensemble of {len(members)} member(s) ({html.escape(", ".join(report["ensemble"]["pipelines"]))}),
 combined by {html.escape(str(report["ensemble"]["mode"]))}.</p>
@@ -378,9 +387,9 @@ def report_scan(
     write_text_atomic(scan_dir / REPORT_HTML, page)
     result.files.append(REPORT_HTML)
     if pdf:
-        import weasyprint
+        from medres.report.pdf import render_pdf
 
-        document = weasyprint.HTML(string=page, base_url=str(scan_dir)).write_pdf()
+        document = render_pdf(page, base_url=str(scan_dir))
         write_bytes_atomic(scan_dir / REPORT_PDF, document)
         result.files.append(REPORT_PDF)
     result.seconds = time.perf_counter() - start
@@ -394,8 +403,12 @@ def report_hook(
     each scan's report while its volume is still in memory."""
     run = {"models": models_provenance(ensembles)}
 
-    def after_scan(scan_dir: Path, volume: Volume, cfg: PipelineConfig) -> None:
-        report_scan(scan_dir, volume, cfg=cfg, run=run, show_phi=show_phi, pdf=pdf)
+    def after_scan(scan_dir: Path, volume: Volume, cfg: PipelineConfig) -> AfterScanResult:
+        written = report_scan(scan_dir, volume, cfg=cfg, run=run, show_phi=show_phi, pdf=pdf)
+        notes = []
+        if volume.source.kind is ScanKind.DICOM and written.dicom_export != "written":
+            notes.append(f"DICOM SEG/SR {written.dicom_export}")
+        return AfterScanResult(files=tuple(written.files), warnings=tuple(notes))
 
     return after_scan
 

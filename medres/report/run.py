@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medres.errors import MedresError, OutputError
-from medres.inference.batch import run_pipelines
+from medres.inference.batch import refresh_outputs, run_pipelines
 from medres.inference.inputs import assemble_inputs, load_input
 from medres.io import discover
 from medres.report.build import ScanReport, report_scan, write_index
@@ -73,11 +73,11 @@ def report_predictions(
             lesions = json.loads((scan_dir / "lesions.json").read_text(encoding="utf-8"))
             cfg = configs.get(lesions["ensemble"]["pipelines"][0])
             volume = load_input(item)
-            result.reports.append(
-                report_scan(
-                    scan_dir, volume, cfg=cfg, run=run, show_phi=show_phi, pdf=pdf, dicom=dicom
-                )
+            written = report_scan(
+                scan_dir, volume, cfg=cfg, run=run, show_phi=show_phi, pdf=pdf, dicom=dicom
             )
+            refresh_outputs(scan_dir, written.files)
+            result.reports.append(written)
         except (MedresError, OSError, ValueError, KeyError) as exc:
             result.failed.append({"scan_id": scan_id, "error": f"{scan_id}: {exc}"})
     if (out / "summary.csv").is_file():
