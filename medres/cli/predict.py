@@ -43,7 +43,10 @@ def predict_command(
     overlap: Annotated[
         float | None,
         typer.Option(
-            "--overlap", min=0.0, max=0.95, help="Sliding-window overlap (default: the pipeline's)."
+            "--overlap",
+            min=0.0,
+            max=0.9,
+            help="Sliding-window overlap, 0 to 0.9 (default: the pipeline's).",
         ),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",

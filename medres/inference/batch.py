@@ -79,7 +79,7 @@ SUMMARY_COLUMNS = (
     "lesion_area_mm2",
     "seconds",
     "error",
-    "warnings",
+    "notes",
     "source",
 )
 
@@ -133,7 +133,7 @@ class ScanResult:
     lesion_area_mm2: float | None = None
     seconds: float = 0.0
     error: str = ""
-    warnings: str = ""
+    notes: str = ""
     source: str = ""
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -172,11 +172,11 @@ class AfterScanResult:
 
     Attributes:
         files: Written files, relative to the scan folder (``overlays/lesion_01.png``).
-        warnings: Notes for the scan's row (``DICOM SEG skipped: ...``).
+        notes: Notes for the scan's row (``DICOM SEG/SR skipped: ...``).
     """
 
     files: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 def open_ensembles(model_dirs: Sequence[str | Path], *, options: PredictOptions) -> list[Ensemble]:
@@ -678,7 +678,7 @@ def _predict_one(
                     result.n_lesions = previous.get("n_lesions")
                     result.lesion_volume_ml = previous.get("total_volume_ml")
                     result.lesion_area_mm2 = previous.get("total_area_mm2")
-                    result.warnings = "; ".join(str(w) for w in previous.get("warnings", []))
+                    result.notes = "; ".join(str(w) for w in previous.get("notes", []))
                     result.shape = "x".join(str(s) for s in previous["grid"]["shape"])
                     result.spacing_mm = "x".join(f"{s:.3g}" for s in previous["grid"]["spacing_mm"])
                     result.modality = previous["source"].get("modality", "")
@@ -717,17 +717,17 @@ def _predict_one(
         write_start = time.perf_counter()
         written = _write_scan_outputs(scan_dir, prediction, chosen, options)
         seconds["write"] = time.perf_counter() - write_start
-        notes = list(volume.warnings)
+        notes = ([item.note] if item.note else []) + list(volume.warnings)
         report = _lesion_json(
             item, volume, chosen, prediction, lesions, root=root, options=options, seconds=seconds
         )
-        report["warnings"] = notes
+        report["notes"] = notes
         report["complete"] = False
         write_text_atomic(scan_dir / LESIONS, compact_json(report))
         result.n_lesions = len(lesions)
         result.lesion_volume_ml = report["total_volume_ml"]
         result.lesion_area_mm2 = report["total_area_mm2"]
-        result.warnings = "; ".join(notes)
+        result.notes = "; ".join(notes)
         if after_scan is not None:
             on_stage("report")
             report_start = time.perf_counter()
@@ -741,15 +741,15 @@ def _predict_one(
                 return result
             seconds["report"] = time.perf_counter() - report_start
             written += list(extra.files)
-            notes += list(extra.warnings)
+            notes += list(extra.notes)
         seconds["total"] = time.perf_counter() - start
         report["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
-        report["warnings"] = notes
+        report["notes"] = notes
         report["outputs"] = _output_sizes(scan_dir, written)
         report["complete"] = True
         write_text_atomic(scan_dir / LESIONS, compact_json(report))
         result.status = "ok"
-        result.warnings = "; ".join(notes)
+        result.notes = "; ".join(notes)
         result.stage_seconds = {k: round(v, 3) for k, v in seconds.items()}
     except NoModelForScanError as exc:
         result.error = str(exc)

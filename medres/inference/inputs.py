@@ -5,7 +5,10 @@ axis holds the channels). Multi-channel MR often comes as one file per sequence 
 two layouts are recognised:
 
 * nnU-Net / Decathlon channel files: ``CASE_0000.nii.gz``, ``CASE_0001.nii.gz``... become
-  one input ``CASE`` with the channels in that order;
+  one input ``CASE`` with the channels in that order, but only when some model takes that
+  many channels and the files' headers show one grid (checked before any pixel is read);
+  otherwise each file is a scan of its own (``ct_0000`` ... ``ct_0015`` are 16 CTs for a
+  1-channel model, not one 16-channel scan);
 * a case folder holding one file per channel of a model, the file name starting with the
   channel name (``flair.nii.gz``, ``Flair_subtrMeanDivStd.nii.gz``, ``T1c_....nii.gz`` for
   channels ``[flair, t1c]``): the folder becomes one input named after it, and the other
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from medres.errors import LoadError
 from medres.io.discover import DiscoveryResult, ScanRef, SkippedFile, safe_name
@@ -43,11 +47,13 @@ class ScanInput:
         scan_id: Unique, file-name-safe identifier (the output folder's name).
         refs: The discovered scans, one per channel group, in channel order.
         grouped_by: ``""`` for a single scan, ``"_0000 suffix"`` or ``"channel names"``.
+        note: Why and how the files were grouped, for the scan's row ("" when single).
     """
 
     scan_id: str
     refs: tuple[ScanRef, ...]
     grouped_by: str = ""
+    note: str = ""
 
     @property
     def kind(self) -> ScanKind:
@@ -75,9 +81,46 @@ def _first_token(stem: str) -> str:
     return parts[0] if parts else ""
 
 
-def _suffix_groups(refs: list[ScanRef]) -> tuple[list[ScanInput], list[ScanRef]]:
+def header_grid(path: str) -> tuple[tuple[int, ...], npt.NDArray[np.float64]] | None:
+    """Spatial shape and affine of a NIfTI file from its header alone (no pixel data), or
+    None when the header cannot be read (loading the file then says why)."""
+    import nibabel as nib
+
+    try:
+        if not Path(path).is_file():
+            return None
+        header = nib.load(path).header
+        shape = tuple(int(n) for n in header.get_data_shape()[:3])
+        affine = np.asarray(header.get_best_affine(), dtype=np.float64)
+    except Exception:  # a damaged header: not grouped; its own load reports the problem
+        return None
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        return None
+    return shape, affine
+
+
+def _same_header_grid(refs: Sequence[ScanRef]) -> str | None:
+    """None when every file's header shows the first file's grid, else why not."""
+    first = header_grid(refs[0].paths[0])
+    if first is None:
+        return f"the header of {Path(refs[0].paths[0]).name} cannot be read"
+    for ref in refs[1:]:
+        other = header_grid(ref.paths[0])
+        if other is None:
+            return f"the header of {Path(ref.paths[0]).name} cannot be read"
+        if other[0] != first[0]:
+            return f"{Path(ref.paths[0]).name} has shape {other[0]}, not {first[0]}"
+        if float(np.abs(other[1] - first[1]).max()) > AFFINE_TOL_MM:
+            return f"{Path(ref.paths[0]).name} lies on another grid (affine)"
+    return None
+
+
+def _suffix_groups(
+    refs: list[ScanRef], channel_counts: set[int]
+) -> tuple[list[ScanInput], list[ScanRef], list[tuple[ScanRef, str]]]:
     groups: dict[tuple[str, str], dict[int, ScanRef]] = defaultdict(dict)
     rest: list[ScanRef] = []
+    not_grouped: list[tuple[ScanRef, str]] = []
     for ref in refs:
         match = (
             _CHANNEL_SUFFIX.match(nifti_stem(ref.paths[0])) if ref.kind is ScanKind.NIFTI else None
@@ -90,17 +133,42 @@ def _suffix_groups(refs: list[ScanRef]) -> tuple[list[ScanInput], list[ScanRef]]
     inputs: list[ScanInput] = []
     for (_, case), by_index in sorted(groups.items()):
         indices = sorted(by_index)
-        if indices != list(range(len(indices))):  # a gap: keep the files as single scans
-            rest.extend(by_index[i] for i in indices)
+        members = [by_index[i] for i in indices]
+        n = len(indices)
+        names = f"{case}_{indices[0]:04d}..{case}_{indices[-1]:04d}"
+        if n == 1:
+            if indices == [0]:  # CASE_0000 alone is the case CASE
+                inputs.append(
+                    ScanInput(scan_id=safe_name(case, max_length=80), refs=tuple(members))
+                )
+            else:
+                rest.extend(members)
             continue
-        inputs.append(
-            ScanInput(
-                scan_id=safe_name(case, max_length=80),
-                refs=tuple(by_index[i] for i in indices),
-                grouped_by="_0000 suffix" if len(indices) > 1 else "",
+        if indices != list(range(n)):  # a gap: keep the files as single scans
+            reason = f"{names}: channel numbers have a gap, so the files are separate scans"
+        elif n not in channel_counts:  # n > 1 here
+            takes = ", ".join(str(c) for c in sorted(channel_counts)) or "?"
+            reason = (
+                f"{names}: {n} files, but the models take {takes} channel(s), so they are "
+                "separate scans"
             )
-        )
-    return inputs, rest
+        else:
+            problem = _same_header_grid(members)
+            if problem is None:
+                inputs.append(
+                    ScanInput(
+                        scan_id=safe_name(case, max_length=80),
+                        refs=tuple(members),
+                        grouped_by="_0000 suffix",
+                        note=f"{n} files {names} stacked as the {n} input channels "
+                        "(nnU-Net _0000 naming)",
+                    )
+                )
+                continue
+            reason = f"{names}: not stacked as channels: {problem}"
+        rest.extend(members)
+        not_grouped.extend((ref, reason) for ref in members)
+    return inputs, rest, not_grouped
 
 
 def _named_groups(
@@ -127,11 +195,17 @@ def _named_groups(
             rest.extend(files)
             continue
         ordered = tuple(files[tokens.index(name)] for name in chosen)
+        problem = _same_header_grid(ordered)
+        if problem is not None:
+            rest.extend(files)
+            continue
         inputs.append(
             ScanInput(
                 scan_id=safe_name(Path(folder).name, max_length=80),
                 refs=ordered,
                 grouped_by="channel names",
+                note=f"case folder {Path(folder).name}: files stacked as channels "
+                f"{', '.join(chosen)} by their names",
             )
         )
         for ref, token in zip(files, tokens, strict=True):
@@ -158,9 +232,13 @@ def assemble_inputs(
         Inputs in discovery order (grouped cases first), each with a unique ``scan_id``;
         files that were found but are not inputs, each with its reason.
     """
-    grouped, rest = _suffix_groups(list(found.scans))
+    counts = {len(names) for names in channel_sets}
+    grouped, rest, not_grouped = _suffix_groups(list(found.scans), counts)
     named, rest, unused = _named_groups(rest, channel_sets)
-    singles = [ScanInput(scan_id=ref.scan_id, refs=(ref,)) for ref in rest]
+    why = {id(ref): reason for ref, reason in not_grouped}
+    singles = [
+        ScanInput(scan_id=ref.scan_id, refs=(ref,), note=why.get(id(ref), "")) for ref in rest
+    ]
     order = {id(ref): n for n, ref in enumerate(found.scans)}
     inputs = sorted(grouped + named + singles, key=lambda item: order[id(item.refs[0])])
     used: set[str] = set()

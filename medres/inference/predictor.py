@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from medres.errors import ModelError
+from medres.errors import ConfigError, ModelError
 from medres.inference.postprocess import remove_small_lesions
 from medres.inference.resample import resample_to_grid
 from medres.inference.sliding import predict_logits
@@ -48,6 +48,8 @@ from medres.pipeline import EnsembleMode, PipelineConfig
 
 #: Most members one ensemble can hold (their agreement is kept as bits of a uint32).
 MAX_MEMBERS = 32
+#: Largest sliding-window overlap accepted (the pipeline config has the same bound).
+MAX_OVERLAP = 0.9
 
 
 @dataclass
@@ -193,6 +195,11 @@ class Ensemble:
         self.device = device
         self.mode = EnsembleMode(mode) if mode is not None else self.cfg.inference.ensemble
         self.tta = tta
+        if overlap is not None and not 0.0 <= overlap <= MAX_OVERLAP:
+            raise ConfigError(
+                f"overlap {overlap}: use 0 to {MAX_OVERLAP} (0.99 would mean about 10^4 "
+                "windows per volume for the same result as 0.5)"
+            )
         self.overlap = overlap
         self.runners: list[_FolderRunner] = []
         for folder in self.folders:

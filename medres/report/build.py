@@ -272,9 +272,9 @@ def _report_html(
         f"{report['total_volume_ml']:.3f} ml" if three_d else f"{report['total_area_mm2']:.1f} mm²"
     )
     size_head = "volume (ml)" if three_d else "area (mm²)"
-    notes = [str(w) for w in report.get("warnings", [])] + list(volume.warnings)
+    notes = [str(w) for w in report.get("notes", [])] + list(volume.warnings)
     warnings_html = (
-        "<p class='notice'><b>Read with assumptions:</b> "
+        "<p class='notice'><b>Notes on reading this scan:</b> "
         + "<br>".join(html.escape(w) for w in dict.fromkeys(notes))
         + "</p>"
         if notes
@@ -408,7 +408,7 @@ def report_hook(
         notes = []
         if volume.source.kind is ScanKind.DICOM and written.dicom_export != "written":
             notes.append(f"DICOM SEG/SR {written.dicom_export}")
-        return AfterScanResult(files=tuple(written.files), warnings=tuple(notes))
+        return AfterScanResult(files=tuple(written.files), notes=tuple(notes))
 
     return after_scan
 
