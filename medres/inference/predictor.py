@@ -321,6 +321,12 @@ class Ensemble:
             if model_affine.shape != (4, 4):  # a 2D MetaTensor may carry a 3x3 affine
                 model_affine = _as_4x4(model_affine)
             tensor = image.as_tensor().float()
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise LoadError(
+                    f"{source}: {bad} of {tensor.numel()} values are NaN or infinite after "
+                    f"{cfg.name}'s preprocessing; the scan's intensities are not usable"
+                )
             seconds["preprocess"] += time.perf_counter() - start
             total: npt.NDArray[np.float32] | None = None
             squares: npt.NDArray[np.float32] | None = None
@@ -331,6 +337,13 @@ class Ensemble:
                 start = time.perf_counter()
                 probs = self._member_probabilities(runner, net, tensor)
                 foreground = probs[1:].cpu().numpy().astype(np.float32, copy=False)
+                if not np.isfinite(foreground).all():
+                    bad = int((~np.isfinite(foreground)).sum())
+                    raise ModelError(
+                        f"{runner.folder.path / member.name}: the member gave {bad} NaN or "
+                        f"infinite probabilities on {source}; its weights are damaged "
+                        "(retrain it or restore the model folder)"
+                    )
                 own = decide_labels(foreground, threshold=cfg.inference.threshold)
                 del probs
                 seconds["inference"] += time.perf_counter() - start
