@@ -115,7 +115,8 @@ def main() -> None:
         (f"{stage}:{i}", f"{stage}:{i}") for stage in STAGES for i in range(len(order))
     ]
     rng = random.Random(args.seed)
-    cases += [(f"after {d:.1f} s", d) for d in (rng.uniform(1.0, full_seconds) for _ in range(args.timed))]
+    delays = [rng.uniform(1.0, full_seconds) for _ in range(args.timed)]
+    cases += [(f"after {d:.1f} s", d) for d in delays]
     rows = [["kill point", "killed", "scans done before", "redone", "outputs identical"]]
     for name, point in cases:
         out = work / f"case_{len(rows)}"
@@ -134,8 +135,10 @@ def main() -> None:
     for row in rows:
         print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
     identical = sum(r[4] == "yes" for r in rows[1:])
-    print(f"\n{identical}/{len(rows) - 1} cases resumed to outputs identical to the uninterrupted "
-          f"run ({full_seconds:.1f} s for {len(order)} scans uninterrupted)")
+    print(
+        f"\n{identical}/{len(rows) - 1} cases resumed to outputs identical to the uninterrupted "
+        f"run ({full_seconds:.1f} s for {len(order)} scans uninterrupted)"
+    )
     shutil.rmtree(work)
 
 

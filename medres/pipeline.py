@@ -9,6 +9,13 @@ and the key, before any data is read. Choices are plain strings checked against
 Spatial sizes (``target_spacing_mm``, ``patch_size``, ``roi_size``) are given in the
 array index order medres uses everywhere, ``(x, y[, z])`` (see :mod:`medres.types`).
 
+Config files are distrusted like any other input: only regular files of at most
+:data:`~medres.limits.MAX_CONFIG_BYTES` are read (:func:`read_config_bytes`), YAML is
+composed and its nodes counted with every alias expanded before any Python object is
+built (:func:`parse_yaml`), and sizes a config may ask for (patch and window sides, batch
+sizes, network parameter lists) are capped, so a hostile file ends as one
+:class:`~medres.errors.ConfigError` line instead of an out-of-memory kill or a hang.
+
 Example:
     >>> cfg = load_pipeline("pipelines/demo_ct_3d.yaml")  # doctest: +SKIP
     >>> cfg.dims, cfg.labels  # doctest: +SKIP
@@ -17,13 +24,27 @@ Example:
 
 from __future__ import annotations
 
+import math
+import os
+import stat
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from medres.errors import ConfigError
+from medres.limits import MAX_CHANNELS, MAX_CONFIG_BYTES, MAX_CONFIG_NODES
+
+if TYPE_CHECKING:
+    import yaml
 
 if sys.version_info >= (3, 11):
     from enum import StrEnum
@@ -70,8 +91,55 @@ class EnsembleMode(StrEnum):
     VOTE = "vote"
 
 
+#: Deepest nesting of lists/mappings in a config file (real pipelines nest 4 levels).
+MAX_CONFIG_DEPTH = 32
+#: Longest list in ``model.params`` (e.g. ``channels``: one entry per resolution level).
+MAX_PARAM_ITEMS = 16
+#: Largest integer in ``model.params`` (channel/filter counts and every other count).
+MAX_PARAM_INT = 4096
+#: Tighter caps for parameters that are not channel counts (3D kernels grow as k^3).
+PARAM_INT_CAPS = {
+    "strides": 8,
+    "kernel_size": 15,
+    "num_res_units": 16,
+    "blocks_down": 16,
+    "blocks_up": 16,
+}
+#: Longest string value in ``model.params``.
+MAX_PARAM_TEXT = 64
+#: Largest side of ``training.patch_size`` / ``inference.roi_size`` (voxels).
+MAX_PATCH_SIDE = 1024
+#: Largest number of voxels of one training patch or sliding window (256^3).
+MAX_PATCH_VOXELS = 256**3
+#: Largest ``training.batch_size``.
+MAX_BATCH_SIZE = 256
+#: Largest ``inference.sw_batch_size``.
+MAX_SW_BATCH_SIZE = 64
+#: Largest number of voxels in one batch (batch size x patch voxels, per input channel).
+MAX_BATCH_VOXELS = 1 << 27
+#: Largest ``inference.overlap``: each axis needs 1 / (1 - overlap) times more windows.
+MAX_OVERLAP = 0.9
+#: Largest number of output labels (background included).
+MAX_LABELS = 256
+#: Smallest and largest ``preprocessing.target_spacing_mm`` entry (mm).
+SPACING_RANGE_MM = (0.01, 100.0)
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, str_max_length=1000)
+
+
+def _check_sides(what: str, value: tuple[int, ...]) -> None:
+    """Refuse patch/window sizes too small to be a window or too large to allocate."""
+    if any(side < 4 for side in value):
+        raise ValueError(f"{list(value)}: every side must be >= 4")
+    if any(side > MAX_PATCH_SIDE for side in value):
+        raise ValueError(f"{list(value)}: every side must be <= {MAX_PATCH_SIDE} voxels")
+    if math.prod(value) > MAX_PATCH_VOXELS:
+        raise ValueError(
+            f"{list(value)}: {math.prod(value)} voxels per {what}, above the "
+            f"{MAX_PATCH_VOXELS} (256^3) limit; use a smaller size"
+        )
 
 
 class IntensityConfig(_Strict):
@@ -127,6 +195,14 @@ class PreprocessingConfig(_Strict):
                 )
         if self.target_spacing_mm is not None and any(s <= 0 for s in self.target_spacing_mm):
             raise ValueError(f"target_spacing_mm {list(self.target_spacing_mm)} must be > 0")
+        low, high = SPACING_RANGE_MM
+        if self.target_spacing_mm is not None and any(
+            not low <= s <= high for s in self.target_spacing_mm
+        ):
+            raise ValueError(
+                f"target_spacing_mm {list(self.target_spacing_mm)}: every entry must be "
+                f"between {low} and {high} mm"
+            )
         return self
 
 
@@ -170,8 +246,57 @@ class ModelConfig(_Strict):
         params: Keyword arguments of that builder (checked when the model is built).
     """
 
-    name: str
+    name: str = Field(max_length=64)
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("params")
+    @classmethod
+    def _check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        for key, value in params.items():
+            problem = _param_problem(str(key), value)
+            if problem:
+                raise ValueError(f".{_short(key)}: {problem}")
+        return params
+
+
+def _short(key: object, width: int = 40) -> str:
+    text = str(key)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _param_problem(key: str, value: Any) -> str | None:
+    """Why ``model.params[key] = value`` is refused before any network is built, or None."""
+    if isinstance(value, (list, tuple)):
+        if len(value) > MAX_PARAM_ITEMS:
+            return f"{len(value)} values, at most {MAX_PARAM_ITEMS} are accepted"
+        for item in value:
+            if isinstance(item, (list, tuple, dict)):
+                return "lists of lists are not accepted; give plain numbers"
+            problem = _param_problem(key, item)
+            if problem:
+                return problem
+        return None
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        cap = PARAM_INT_CAPS.get(key, MAX_PARAM_INT)
+        if not 0 <= value <= cap:
+            return f"{_short(value)} is outside 0..{cap}"
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return f"{value} is not a finite number"
+        if abs(value) > MAX_PARAM_INT:
+            return f"{value} is outside -{MAX_PARAM_INT}..{MAX_PARAM_INT}"
+        return None
+    if isinstance(value, str):
+        if len(value) > MAX_PARAM_TEXT:
+            return f"text of {len(value)} characters, at most {MAX_PARAM_TEXT} are accepted"
+        return None
+    return (
+        f"a {type(value).__name__} is not accepted; give a number, a string, null or a list "
+        f"of up to {MAX_PARAM_ITEMS} numbers"
+    )
 
 
 class OptimizerConfig(_Strict):
@@ -211,7 +336,7 @@ class TrainingConfig(_Strict):
     epochs: int = Field(default=50, ge=1)
     iterations_per_epoch: int = Field(default=50, ge=1)
     max_minutes: float | None = Field(default=None, gt=0)
-    batch_size: int = Field(default=8, ge=1)
+    batch_size: int = Field(default=8, ge=1, le=MAX_BATCH_SIZE)
     patch_size: tuple[int, ...]
     positive_fraction: float = Field(default=0.5, ge=0, le=1)
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -221,10 +346,21 @@ class TrainingConfig(_Strict):
     val_every_epochs: int = Field(default=1, ge=1)
     checkpoint_every_epochs: int = Field(default=1, ge=1)
 
+    @field_validator("patch_size")
+    @classmethod
+    def _check_patch(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        _check_sides("patch", value)
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> TrainingConfig:
-        if any(p < 4 for p in self.patch_size):
-            raise ValueError(f"patch_size {list(self.patch_size)}: every side must be >= 4")
+        voxels = self.batch_size * math.prod(self.patch_size)
+        if voxels > MAX_BATCH_VOXELS:
+            raise ValueError(
+                f"batch_size {self.batch_size} x patch_size {list(self.patch_size)} is "
+                f"{voxels} voxels per batch, above the {MAX_BATCH_VOXELS} limit; "
+                "use a smaller batch or patch"
+            )
         return self
 
 
@@ -243,10 +379,28 @@ class InferenceConfig(_Strict):
 
     roi_size: tuple[int, ...] | None = None
     overlap: float = Field(default=0.5, ge=0, lt=1)
-    sw_batch_size: int = Field(default=2, ge=1)
+    sw_batch_size: int = Field(default=2, ge=1, le=MAX_SW_BATCH_SIZE)
     tta: bool = False
     threshold: float = Field(default=0.5, gt=0, lt=1)
     ensemble: EnsembleMode = EnsembleMode.MEAN
+
+    @field_validator("roi_size")
+    @classmethod
+    def _check_roi(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None:
+            _check_sides("window", value)
+        return value
+
+    @field_validator("overlap")
+    @classmethod
+    def _check_overlap(cls, value: float) -> float:
+        if value > MAX_OVERLAP:
+            per_axis = 1 / (1 - value) if value < 1 else math.inf
+            raise ValueError(
+                f"{value} is above {MAX_OVERLAP}: each axis would need {per_axis:.0f}x as many "
+                f"windows as without overlap ({per_axis**3:.0e}x per 3D volume); use 0.25-0.5"
+            )
+        return value
 
 
 class PostprocessingConfig(_Strict):
@@ -278,9 +432,9 @@ class PipelineConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     dims: Literal[2, 3]
-    channels: tuple[str, ...] = Field(min_length=1)
-    labels: tuple[str, ...] = Field(min_length=2)
-    lesion_labels: tuple[str, ...] = Field(min_length=1)
+    channels: tuple[str, ...] = Field(min_length=1, max_length=MAX_CHANNELS)
+    labels: tuple[str, ...] = Field(min_length=2, max_length=MAX_LABELS)
+    lesion_labels: tuple[str, ...] = Field(min_length=1, max_length=MAX_LABELS)
     label_map: dict[int, int] = Field(default_factory=dict)
     preprocessing: PreprocessingConfig = PreprocessingConfig()
     augmentation: AugmentationConfig = AugmentationConfig()
@@ -317,6 +471,14 @@ class PipelineConfig(_Strict):
             raise ValueError(
                 f"augmentation.flip_axes {list(self.augmentation.flip_axes)}: axes are 0..{n - 1}"
             )
+        roi = self.inference.roi_size or self.training.patch_size
+        voxels = self.inference.sw_batch_size * math.prod(roi)
+        if voxels > MAX_BATCH_VOXELS:
+            raise ValueError(
+                f"inference.sw_batch_size {self.inference.sw_batch_size} x window {list(roi)} "
+                f"is {voxels} voxels per forward pass, above the {MAX_BATCH_VOXELS} limit; "
+                "use a smaller sw_batch_size or roi_size"
+            )
         return self
 
     @property
@@ -337,17 +499,223 @@ class PipelineConfig(_Strict):
         return yaml.safe_dump(data, sort_keys=False)
 
 
-def _format_errors(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+#: How many problems one error message lists before "... and N more".
+_MAX_LISTED = 5
+
+
+def format_validation_errors(exc: ValidationError) -> str:
+    """One line listing each bad key with its dotted path (the first few of many).
+
+    Example: ``training.batchsize: unknown key (...); model: required key is missing``.
+    """
+    parts = []
+    errors = exc.errors()
+    for err in errors[:_MAX_LISTED]:
+        where = ".".join(_short(p) for p in err["loc"])
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; see docs/user-guide.md)"
         elif err["type"] == "missing":
             message = "required key is missing"
-        lines.append(f"  {where}: {message}")
-    return "\n".join(lines)
+        elif err["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
+            if message.startswith(".") and where:  # a validator naming a key inside its field
+                where, message = where + message.split(":", 1)[0], message.split(":", 1)[1][1:]
+        parts.append(f"{where}: {message}" if where else message)
+    if len(errors) > _MAX_LISTED:
+        parts.append(f"... and {len(errors) - _MAX_LISTED} more")
+    return "; ".join(parts)
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def read_config_bytes(path: str | Path, *, what: str = "config file") -> bytes:
+    """The bytes of a small config file, refusing anything that is not one.
+
+    Symbolic links are followed, but the target must be a regular file (not a FIFO, a
+    device such as ``/dev/zero``, or a folder) of at most
+    :data:`~medres.limits.MAX_CONFIG_BYTES`. The file is opened non-blocking and checked
+    again after opening, and at most the cap plus one byte is read, so a file that grows
+    or is swapped while being read cannot exhaust memory or hang.
+
+    Args:
+        path: The file.
+        what: What to call it in messages (``"pipeline file"``, ``"manifest"``).
+
+    Raises:
+        ConfigError: Missing, not a regular file, too large or unreadable.
+
+    Example:
+        >>> read_config_bytes("pipelines/demo_ct_3d.yaml")[:5]  # doctest: +SKIP
+        b'name:'
+    """
+    path = Path(path)
+    cap = MAX_CONFIG_BYTES
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(
+            f"{path}: {what} is {_file_kind(info.st_mode)}, not a regular file; "
+            "point to the file itself"
+        )
+    if info.st_size > cap:
+        raise ConfigError(
+            f"{path}: {what} is {info.st_size} bytes, above the {cap} byte limit for config "
+            "files; this is not a medres config"
+        )
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{path}: {what} changed into a non-regular file while opening")
+        chunks = []
+        remaining = cap + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > cap:
+        raise ConfigError(f"{path}: {what} grew above the {cap} byte limit while being read")
+    return data
+
+
+def decode_config_text(data: bytes, *, source: str) -> str:
+    """UTF-8 text of a config file (a leading byte-order mark is dropped).
+
+    Raises:
+        ConfigError: The bytes are not UTF-8.
+    """
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{source}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "save the file as UTF-8"
+        ) from None
+
+
+def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
+    import yaml
+
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    return []
+
+
+def yaml_size_problem(root: yaml.Node) -> str | None:
+    """Why a composed YAML node graph is refused, or None when it may be constructed.
+
+    Counts every node with aliases expanded (a memoised size per node, so the walk is
+    linear in the text even for an alias bomb), and refuses more than
+    :data:`~medres.limits.MAX_CONFIG_NODES` nodes, aliases that contain themselves and
+    nesting deeper than :data:`MAX_CONFIG_DEPTH`. Iterative, so depth cannot overflow
+    Python's stack.
+    """
+    sizes: dict[int, int] = {}
+    active = {id(root)}
+    stack: list[tuple[yaml.Node, list[yaml.Node], int]] = [(root, _yaml_children(root), 0)]
+    while stack:
+        node, kids, index = stack[-1]
+        if index < len(kids):
+            stack[-1] = (node, kids, index + 1)
+            kid = kids[index]
+            if id(kid) in sizes:
+                continue
+            if id(kid) in active:
+                mark = kid.start_mark
+                return (
+                    f"recursive alias at line {mark.line + 1} (an anchor used inside itself); "
+                    "a pipeline has no cycles"
+                )
+            if len(stack) >= MAX_CONFIG_DEPTH:
+                return f"nested more than {MAX_CONFIG_DEPTH} levels deep"
+            active.add(id(kid))
+            stack.append((kid, _yaml_children(kid), 0))
+            continue
+        stack.pop()
+        active.discard(id(node))
+        total = 1 + sum(sizes[id(kid)] for kid in kids)
+        if total > MAX_CONFIG_NODES:
+            return (
+                f"more than {MAX_CONFIG_NODES} YAML nodes with aliases expanded (an alias "
+                "bomb?); a pipeline needs a few hundred: write the values out"
+            )
+        sizes[id(node)] = total
+    return None
+
+
+def _yaml_problem(exc: Exception) -> str:
+    import yaml
+
+    if isinstance(exc, yaml.MarkedYAMLError):
+        problem = exc.problem or exc.context or type(exc).__name__
+        mark = exc.problem_mark or exc.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        return f"{problem}{where}"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
+        return "an integer with thousands of digits"
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def parse_yaml(text: str, *, source: str) -> Any:
+    """Safely parse one YAML document: compose, count nodes, then construct.
+
+    Only the YAML safe schema is used (no Python tags), and the node graph is checked
+    with :func:`yaml_size_problem` before any Python object is built.
+
+    Raises:
+        ConfigError: Syntax errors, several documents, alias bombs, recursive aliases,
+            values that are not valid (a date such as 2021-02-30), prefixed by ``source``.
+
+    Example:
+        >>> parse_yaml("a: &x [1, 2]\nb: *x\n", source="t.yaml")
+        {'a': [1, 2], 'b': [1, 2]}
+    """
+    import yaml
+
+    loader: yaml.SafeLoader | None = None
+    try:
+        loader = yaml.SafeLoader(text)  # checks for unprintable characters already
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        problem = yaml_size_problem(node)
+        if problem:
+            raise ConfigError(f"{source}: refused: {problem}")
+        return loader.construct_document(node)
+    except (yaml.YAMLError, RecursionError, ValueError, TypeError, OverflowError) as exc:
+        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 def parse_pipeline(data: Any, *, source: str = "<config>") -> PipelineConfig:
@@ -357,36 +725,56 @@ def parse_pipeline(data: Any, *, source: str = "<config>") -> PipelineConfig:
         ConfigError: Listing every bad key with its path, prefixed by ``source``.
     """
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: a pipeline must be a mapping of keys, got {type(data)}")
+        raise ConfigError(
+            f"{source}: a pipeline must be a mapping of keys, got {type(data).__name__}"
+        )
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: invalid pipeline config:\n{_format_errors(exc)}") from None
+        raise ConfigError(
+            f"{source}: invalid pipeline config: {format_validation_errors(exc)}"
+        ) from None
+
+
+def pipeline_from_bytes(data: bytes, *, source: str) -> PipelineConfig:
+    """Decode, parse (see :func:`parse_yaml`) and validate the bytes of a pipeline file.
+
+    Raises:
+        ConfigError: Not UTF-8, not valid YAML, refused as too large, or invalid config.
+    """
+    return parse_pipeline(
+        parse_yaml(decode_config_text(data, source=source), source=source), source=source
+    )
 
 
 def load_pipeline(path: str | Path) -> PipelineConfig:
     """Read and validate a pipeline YAML file.
 
-    Raises:
-        ConfigError: Missing file, YAML syntax error, unknown keys or bad values.
-    """
-    import yaml
+    The file is read with :func:`read_config_bytes` (regular files up to
+    :data:`~medres.limits.MAX_CONFIG_BYTES` only) and parsed with :func:`parse_yaml`.
 
+    Raises:
+        ConfigError: Missing file, not a regular file, too large, YAML syntax error, alias
+            bomb, unknown keys or bad values; the message starts with ``path``.
+    """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: pipeline file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read pipeline file: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_pipeline(data, source=str(path))
+    return pipeline_from_bytes(read_config_bytes(path, what="pipeline file"), source=str(path))
 
 
 __all__ = [
+    "MAX_BATCH_SIZE",
+    "MAX_BATCH_VOXELS",
+    "MAX_CONFIG_DEPTH",
+    "MAX_LABELS",
+    "MAX_OVERLAP",
+    "MAX_PARAM_INT",
+    "MAX_PARAM_ITEMS",
+    "MAX_PARAM_TEXT",
+    "MAX_PATCH_SIDE",
+    "MAX_PATCH_VOXELS",
+    "MAX_SW_BATCH_SIZE",
+    "PARAM_INT_CAPS",
+    "SPACING_RANGE_MM",
     "AugmentationConfig",
     "EnsembleMode",
     "InferenceConfig",
@@ -400,6 +788,12 @@ __all__ = [
     "PreprocessingConfig",
     "ScheduleName",
     "TrainingConfig",
+    "decode_config_text",
+    "format_validation_errors",
     "load_pipeline",
     "parse_pipeline",
+    "parse_yaml",
+    "pipeline_from_bytes",
+    "read_config_bytes",
+    "yaml_size_problem",
 ]

@@ -103,3 +103,21 @@ def images_loaded_in_chromium(page: Path) -> tuple[int, int]:
     title = re.search(r"<title>loaded (\d+) of (\d+)</title>", dom)
     assert title is not None, dom[:500]
     return int(title.group(1)), int(title.group(2))
+
+
+def relabelled_model(source: Path, target: Path, old: str, new: str) -> Path:
+    """A consistent copy of a model folder whose label ``old`` is called ``new``: its
+    pipeline.yaml, model.json labels and pipeline checksum all agree (another model)."""
+    import hashlib
+    import json
+    import shutil
+
+    shutil.copytree(source, target)
+    pipeline = target / "pipeline.yaml"
+    pipeline.write_text(pipeline.read_text().replace(f"- {old}\n", f"- {new}\n"))
+    manifest = json.loads((target / "model.json").read_text())
+    for key in ("labels", "lesion_labels"):
+        manifest[key] = [new if name == old else name for name in manifest[key]]
+    manifest["pipeline_sha256"] = hashlib.sha256(pipeline.read_bytes()).hexdigest()
+    (target / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return target

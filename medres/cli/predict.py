@@ -126,6 +126,9 @@ def predict_command(
                 f"model {names}: {item.n_members} member(s), {item.cfg.dims}D, "
                 f"channels {', '.join(item.cfg.channels)}, ensemble {item.mode}"
             )
+            for folder in item.folders:
+                for note in folder.unverified:
+                    err_console.print(f"[yellow]warning:[/] {note}", highlight=False)
         with progress_bar(transient=False) as progress:
             task = progress.add_task("scans", total=None, item="")
 

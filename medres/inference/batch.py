@@ -513,6 +513,7 @@ def models_provenance(ensembles: Sequence[Ensemble]) -> list[dict[str, Any]]:
                 {
                     "path": str(folder.path),
                     "pipeline": folder.pipeline.name,
+                    "unverified": list(folder.unverified),
                     "members": [
                         {"name": m.name, "weights_sha256": m.weights_sha256} for m in folder.members
                     ],

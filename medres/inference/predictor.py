@@ -44,12 +44,10 @@ from medres.inference.resample import resample_to_grid
 from medres.inference.sliding import predict_logits
 from medres.io.volume import Volume
 from medres.models.folder import MemberInfo, ModelFolder
-from medres.pipeline import EnsembleMode, PipelineConfig
+from medres.pipeline import MAX_OVERLAP, EnsembleMode, PipelineConfig
 
 #: Most members one ensemble can hold (their agreement is kept as bits of a uint32).
 MAX_MEMBERS = 32
-#: Largest sliding-window overlap accepted (the pipeline config has the same bound).
-MAX_OVERLAP = 0.9
 
 
 @dataclass

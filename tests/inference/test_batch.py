@@ -27,7 +27,14 @@ from medres.io import discover, load_scan, write_nifti
 from medres.io.volume import ScanKind, Volume
 from medres.models.folder import ModelFolder
 from medres.synthetic import ct_phantom
-from tests.conftest import REPO, SAMPLE_DATA, oblique_affine, on_world_grid, shared
+from tests.conftest import (
+    REPO,
+    SAMPLE_DATA,
+    oblique_affine,
+    on_world_grid,
+    relabelled_model,
+    shared,
+)
 
 DEMO = REPO / "models" / "demo_ct_3d"
 runner = CliRunner()
@@ -164,10 +171,7 @@ def test_resume_skips_finished_scans_and_reruns_on_other_options(
 
 
 def test_model_folders_must_agree_on_labels(tmp_path: Path) -> None:
-    other = tmp_path / "other"
-    shutil.copytree(DEMO, other)
-    text = (other / "pipeline.yaml").read_text().replace("- lesion\n", "- nodule\n")
-    (other / "pipeline.yaml").write_text(text)
+    other = relabelled_model(DEMO, tmp_path / "other", "lesion", "nodule")
     with pytest.raises(ModelError, match="labels differ"):
         open_ensembles([DEMO, other], options=PredictOptions())
     with pytest.raises(ModelError, match="given twice"):

@@ -24,7 +24,9 @@ DRIVER = Path(__file__).with_name("kill_driver.py")
 KILL_POINTS = ["predict:1", "mask_file:1", "lesions_json:1", "pdf:0"]
 
 
-def _run(scans: Path, out: Path, point: str, *, resume: bool = False) -> subprocess.CompletedProcess[str]:
+def _run(
+    scans: Path, out: Path, point: str, *, resume: bool = False
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     args = [sys.executable, str(DRIVER), str(scans), str(DEMO), str(out), point]
     return subprocess.run(
@@ -74,11 +76,13 @@ def test_sigkill_then_resume_gives_the_uninterrupted_outputs(
     out = tmp_path / "out"
     killed = _run(scans, out, point)
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
-    stage, _, index = point.partition(":")
+    index = point.partition(":")[2]
     scan_ids = sorted(p.parent.name for p in reference.glob("*/lesions.json"))
     # the scan in flight is not complete, whatever the kill left behind
     in_flight = out / list(_statuses(reference))[int(index)]  # processing order
-    fingerprint = json.loads((reference / in_flight.name / "lesions.json").read_text())["fingerprint"]
+    fingerprint = json.loads((reference / in_flight.name / "lesions.json").read_text())[
+        "fingerprint"
+    ]
     assert is_complete(in_flight, fingerprint) is None
 
     resumed = _run(scans, out, "none", resume=True)

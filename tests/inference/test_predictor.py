@@ -16,7 +16,7 @@ from medres.io.nifti import read_nifti
 from medres.io.volume import Volume
 from medres.models.folder import ModelFolder
 from medres.synthetic import ct_phantom
-from tests.conftest import REPO, SAMPLE_DATA, oblique_affine
+from tests.conftest import REPO, SAMPLE_DATA, oblique_affine, relabelled_model
 
 DEMO = REPO / "models" / "demo_ct_3d"
 
@@ -93,12 +93,7 @@ def test_vote_and_mean_agree_closely_and_inputs_are_checked() -> None:
 
 
 def test_folders_with_other_labels_cannot_join(tmp_path) -> None:
-    import shutil
-
-    other = tmp_path / "other"
-    shutil.copytree(DEMO, other)
-    text = (other / "pipeline.yaml").read_text().replace("- lesion\n", "- nodule\n")
-    (other / "pipeline.yaml").write_text(text)
+    other = relabelled_model(DEMO, tmp_path / "other", "lesion", "nodule")
     with pytest.raises(ModelError, match="labels differ"):
         Ensemble([ModelFolder.open(DEMO), ModelFolder.open(other)])
 
