@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+logger = logging.getLogger(__name__)
 
 
 def _fmt_shape(shape: tuple[int, ...] | None) -> str:
@@ -67,6 +70,7 @@ def inspect_command(
                 "path": ref.paths[0] if len(ref.paths) == 1 else str(Path(ref.paths[0]).parent),
                 "status": "ok",
                 "problem": "",
+                "warnings": list(ref.warnings),
             }
             if ref.problem is not None:
                 row.update(
@@ -77,7 +81,12 @@ def inspect_command(
                     vol = load_scan(ref)
                 except LoadError as exc:
                     row.update(status="error", problem=str(exc), error=type(exc).__name__)
+                except Exception as exc:  # not medres's own error: still one line, the file named
+                    logger.debug("%s: unexpected error while loading", row["path"], exc_info=True)
+                    problem = f"{row['path']}: {type(exc).__name__}: {exc}"
+                    row.update(status="error", problem=problem, error=type(exc).__name__)
                 else:
+                    row["warnings"] = list(dict.fromkeys([*row["warnings"], *vol.warnings]))
                     row.update(
                         shape=list(vol.spatial_shape),
                         channels=vol.n_channels,
@@ -123,6 +132,8 @@ def _print_tables(
         if r.get("channels", 1) and r.get("channels", 1) > 1:
             shape += f" x{r['channels']}ch"
         status = "[green]ok[/]" if r["status"] == "ok" else f"[red]{r['problem']}[/]"
+        if r["status"] == "ok" and r.get("warnings"):
+            status = "[yellow]ok: " + "; ".join(r["warnings"]) + "[/]"
         table.add_row(
             r["scan_id"],
             r["kind"],
