@@ -7,6 +7,13 @@ was not used. It never decodes pixel data, so it is fast on large PACS exports; 
 geometry checks of :func:`medres.io.dicom.plan_series` (gaps, duplicates, mixed slices)
 run here already and a broken series carries its error in ``ScanRef.problem``.
 
+Discovery isolates every file: only regular files are opened (a FIFO or a link to
+``/dev/zero`` is skipped unopened), files above
+:data:`~medres.limits.MAX_DICOM_FILE_BYTES` are not read, and any exception while one
+file's header is read or interpreted becomes that file's :class:`SkippedFile` reason, so
+one damaged file never stops the batch. When a series has a slice gap and files in its
+folder could not be read, the gap message names them as the probable missing slices.
+
 Example:
     >>> result = discover("sample_data")  # doctest: +SKIP
     >>> [ref.scan_id for ref in result.scans]  # doctest: +SKIP
@@ -14,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import filecmp
 import hashlib
 import logging
 import os
@@ -23,18 +31,23 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from medres.errors import LoadError, NotDicomError, UnsupportedDicomError
+from medres.errors import LoadError, NotDicomError, SeriesError, UnsupportedDicomError
 from medres.io.dicom import (
     SeriesPlan,
     SliceHeader,
+    one_line,
     plan_series,
     read_dataset,
     read_slice_headers,
+    regular_file_problem,
+    series_folder,
+    sniff_dicom,
     split_volumes,
 )
 from medres.io.images2d import is_image2d_path
 from medres.io.nifti import is_nifti_path, nifti_stem
 from medres.io.volume import ScanKind, orientation_codes
+from medres.limits import MAX_DICOM_FILE_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -164,9 +177,12 @@ def iter_files(root: Path) -> Iterator[Path]:
     """Files under ``root`` in sorted order, skipping hidden files and folders.
 
     Linked folders are followed (a folder of links to case folders is a common way to
-    assemble a batch); a folder reached twice (a link loop) is read once.
+    assemble a batch); a folder reached twice (a link loop) is read once. Entries are only
+    listed, never opened: FIFOs, devices and broken links come out too, and
+    :func:`discover` skips them with their reason. A ``root`` that is not a folder is
+    yielded as it is.
     """
-    if root.is_file():
+    if not root.is_dir():
         yield root
         return
     visited: set[str] = set()
@@ -213,7 +229,7 @@ def discover(
     files = list(iter_files(root_path))
     result = DiscoveryResult(root=str(root_path))
     dicom_slices: list[SliceHeader] = []
-    seen_sops: dict[str, str] = {}
+    seen_sops: dict[str, tuple[str, SliceHeader]] = {}
     nifti_files: list[Path] = []
     image_files: list[Path] = []
 
@@ -221,7 +237,11 @@ def discover(
         if on_progress is not None:
             on_progress(index, len(files), str(path))
         suffix = path.suffix.lower()
-        if is_nifti_path(path):
+        not_regular = regular_file_problem(path)
+        if not_regular is not None:
+            # never opened: a FIFO blocks, /dev/zero never ends
+            result.skipped.append(SkippedFile(str(path), not_regular))
+        elif is_nifti_path(path):
             nifti_files.append(path)
         elif is_image2d_path(path):
             image_files.append(path)
@@ -236,7 +256,7 @@ def discover(
     if on_progress is not None:
         on_progress(len(files), len(files), "")
 
-    result.scans.extend(_dicom_scans(dicom_slices))
+    result.scans.extend(_dicom_scans(dicom_slices, _damaged_by_folder(result.skipped)))
     result.scans.extend(_file_scans(nifti_files, ScanKind.NIFTI, mask_suffix, result))
     result.scans.extend(_file_scans(image_files, ScanKind.IMAGE2D, mask_suffix, result))
     _make_ids_unique(result.scans)
@@ -254,14 +274,33 @@ def _add_dicom(
     path: Path,
     result: DiscoveryResult,
     slices: list[SliceHeader],
-    seen_sops: dict[str, str],
+    seen_sops: dict[str, tuple[str, SliceHeader]],
 ) -> None:
     suffix = path.suffix.lower()
+    claimed = suffix in DICOM_SUFFIXES
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        result.skipped.append(
+            SkippedFile(str(path), f"{path}: cannot be examined ({exc})", failed=True)
+        )
+        return
+    if size == 0 or size > MAX_DICOM_FILE_BYTES:
+        reason = (
+            "empty file (0 bytes)"
+            if size == 0
+            else f"{size / 2**30:.1f} GiB, larger than the {MAX_DICOM_FILE_BYTES / 2**30:.1f} "
+            "GiB medres reads as one DICOM file (medres.limits.MAX_DICOM_FILE_BYTES); not read"
+        )
+        result.skipped.append(
+            SkippedFile(str(path), f"{path}: {reason}" if claimed else reason, failed=claimed)
+        )
+        return
+    claimed = claimed or sniff_dicom(path)
     try:
         ds = read_dataset(path, headers_only=True)
         headers = read_slice_headers(path, ds=ds)
     except NotDicomError as exc:
-        claimed = suffix in DICOM_SUFFIXES
         reason = str(exc) if claimed else "not a recognised scan format"
         result.skipped.append(SkippedFile(str(path), reason, failed=claimed))
         return
@@ -271,33 +310,78 @@ def _add_dicom(
     except LoadError as exc:
         result.skipped.append(SkippedFile(str(path), str(exc), failed=True))
         return
-    sop = headers[0].sop_instance_uid
+    except Exception as exc:  # isolation: nothing one file does may stop the batch
+        result.skipped.append(
+            SkippedFile(
+                str(path),
+                f"{path}: cannot read the DICOM header: {type(exc).__name__}: "
+                f"{one_line(str(exc), limit=200)}",
+                failed=True,
+            )
+        )
+        return
+    if not headers:
+        result.skipped.append(SkippedFile(str(path), f"{path}: no image in the file", failed=True))
+        return
+    first = headers[0]
+    sop = first.sop_instance_uid
     if sop and sop in seen_sops:
-        first_path = seen_sops[sop]
+        first_path, first_header = seen_sops[sop]
         if _same_bytes(Path(first_path), path):
             result.skipped.append(
                 SkippedFile(str(path), f"duplicate file: identical copy of {first_path}")
             )
             return
-        # the same instance encoded differently (another transfer syntax): load it apart
-        copies = sum(1 for k in seen_sops if k.startswith(f"{sop}|")) + 2
-        seen_sops[f"{sop}|{copies}"] = str(path)
-        headers = [replace(h, split_keys={**h.split_keys, "copy": copies}) for h in headers]
+        if _same_instance(first_header, first):
+            # the same instance encoded differently (another transfer syntax): load it apart
+            copies = sum(1 for k in seen_sops if k.startswith(f"{sop}|")) + 2
+            seen_sops[f"{sop}|{copies}"] = (str(path), first)
+            headers = [replace(h, split_keys={**h.split_keys, "copy": copies}) for h in headers]
+        # else: another slice carrying the same UID (a broken export): it stays in its
+        # series, whose plan then refuses the shared UID naming the files
     elif sop:
-        seen_sops[sop] = str(path)
+        seen_sops[sop] = (str(path), first)
     slices.extend(headers)
 
 
+def _same_instance(a: SliceHeader, b: SliceHeader) -> bool:
+    """Whether two files with one SOPInstanceUID hold the same image (a re-encoded copy)."""
+    return (
+        a.series_uid == b.series_uid
+        and a.instance_number == b.instance_number
+        and a.position_lps == b.position_lps
+        and a.orientation_lps == b.orientation_lps
+        and (a.rows, a.columns, a.number_of_frames) == (b.rows, b.columns, b.number_of_frames)
+    )
+
+
 def _same_bytes(a: Path, b: Path) -> bool:
+    """Byte-identical files (compared in chunks, never read whole into memory)."""
     try:
-        if a.stat().st_size != b.stat().st_size:
-            return False
-        return hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
+        return filecmp.cmp(a, b, shallow=False)
     except OSError:
         return False
 
 
-def _dicom_scans(slices: list[SliceHeader]) -> list[ScanRef]:
+def _damaged_by_folder(skipped: list[SkippedFile]) -> dict[str, list[tuple[str, str]]]:
+    """``(path, reason)`` of the files that may be damaged slices, by folder.
+
+    Files that failed to read, and files without a suffix that were not recognised at all
+    (a DICOM slice whose preamble was destroyed looks like that).
+    """
+    out: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for item in skipped:
+        path = Path(item.path)
+        unrecognised = item.reason == "not a recognised scan format" and not path.suffix
+        if item.failed or unrecognised:
+            out[str(path.parent)].append((item.path, item.reason))
+    return out
+
+
+def _dicom_scans(
+    slices: list[SliceHeader], damaged: dict[str, list[tuple[str, str]]] | None = None
+) -> list[ScanRef]:
+    damaged = damaged or {}
     by_series: dict[str, list[SliceHeader]] = defaultdict(list)
     for s in slices:
         # enhanced multi-frame files, files without a series UID and re-encoded copies of
@@ -334,31 +418,61 @@ def _dicom_scans(slices: list[SliceHeader]) -> list[ScanRef]:
             )
             if p
         )
-        for part, part_slices in split_volumes(series):
-            scan_id = safe_name(f"{base}_{part}" if part else base, max_length=80)
-            ref = ScanRef(
-                scan_id=scan_id,
-                kind=ScanKind.DICOM,
-                paths=tuple(dict.fromkeys(s.path for s in part_slices)),
-                description=first.series_description,
-                modality=first.modality,
-                series_uid=first.series_uid,
-                part=part,
-            )
-            try:
-                plan = plan_series(part_slices)
-            except LoadError as exc:
-                ref.problem = exc
-            else:
-                ref.plan = plan
-                ref.paths = tuple(dict.fromkeys(s.path for s in plan.slices))
-                ref.spatial_shape = plan.spatial_shape
-                ref.spacing_mm = tuple(
-                    float(v) for v in _norms(plan.affine)[: len(plan.spatial_shape)]
-                )
-                ref.orientation = orientation_codes(plan.affine) if plan.has_geometry else ""
-            scans.append(ref)
+        try:
+            parts = split_volumes(series)
+        except Exception as exc:  # never let one series stop discovery
+            parts = [("", series)]
+            logger.debug("%s: cannot split series: %r", series_folder(series), exc)
+        for part, part_slices in parts:
+            scans.append(_series_ref(base, part, part_slices, damaged))
     return scans
+
+
+def _series_ref(
+    base: str,
+    part: str,
+    part_slices: list[SliceHeader],
+    damaged: dict[str, list[tuple[str, str]]],
+) -> ScanRef:
+    """The ScanRef of one volume, with its plan or the problem loading it will raise."""
+    first = part_slices[0]
+    ref = ScanRef(
+        scan_id=safe_name(f"{base}_{part}" if part else base, max_length=80),
+        kind=ScanKind.DICOM,
+        paths=tuple(dict.fromkeys(s.path for s in part_slices)),
+        description=first.series_description,
+        modality=first.modality,
+        series_uid=first.series_uid,
+        part=part,
+    )
+    folders = sorted({str(Path(s.path).parent) for s in part_slices})
+    nearby = [item for folder in folders for item in damaged.get(folder, [])]
+    try:
+        plan = plan_series(part_slices, damaged_files=nearby)
+    except LoadError as exc:
+        ref.problem = exc
+        return ref
+    except Exception as exc:  # a bug must not stop the batch: report it on this scan
+        ref.problem = SeriesError(
+            f"{series_folder(part_slices)}: series {first.series_uid or '(no UID)'}: cannot "
+            f"plan the volume: {type(exc).__name__}: {one_line(str(exc), limit=200)}"
+        )
+        return ref
+    ref.plan = plan
+    ref.paths = tuple(dict.fromkeys(s.path for s in plan.slices))
+    ref.spatial_shape = plan.spatial_shape
+    ref.spacing_mm = tuple(float(v) for v in _norms(plan.affine)[: len(plan.spatial_shape)])
+    ref.orientation = orientation_codes(plan.affine) if plan.has_geometry else ""
+    notes = list(plan.warnings)
+    if nearby and len(ref.paths) > 1:  # a lone file is no series to be missing slices of
+        names = ", ".join(Path(p).name for p, _ in nearby[:3])
+        more = f" and {len(nearby) - 3} more" if len(nearby) > 3 else ""
+        notes.append(
+            f"{len(nearby)} file(s) in the same folder could not be read ({names}{more}); "
+            "if they are slices of this series, the volume is incomplete"
+        )
+    ref.warnings = tuple(notes)
+    return ref
 
 
 def _norms(affine: object) -> list[float]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
-from medres.errors import LoadError, MaskMismatchError
-from medres.io.dicom import load_dicom_series
+from medres.errors import LoadError, MaskMismatchError, PixelDecodeError, UnsupportedDicomError
+from medres.io.dicom import load_dicom_series, one_line
 from medres.io.discover import ScanRef
 from medres.io.images2d import read_image2d, read_mask2d
 from medres.io.nifti import read_nifti
@@ -25,23 +27,46 @@ def load_scan(ref: ScanRef, *, on_progress: Callable[[int, int], None] | None = 
         on_progress: ``(slices_done, slices_total)`` callback for DICOM series.
 
     Returns:
-        The scan as a :class:`Volume` on its own grid (RAS affine).
+        The scan as a :class:`Volume` on its own grid (RAS affine); its ``warnings`` include
+        the ones discovery recorded in ``ref.warnings``.
 
     Raises:
         LoadError: The problem found at discovery, or a decode error; the message names the
-            file or series.
+            file or series. For DICOM nothing else escapes: any other exception while
+            decoding becomes a :class:`~medres.errors.PixelDecodeError` naming the folder.
     """
     if ref.problem is not None:
         raise ref.problem
     if ref.kind is ScanKind.DICOM:
-        return load_dicom_series(
-            ref.plan if ref.plan is not None else ref.paths, on_progress=on_progress
-        )
+        try:
+            volume = load_dicom_series(
+                ref.plan if ref.plan is not None else ref.paths, on_progress=on_progress
+            )
+        except LoadError:
+            raise
+        except MemoryError as exc:
+            raise UnsupportedDicomError(
+                f"{_where(ref)}: not enough memory to load scan {ref.scan_id}"
+            ) from exc
+        except Exception as exc:
+            raise PixelDecodeError(
+                f"{_where(ref)}: cannot load scan {ref.scan_id}: {type(exc).__name__}: "
+                f"{one_line(str(exc), limit=200)}"
+            ) from exc
+        extra = tuple(w for w in ref.warnings if w not in volume.warnings)
+        return replace(volume, warnings=volume.warnings + extra) if extra else volume
     if ref.kind is ScanKind.NIFTI:
         return read_nifti(ref.paths[0])
     if ref.kind is ScanKind.IMAGE2D:
         return read_image2d(ref.paths[0])
     raise LoadError(f"{ref.scan_id}: unknown scan kind {ref.kind!r}")
+
+
+def _where(ref: ScanRef) -> str:
+    """The file of a one-file scan, else the folder of its files."""
+    if len(ref.paths) == 1:
+        return ref.paths[0]
+    return str(Path(ref.paths[0]).parent) if ref.paths else ref.scan_id
 
 
 def load_mask(ref: ScanRef, image: Volume) -> Volume | None:

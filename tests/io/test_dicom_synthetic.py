@@ -307,3 +307,14 @@ def test_enhanced_multiframe_frames_are_sorted_by_their_own_positions(tmp_path):
     array, aff = on_world_grid(loaded.array[0], loaded.affine, affine, shape=loaded.spatial_shape)
     assert np.array_equal(array, vol.array[0])  # rescale intercept -1000 applied per frame
     assert np.allclose(aff, affine, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(GEOMETRIES), ids=list(GEOMETRIES))
+def test_a_valid_series_loads_without_warnings(tmp_path, name):
+    # orientation written with 8 decimals, spacing and rescale present: nothing is assumed
+    shape, affine = GEOMETRIES[name]
+    _write(tmp_path, random_volume(shape, affine, seed=2))
+    found = discover(tmp_path)
+    (ref,) = found.scans
+    assert ref.warnings == () and found.failed == []
+    assert load_scan(ref).warnings == ()
