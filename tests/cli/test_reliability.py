@@ -148,6 +148,8 @@ def test_third_party_tracebacks_stay_off_the_console(tmp_path: Path) -> None:
             logging.getLogger("pydicom.pixels.decoders.base").exception("decoder failed")
         logging.getLogger("medres.test").warning("medres speaks")
     finally:
+        for handler in logging.getLogger().handlers:
+            handler.close()
         logging.getLogger().handlers.clear()
     text = log_file.read_text()
     assert "Traceback" in text and "decoder failed" in text and "medres speaks" in text

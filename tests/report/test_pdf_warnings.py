@@ -26,7 +26,9 @@ HARFBUZZ_DEPRECATION = (
 @pytest.fixture
 def harfbuzz_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make WeasyPrint behave as it does without libharfbuzz-subset0 on every PDF."""
-    import weasyprint
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its import-time warning, when it is imported first here
+        import weasyprint
 
     monkeypatch.setattr(pdf, "_seen", set())
     real_write_pdf = weasyprint.HTML.write_pdf
