@@ -36,7 +36,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO = REPO_ROOT / "models" / "demo_ct_3d"
 
-PLAIN_LOOP = r'''
+PLAIN_LOOP = r"""
 import sys, warnings
 warnings.filterwarnings("ignore")
 from pathlib import Path
@@ -85,7 +85,7 @@ for path in sorted(scans.glob("*.nii.gz")):
              str(out / (path.name.replace(".nii.gz", "_seg.nii.gz"))))
     with done.open("a") as handle:
         handle.write(path.name + "\n")
-'''
+"""
 
 
 def make_scans(folder: Path, n: int) -> None:
@@ -154,8 +154,20 @@ def main() -> None:
     make_scans(scans, args.scans)
     runs = {
         "medres predict": (
-            [sys.executable, "-m", "medres.cli.app", "predict", str(scans), "--model", str(DEMO),
-             "--out", str(work / "medres"), "--no-report", "--device", "cpu"],
+            [
+                sys.executable,
+                "-m",
+                "medres.cli.app",
+                "predict",
+                str(scans),
+                "--model",
+                str(DEMO),
+                "--out",
+                str(work / "medres"),
+                "--no-report",
+                "--device",
+                "cpu",
+            ],
             work / "medres" / "summary.csv",
         ),
         "plain MONAI loop": (

@@ -8,11 +8,28 @@ unless a spacing is given.
 Masks: single-channel images whose non-zero pixels are labels. Binary masks stored as
 0/255 (the common export) are read as 0/1; an RGB mask whose three channels are equal is
 read as one channel.
+
+Every file is distrusted: only regular files are opened (a FIFO or a link to a device is
+refused without blocking); the size the header declares is checked against
+:data:`~medres.limits.MAX_VOXELS`, Pillow's decompression-bomb limit (``MAX_IMAGE_PIXELS``,
+89.5 M pixels, warning or error alike) and the memory budget before any pixel is decoded;
+truncated or damaged files and float images with NaN or infinite pixels end as one
+:class:`~medres.errors.ImageReadError` line naming the file. Pillow's other warnings
+(e.g. corrupt EXIF) stop at the call and reach :attr:`Volume.warnings`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import os
+import re
+import stat
+import struct
+import warnings
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +38,7 @@ import numpy.typing as npt
 
 from medres.errors import ImageReadError, MaskMismatchError
 from medres.io.volume import ScanKind, SourceInfo, Volume
+from medres.limits import MAX_VOXELS, check_allocation
 
 logger = logging.getLogger(__name__)
 
@@ -32,32 +50,168 @@ def is_image2d_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE2D_SUFFIXES
 
 
-def _imread(path: Path) -> npt.NDArray[Any]:
-    from PIL import Image, UnidentifiedImageError
+#: Pillow modes read as they are, and the modes others are converted to before reading.
+_MODES_AS_IS = frozenset({"L", "RGB", "RGBA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+_MODES_TO_GREY = frozenset({"1", "LA", "La"})
+_MODES_TO_RGB = frozenset({"CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa"})
+#: What Pillow's parsers and decoders raise on damaged bytes (besides its own errors).
+_DECODE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    struct.error,
+    zlib.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    OverflowError,
+)
 
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+@contextlib.contextmanager
+def _open_regular(path: Path) -> Iterator[io.BufferedReader]:
+    """Open ``path`` for reading only if it is a regular file (FIFOs do not block)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
-        with Image.open(path) as img:
-            n_frames = getattr(img, "n_frames", 1)
-            if n_frames > 1:
-                raise ImageReadError(
-                    f"{path}: multi-page image ({n_frames} pages); medres reads single 2D images"
-                )
-            if img.mode == "P":
-                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-            elif img.mode in ("1", "LA", "CMYK", "YCbCr"):
-                img = img.convert("L" if img.mode in ("1", "LA") else "RGB")
-            arr = np.asarray(img)
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError as exc:
         raise ImageReadError(f"{path}: file not found") from exc
-    except UnidentifiedImageError as exc:
-        raise ImageReadError(f"{path}: not a readable image ({exc})") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageReadError(f"{path}: image is truncated or corrupt: {exc}") from exc
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot open the file: {exc.strerror or exc}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ImageReadError(
+                f"{path}: {_file_kind(mode)}, not a regular file; medres reads images only "
+                "from regular files (copy the image into a file)"
+            )
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with handle:
+        yield handle
+
+
+def _target_mode(mode: str, has_transparency: bool, path: Path) -> str:
+    if mode in _MODES_AS_IS:
+        return mode
+    if mode in ("P", "PA"):
+        return "RGBA" if has_transparency or mode == "PA" else "RGB"
+    if mode in _MODES_TO_GREY:
+        return "L"
+    if mode in _MODES_TO_RGB:
+        return "RGB"
+    raise ImageReadError(
+        f"{path}: pixel format {mode!r} is not supported: save the image as 8/16-bit grey, "
+        "RGB or 32-bit float"
+    )
+
+
+def _check_declared_size(size: tuple[int, int], mode: str, path: Path) -> None:
+    """Refuse before decoding what the header declares beyond the limits or the budget."""
+    from PIL import Image
+
+    width, height = size
+    if width < 1 or height < 1:
+        raise ImageReadError(f"{path}: the image declares {width} x {height} pixels: damaged file")
+    pixels = width * height
+    if pixels > MAX_VOXELS:
+        raise ImageReadError(
+            f"{path}: the image declares {width} x {height} = {pixels:.3g} pixels, above "
+            f"medres's limit of {MAX_VOXELS:.3g} (medres.limits.MAX_VOXELS)"
+        )
+    bands = Image.getmodebands(mode)
+    item = 4 if mode in ("I", "F") else 2 if mode.startswith("I;16") else 1
+    # decoded image + its numpy copy, then that copy + the channel-first array
+    reason = check_allocation(f"the {width} x {height} {mode} image", 2 * pixels * bands * item)
+    if reason is not None:
+        raise ImageReadError(f"{path}: {reason}")
+
+
+def _bomb_message(path: Path, exc: Exception) -> str:
+    from PIL import Image
+
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    pixels = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+    return (
+        f"{path}: the image declares {pixels}, above the decompression-bomb limit of "
+        f"{Image.MAX_IMAGE_PIXELS or 0:,} pixels (Pillow's MAX_IMAGE_PIXELS): a damaged or "
+        "hostile file, or an image too large for medres; downsample or tile it"
+    )
+
+
+def _non_finite_message(n_bad: int, n_total: int) -> str:
+    share = 100.0 * n_bad / n_total
+    percent = f"{share:.1f}" if share >= 0.1 else f"{share:.2g}"
+    return (
+        f"{n_bad} of {n_total} pixel values ({percent} %) are NaN or infinite; medres needs "
+        "finite intensities: replace them (e.g. numpy.nan_to_num) and retry"
+    )
+
+
+def _imread(path: Path) -> tuple[npt.NDArray[Any], tuple[str, ...]]:
+    """Decode one 2D image as ``(rows, columns[, channels])``, and what had to be assumed.
+
+    The file must be a regular file; its declared size is checked against
+    :data:`~medres.limits.MAX_VOXELS`, Pillow's decompression-bomb limit and the memory
+    budget before any pixel is decoded. Pillow's warnings stop here: a decompression-bomb
+    warning is an error, others become notes.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    with _open_regular(path) as handle:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(handle) as opened:
+                    target = _target_mode(opened.mode, "transparency" in opened.info, path)
+                    _check_declared_size(opened.size, target, path)
+                    n_frames = getattr(opened, "n_frames", 1)
+                    if n_frames > 1:
+                        raise ImageReadError(
+                            f"{path}: multi-page image ({n_frames} pages); medres reads single "
+                            "2D images"
+                        )
+                    img = opened if target == opened.mode else opened.convert(target)
+                    arr = np.asarray(img)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            raise ImageReadError(_bomb_message(path, exc)) from exc
+        except UnidentifiedImageError as exc:
+            raise ImageReadError(
+                f"{path}: not a readable image: Pillow recognises no PNG, TIFF, BMP or JPEG "
+                "content (damaged file or another format)"
+            ) from exc
+        except _DECODE_ERRORS as exc:
+            raise ImageReadError(f"{path}: image is truncated or corrupt: {exc}") from exc
+    notes = tuple(dict.fromkeys(f"image decoder: {w.message}" for w in caught))
+    for note in notes:
+        logger.debug("%s: %s", path, note)
     if arr.ndim == 3 and arr.shape[2] == 4:
         arr = arr[:, :, :3]  # drop alpha
-    if arr.ndim not in (2, 3):
+    if arr.ndim not in (2, 3) or arr.size == 0:
         raise ImageReadError(f"{path}: unexpected image shape {arr.shape}")
-    return arr
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    if arr.dtype.kind == "f":
+        n_bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+        if n_bad:
+            raise ImageReadError(f"{path}: {_non_finite_message(n_bad, arr.size)}")
+    return arr, notes
 
 
 def read_image2d(
@@ -75,13 +229,14 @@ def read_image2d(
         Volume; grey images have 1 channel, colour images 3 (``R, G, B``).
 
     Raises:
-        ImageReadError: Unreadable, truncated or multi-page file.
+        ImageReadError: Missing, not a regular file, unreadable, truncated, multi-page,
+            larger than the limits, or float pixels that are NaN or infinite.
 
     Example:
         >>> vol = read_image2d("sample_data/images2d/disc_01.png")  # doctest: +SKIP
     """
     path = Path(path)
-    arr = _imread(path)
+    arr, notes = _imread(path)
     chw = arr.T[None] if arr.ndim == 2 else np.transpose(arr, (2, 1, 0))
     names: tuple[str, ...] = ("R", "G", "B") if chw.shape[0] == 3 else ()
     return Volume(
@@ -89,6 +244,7 @@ def read_image2d(
         affine=np.diag([spacing_mm[0], spacing_mm[1], 1.0, 1.0]),
         source=SourceInfo(kind=ScanKind.IMAGE2D, paths=(str(path),), series_description=path.stem),
         channel_names=names,
+        warnings=notes,
     )
 
 
@@ -104,7 +260,7 @@ def read_mask2d(path: str | Path, *, like: Volume | None = None) -> Volume:
         MaskMismatchError: Mask shape differs from ``like``.
     """
     path = Path(path)
-    arr = _imread(path)
+    arr, notes = _imread(path)
     if arr.ndim == 3:
         if not (
             np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])
@@ -130,4 +286,5 @@ def read_mask2d(path: str | Path, *, like: Volume | None = None) -> Volume:
         array=np.ascontiguousarray(mask),
         affine=affine,
         source=SourceInfo(kind=ScanKind.IMAGE2D, paths=(str(path),), series_description=path.stem),
+        warnings=notes,
     )

@@ -76,8 +76,15 @@ def test_plain_progress_respects_the_interval(capsys: pytest.CaptureFixture[str]
 def test_predict_prints_progress_lines_when_not_a_terminal(tmp_path: Path) -> None:
     result = runner.invoke(
         app,
-        ["predict", str(SAMPLE_DATA / "ct_phantom.nii.gz"), "--model", str(DEMO), "--out",
-         str(tmp_path / "out"), "--no-report"],
+        [
+            "predict",
+            str(SAMPLE_DATA / "ct_phantom.nii.gz"),
+            "--model",
+            str(DEMO),
+            "--out",
+            str(tmp_path / "out"),
+            "--no-report",
+        ],
         env={"MEDRES_PROGRESS_INTERVAL": "0"},
     )
     assert result.exit_code == 0, result.output
@@ -108,8 +115,9 @@ def test_a_failed_report_fails_the_scan_keeps_its_masks_and_resume_redoes_it(
     def broken_report(scan_dir: Path, volume: object, cfg: object) -> AfterScanResult:
         raise KeyError("lesions")
 
-    run = predict_batch(scans, [], tmp_path / "out", options=options, ensembles=ensembles,
-                        after_scan=broken_report)
+    run = predict_batch(
+        scans, [], tmp_path / "out", options=options, ensembles=ensembles, after_scan=broken_report
+    )
     (result,) = run.results
     assert result.status == "failed"
     assert "phantom.nii.gz: report not written: KeyError" in result.error
@@ -122,17 +130,20 @@ def test_a_failed_report_fails_the_scan_keeps_its_masks_and_resume_redoes_it(
         return AfterScanResult(files=("report.html",))
 
     resumed = PredictOptions(device="cpu", report=True, resume=True)
-    run = predict_batch(scans, [], tmp_path / "out", options=resumed, ensembles=ensembles,
-                        after_scan=good_report)
+    run = predict_batch(
+        scans, [], tmp_path / "out", options=resumed, ensembles=ensembles, after_scan=good_report
+    )
     assert [r.status for r in run.results] == ["ok"]
     data = json.loads((scan_dir / "lesions.json").read_text())
     assert data["complete"] is True and set(data["outputs"]) == {"seg.nii.gz", "report.html"}
-    run = predict_batch(scans, [], tmp_path / "out", options=resumed, ensembles=ensembles,
-                        after_scan=good_report)
+    run = predict_batch(
+        scans, [], tmp_path / "out", options=resumed, ensembles=ensembles, after_scan=good_report
+    )
     assert [r.status for r in run.results] == ["resumed"]
     (scan_dir / "report.html").unlink()  # an output gone: the scan is redone
-    run = predict_batch(scans, [], tmp_path / "out", options=resumed, ensembles=ensembles,
-                        after_scan=good_report)
+    run = predict_batch(
+        scans, [], tmp_path / "out", options=resumed, ensembles=ensembles, after_scan=good_report
+    )
     assert [r.status for r in run.results] == ["ok"]
 
 

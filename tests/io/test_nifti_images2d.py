@@ -6,6 +6,8 @@ import gzip
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from medres.errors import ImageReadError, MaskMismatchError, NiftiError
@@ -113,3 +115,142 @@ def test_nifti_mask_on_another_grid_is_refused(tmp_path):
     image = load_scan(ref)
     with pytest.raises(MaskMismatchError, match="case_mask.nii.gz: mask affine differs"):
         load_mask(ref, image)
+
+
+# --- hostile and damaged 2D images ---------------------------------------------------
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height 8-bit grey pixels, with almost no data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(bytes(64)))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    ("size", "pixels"),
+    [((10000, 10000), "100,000,000"), ((20000, 20000), "400,000,000")],
+    ids=["bomb-warning", "bomb-error"],
+)
+def test_decompression_bomb_ends_as_image_read_error_with_pixel_count(tmp_path, size, pixels):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_declaring(*size))
+    with pytest.raises(
+        ImageReadError,
+        match=f"bomb.png: the image declares {pixels} pixels, above the decompression-bomb limit",
+    ):
+        read_image2d(path)
+
+
+def test_declared_size_is_checked_against_the_budget_before_decoding(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDRES_MAX_MEMORY_GB", "0.01")
+    path = tmp_path / "wide.png"
+    path.write_bytes(png_declaring(5000, 5000))  # decoding would fail: almost no pixel data
+    with pytest.raises(
+        ImageReadError,
+        match="wide.png: the 5000 x 5000 L image needs 0.0 GiB, above the 0.0 GiB memory budget",
+    ):
+        read_image2d(path)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "TIFF"])
+def test_truncated_image_is_refused(tmp_path, fmt):
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "full", fmt)
+    data = (tmp_path / "full").read_bytes()
+    path = tmp_path / f"cut.{fmt.lower()}"
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(ImageReadError, match=f"cut.{fmt.lower()}: image is truncated or corrupt"):
+        read_image2d(path)
+
+
+def test_non_finite_float_tiff_is_refused_with_count(tmp_path):
+    values = np.ones((4, 5), np.float32)
+    values[1, 1:4] = np.nan
+    Image.fromarray(values).save(tmp_path / "float.tif")
+    with pytest.raises(
+        ImageReadError,
+        match=r"float.tif: 3 of 20 pixel values \(15.0 %\) are NaN or infinite; .*nan_to_num",
+    ):
+        read_image2d(tmp_path / "float.tif")
+    values[1, 1:4] = 2.5
+    Image.fromarray(values).save(tmp_path / "float.tif")
+    assert read_image2d(tmp_path / "float.tif").array.dtype == np.float32
+
+
+def test_16_bit_grey_png_keeps_its_values(tmp_path):
+    values = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    vol = read_image2d(tmp_path / "deep.png")
+    assert np.array_equal(vol.array[0], values.T)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs on this platform")
+def test_image_fifo_and_device_link_are_refused(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(
+        ImageReadError, match=r"pipe.png: a FIFO \(named pipe\), not a regular file"
+    ):
+        read_image2d(tmp_path / "pipe.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    with pytest.raises(ImageReadError, match="zero.png: a character device, not a regular file"):
+        read_mask2d(tmp_path / "zero.png")
+
+
+def _small_image_bytes(fmt: str) -> bytes:
+    import io
+
+    rng = np.random.default_rng(2)
+    buffer = io.BytesIO()
+    if fmt == "TIFF-F":
+        Image.fromarray(rng.normal(size=(9, 11)).astype(np.float32)).save(buffer, "TIFF")
+    else:
+        Image.fromarray(rng.integers(0, 255, (9, 11, 3), dtype=np.uint8)).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+SMALL_IMAGES = {fmt: _small_image_bytes(fmt) for fmt in ("PNG", "JPEG", "BMP", "TIFF-F")}
+
+
+@pytest.mark.parametrize("fmt", sorted(SMALL_IMAGES))
+@settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_flipped_and_cut_image_bytes_give_volume_or_image_read_error(tmp_path, fmt, data):
+    blob = bytearray(SMALL_IMAGES[fmt])
+    flips = data.draw(
+        st.lists(st.tuples(st.integers(0, len(blob) - 1), st.integers(0, 255)), max_size=6)
+    )
+    for position, value in flips:
+        blob[position] = value
+    cut = data.draw(st.one_of(st.none(), st.integers(0, len(blob))))
+    path = tmp_path / f"fuzz.{fmt.split('-')[0].lower()}"
+    path.write_bytes(bytes(blob if cut is None else blob[:cut]))
+    try:
+        vol = read_image2d(path)
+    except ImageReadError as exc:
+        assert str(exc).startswith(f"{path}: ") and "\n" not in str(exc)
+        event("error: " + str(exc)[len(str(path)) + 2 :][:40])
+        return
+    event("ok")
+    assert vol.array.ndim == 3 and vol.array.size > 0
+    if vol.array.dtype.kind == "f":
+        assert np.isfinite(vol.array).all()
