@@ -25,8 +25,6 @@ Example:
 from __future__ import annotations
 
 import math
-import os
-import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -527,18 +525,6 @@ def format_validation_errors(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _file_kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a named pipe (FIFO)"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
-
-
 def read_config_bytes(path: str | Path, *, what: str = "config file") -> bytes:
     """The bytes of a small config file, refusing anything that is not one.
 
@@ -559,48 +545,9 @@ def read_config_bytes(path: str | Path, *, what: str = "config file") -> bytes:
         >>> read_config_bytes("pipelines/demo_ct_3d.yaml")[:5]  # doctest: +SKIP
         b'name:'
     """
-    path = Path(path)
-    cap = MAX_CONFIG_BYTES
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ConfigError(
-            f"{path}: {what} is {_file_kind(info.st_mode)}, not a regular file; "
-            "point to the file itself"
-        )
-    if info.st_size > cap:
-        raise ConfigError(
-            f"{path}: {what} is {info.st_size} bytes, above the {cap} byte limit for config "
-            "files; this is not a medres config"
-        )
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(f"{path}: {what} changed into a non-regular file while opening")
-        chunks = []
-        remaining = cap + 1
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 16))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    if len(data) > cap:
-        raise ConfigError(f"{path}: {what} grew above the {cap} byte limit while being read")
-    return data
+    from medres.io.files import read_regular_bytes
+
+    return read_regular_bytes(path, limit=MAX_CONFIG_BYTES, error=ConfigError, what=what)
 
 
 def decode_config_text(data: bytes, *, source: str) -> str:

@@ -299,11 +299,13 @@ def test_fifo_and_devices_are_never_opened(tmp_path: Path, no_open_of: set[str])
     zero = tmp_path / "zero.yaml"
     zero.symlink_to("/dev/zero")
     no_open_of.update({os.path.realpath(fifo), "/dev/zero"})
-    with pytest.raises(ConfigError, match=r"fifo.yaml: pipeline file is a named pipe \(FIFO\)"):
+    with pytest.raises(ConfigError, match=r"fifo.yaml: pipeline file is a FIFO \(named pipe\)"):
         load_pipeline(fifo)
-    with pytest.raises(ConfigError, match=r"zero.yaml: pipeline file is a device, not a regular"):
+    with pytest.raises(
+        ConfigError, match=r"zero.yaml: pipeline file is a character device, not a regular"
+    ):
         load_pipeline(zero)
-    with pytest.raises(ConfigError, match=r"pipeline file is a folder, not a regular file"):
+    with pytest.raises(ConfigError, match=r"pipeline file is a directory, not a regular file"):
         load_pipeline(tmp_path)
     dangling = tmp_path / "dangling.yaml"
     dangling.symlink_to(tmp_path / "gone.yaml")

@@ -724,7 +724,8 @@ def _predict_one(
         )
         report["notes"] = notes
         report["complete"] = False
-        write_text_atomic(scan_dir / LESIONS, compact_json(report))
+        if after_scan is not None:  # the report step reads it; not complete until it is done
+            write_text_atomic(scan_dir / LESIONS, compact_json(report))
         result.n_lesions = len(lesions)
         result.lesion_volume_ml = report["total_volume_ml"]
         result.lesion_area_mm2 = report["total_area_mm2"]

@@ -195,10 +195,6 @@ def _named_groups(
             rest.extend(files)
             continue
         ordered = tuple(files[tokens.index(name)] for name in chosen)
-        problem = _same_header_grid(ordered)
-        if problem is not None:
-            rest.extend(files)
-            continue
         inputs.append(
             ScanInput(
                 scan_id=safe_name(Path(folder).name, max_length=80),

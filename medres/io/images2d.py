@@ -20,16 +20,11 @@ truncated or damaged files and float images with NaN or infinite pixels end as o
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
-import os
 import re
-import stat
 import struct
 import warnings
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medres.errors import ImageReadError, MaskMismatchError
+from medres.io.files import open_regular
 from medres.io.volume import ScanKind, SourceInfo, Volume
 from medres.limits import MAX_VOXELS, check_allocation
 
@@ -68,42 +64,6 @@ _DECODE_ERRORS: tuple[type[Exception], ...] = (
     ZeroDivisionError,
     OverflowError,
 )
-
-
-def _file_kind(mode: int) -> str:
-    kinds = (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO (named pipe)"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    )
-    return next((name for test, name in kinds if test(mode)), "not a regular file")
-
-
-@contextlib.contextmanager
-def _open_regular(path: Path) -> Iterator[io.BufferedReader]:
-    """Open ``path`` for reading only if it is a regular file (FIFOs do not block)."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError as exc:
-        raise ImageReadError(f"{path}: file not found") from exc
-    except OSError as exc:
-        raise ImageReadError(f"{path}: cannot open the file: {exc.strerror or exc}") from exc
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise ImageReadError(
-                f"{path}: {_file_kind(mode)}, not a regular file; medres reads images only "
-                "from regular files (copy the image into a file)"
-            )
-        handle = os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-    with handle:
-        yield handle
 
 
 def _target_mode(mode: str, has_transparency: bool, path: Path) -> str:
@@ -171,9 +131,22 @@ def _imread(path: Path) -> tuple[npt.NDArray[Any], tuple[str, ...]]:
     budget before any pixel is decoded. Pillow's warnings stop here: a decompression-bomb
     warning is an error, others become notes.
     """
+    from PIL import ImageFile
+
+    # WeasyPrint (the PDF reports) sets this process-wide on import; a truncated scan must
+    # still be refused, so it is off for medres's own decoding and restored afterwards.
+    lenient = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        return _decode(path)
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
+
+
+def _decode(path: Path) -> tuple[npt.NDArray[Any], tuple[str, ...]]:
     from PIL import Image, UnidentifiedImageError
 
-    with _open_regular(path) as handle:
+    with open_regular(path, error=ImageReadError, what="image") as handle:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")

@@ -26,7 +26,6 @@ import io
 import logging
 import math
 import os
-import stat
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import numpy.typing as npt
 
 from medres.errors import NiftiError
 from medres.io.atomic import write_bytes_atomic
+from medres.io.files import open_regular
 from medres.io.volume import ScanKind, SourceInfo, Volume
 from medres.limits import MAX_CHANNELS, MAX_GZIP_RATIO, MAX_VOXELS, check_allocation
 from medres.types import AffineRAS
@@ -152,7 +152,7 @@ def read_nifti(path: str | Path, *, channel_axis_from: int = 3) -> Volume:
     path = Path(path)
     notes: list[str] = []
     with contextlib.ExitStack() as stack:
-        raw = stack.enter_context(_open_regular(path))
+        raw = stack.enter_context(open_regular(path, error=NiftiError, what="NIfTI file"))
         file_bytes = os.fstat(raw.fileno()).st_size
         compressed = raw.read(2) == b"\x1f\x8b"
         raw.seek(0)
@@ -213,42 +213,6 @@ def read_nifti(path: str | Path, *, channel_axis_from: int = 3) -> Volume:
 
 
 # --- opening -----------------------------------------------------------------------
-
-
-def _file_kind(mode: int) -> str:
-    kinds = (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO (named pipe)"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    )
-    return next((name for test, name in kinds if test(mode)), "not a regular file")
-
-
-@contextlib.contextmanager
-def _open_regular(path: Path) -> Iterator[io.BufferedIOBase]:
-    """Open ``path`` for reading only if it is a regular file (FIFOs do not block)."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError as exc:
-        raise NiftiError(f"{path}: file not found") from exc
-    except OSError as exc:
-        raise NiftiError(f"{path}: cannot open the file: {exc.strerror or exc}") from exc
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise NiftiError(
-                f"{path}: {_file_kind(mode)}, not a regular file; medres reads NIfTI only "
-                "from regular files (copy the data into a .nii/.nii.gz file)"
-            )
-        handle = os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-    with handle:
-        yield handle
 
 
 def _read_upto(stream: io.BufferedIOBase, n_bytes: int) -> bytes:

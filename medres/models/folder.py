@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from medres._version import __version__
 from medres.errors import ConfigError, ModelError
 from medres.io.atomic import write_text_atomic
+from medres.io.files import open_regular
 from medres.limits import check_allocation
 from medres.models.registry import build_model, build_pipeline_network
 from medres.pipeline import (
@@ -284,32 +285,18 @@ def _inside(root: Path, path: Path, what: str) -> Path:
 
 def _read_weights(path: Path, *, shown: Path) -> bytes:
     """All bytes of a weights file, refusing non-regular files and files above the budget."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        raise ModelError(f"{shown}: cannot read member weights: {exc.strerror or exc}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ModelError(f"{shown}: member weights are not a regular file")
-        too_big = check_allocation("reading the weights", info.st_size)
+    with open_regular(path, error=ModelError, what="member weights") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        too_big = check_allocation("reading the weights", size)
         if too_big:
             raise ModelError(f"{shown}: {too_big}")
-        chunks = []
-        remaining = info.st_size + 1
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-    except OSError as exc:
-        raise ModelError(f"{shown}: cannot read member weights: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    if len(data) != info.st_size:
+        try:
+            data = handle.read(size + 1)
+        except OSError as exc:
+            raise ModelError(
+                f"{shown}: cannot read member weights: {exc.strerror or exc}"
+            ) from None
+    if len(data) != size:
         raise ModelError(f"{shown}: member weights changed size while being read")
     return data
 

@@ -59,8 +59,10 @@ def main(argv: list[str]) -> int:
         original_text = batch.write_text_atomic
 
         def cut_json(path: Any, text: str) -> Path:
-            if state["scan"] == index and Path(path).name == "lesions.json" and (
-                '"complete": true' in text
+            if (
+                state["scan"] == index
+                and Path(path).name == "lesions.json"
+                and ('"complete": true' in text)
             ):
                 _die()
             return original_text(path, text)

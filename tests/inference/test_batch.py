@@ -153,7 +153,9 @@ def test_resume_skips_finished_scans_and_reruns_on_other_options(
 ) -> None:
     seg = predicted / "oblique" / "seg.nii.gz"
     before = seg.stat().st_mtime_ns
-    options = PredictOptions(keep_members=True, save_probabilities=True, resume=True)
+    options = PredictOptions(
+        keep_members=True, save_probabilities=True, resume=True, report=True, report_pdf=True
+    )  # as the CLI ran it (reports are part of a complete scan)
     run = predict_batch(mixed_batch, [DEMO], predicted, options=options)
     statuses = {r.scan_id: r.status for r in run.results}
     assert statuses["oblique"] == "resumed" and seg.stat().st_mtime_ns == before

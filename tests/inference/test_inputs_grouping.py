@@ -34,7 +34,9 @@ def test_sixteen_ct_files_stay_sixteen_scans_for_a_one_channel_model(tmp_path: P
     paths = [_write(tmp_path / f"ct_{i:04d}.nii.gz") for i in range(16)]
     inputs, _ = assemble_inputs(_found(paths), channel_sets=[("ct",)])
     assert len(inputs) == 16 and all(len(item.refs) == 1 for item in inputs)
-    assert "16 files, but the models take 1 channel(s), so they are separate scans" in inputs[3].note
+    assert (
+        "16 files, but the models take 1 channel(s), so they are separate scans" in inputs[3].note
+    )
 
 
 def test_six_hundred_files_are_never_one_six_hundred_channel_scan(tmp_path: Path) -> None:
@@ -49,7 +51,10 @@ def test_files_on_one_grid_become_the_channels_a_model_takes(tmp_path: Path) -> 
     (item,), _ = assemble_inputs(_found(paths), channel_sets=[("flair", "t1", "t2")])
     assert item.scan_id == "P1" and item.grouped_by == "_0000 suffix"
     assert [Path(r.paths[0]).name for r in item.refs] == [p.name for p in paths]
-    assert item.note == "3 files P1_0000..P1_0002 stacked as the 3 input channels (nnU-Net _0000 naming)"
+    assert (
+        item.note
+        == "3 files P1_0000..P1_0002 stacked as the 3 input channels (nnU-Net _0000 naming)"
+    )
 
 
 @pytest.mark.parametrize(

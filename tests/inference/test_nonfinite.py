@@ -38,7 +38,10 @@ def test_a_member_that_outputs_nan_fails_the_scan_by_name(ensemble: Ensemble) ->
     runner.networks[1] = _NaNOutput(original)
     try:
         volume = Volume(np.full((1, 33, 29, 17), 40, np.int16), AFFINE)
-        with pytest.raises(ModelError, match=r"fold_1: the member gave \d+ NaN or infinite probabilities on odd.nii.gz"):
+        with pytest.raises(
+            ModelError,
+            match=r"fold_1: the member gave \d+ NaN or infinite probabilities on odd.nii.gz",
+        ):
             ensemble.predict(volume, source="odd.nii.gz")
     finally:
         runner.networks[1] = original
@@ -47,5 +50,8 @@ def test_a_member_that_outputs_nan_fails_the_scan_by_name(ensemble: Ensemble) ->
 def test_non_finite_input_is_refused(ensemble: Ensemble) -> None:
     array = np.full((1, 33, 29, 17), 40.0, np.float32)
     array[0, 3:9, 4:8, 2:5] = np.nan
-    with pytest.raises(LoadError, match=r"nan.nii.gz: \d+ of \d+ values are NaN or infinite after demo_ct_3d's preprocessing"):
+    with pytest.raises(
+        LoadError,
+        match=r"nan.nii.gz: \d+ of \d+ values are NaN or infinite after demo_ct_3d's preprocessing",
+    ):
         ensemble.predict(Volume(array, AFFINE), source="nan.nii.gz")

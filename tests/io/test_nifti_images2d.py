@@ -176,6 +176,23 @@ def test_truncated_image_is_refused(tmp_path, fmt):
         read_image2d(path)
 
 
+def test_truncated_image_is_refused_after_weasyprint_made_pillow_lenient(tmp_path):
+    from PIL import ImageFile
+
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "f.png")
+    data = (tmp_path / "f.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = True  # what importing weasyprint does
+    try:
+        with pytest.raises(ImageReadError, match="cut.png: image is truncated or corrupt"):
+            read_image2d(tmp_path / "cut.png")
+        assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored for the PDF library
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
 def test_non_finite_float_tiff_is_refused_with_count(tmp_path):
     values = np.ones((4, 5), np.float32)
     values[1, 1:4] = np.nan
@@ -203,11 +220,13 @@ def test_image_fifo_and_device_link_are_refused(tmp_path):
 
     os.mkfifo(tmp_path / "pipe.png")
     with pytest.raises(
-        ImageReadError, match=r"pipe.png: a FIFO \(named pipe\), not a regular file"
+        ImageReadError, match=r"pipe.png: image is a FIFO \(named pipe\), not a regular file"
     ):
         read_image2d(tmp_path / "pipe.png")
     (tmp_path / "zero.png").symlink_to("/dev/zero")
-    with pytest.raises(ImageReadError, match="zero.png: a character device, not a regular file"):
+    with pytest.raises(
+        ImageReadError, match="zero.png: image is a character device, not a regular file"
+    ):
         read_mask2d(tmp_path / "zero.png")
 
 
