@@ -189,6 +189,11 @@ def predict_command(
         err_console.print(f"{len(run.skipped)} file(s) not used (listed in run.json):")
         for reason, n in reasons.most_common(5):
             err_console.print(f"  {n} x {reason}", highlight=False)
+    noted = [r for r in run.results if r.notes and r.status in ("ok", "resumed")]
+    for result in noted[:MAX_ROWS]:
+        err_console.print(f"[yellow]note[/] {result.scan_id}: {result.notes}", highlight=False)
+    if len(noted) > MAX_ROWS:
+        err_console.print(f"... notes on {len(noted) - MAX_ROWS} more scans in summary.csv")
     for failure in run.failed:
         err_console.print(f"[red]failed[/] {failure.scan_id}: {failure.error}", highlight=False)
     unmatched = [r for r in run.results if r.status == "skipped"]

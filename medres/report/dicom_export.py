@@ -64,6 +64,11 @@ def export_problem(paths: Sequence[str], datasets: Sequence[Any] | None = None) 
             "MOSAIC" in [str(v).upper() for v in getattr(ds, "ImageType", [])] for ds in datasets
         ):
             return "Siemens mosaic sources are not supported for DICOM SEG export yet"
+        if any("PixelSpacing" not in ds for ds in datasets):
+            return (
+                "the source series has no PixelSpacing, and a DICOM SEG must give the pixel "
+                "size of its frames (see the report's notes)"
+            )
     return None
 
 
