@@ -15,17 +15,10 @@ import ctypes.util
 import importlib.metadata
 import importlib.util
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-if sys.version_info >= (3, 11):
-    from enum import StrEnum
-else:  # pragma: no cover - Python 3.10
-    from enum import Enum
-
-    class StrEnum(str, Enum):
-        """String enum for Python 3.10."""
+from medres.types import StrEnum
 
 
 class Need(StrEnum):

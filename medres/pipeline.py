@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -40,17 +39,10 @@ from pydantic import (
 
 from medres.errors import ConfigError
 from medres.limits import MAX_CHANNELS, MAX_CONFIG_BYTES, MAX_CONFIG_NODES
+from medres.types import StrEnum
 
 if TYPE_CHECKING:
     import yaml
-
-if sys.version_info >= (3, 11):
-    from enum import StrEnum
-else:  # pragma: no cover - Python 3.10
-    from enum import Enum
-
-    class StrEnum(str, Enum):
-        """String enum for Python 3.10."""
 
 
 class IntensityKind(StrEnum):

@@ -12,6 +12,7 @@ y toward Anterior, z toward Superior. (DICOM's LPS has x and y negated.)
 
 from __future__ import annotations
 
+import sys
 from typing import TypeAlias
 
 import numpy as np
@@ -23,5 +24,14 @@ AffineRAS: TypeAlias = npt.NDArray[np.float64]
 ChannelImage: TypeAlias = npt.NDArray[np.generic]
 #: Spatial array without a channel axis ``(x, y[, z])``.
 SpatialArray: TypeAlias = npt.NDArray[np.generic]
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # pragma: no cover - Python 3.10
+    from enum import Enum
+
+    class StrEnum(str, Enum):
+        """String enum (``enum.StrEnum`` from Python 3.11): members are also plain strings."""
+
+
 #: Points as rows, ``(N, 3)`` float64, either voxel indices or millimetres (names say which).
 Points: TypeAlias = npt.NDArray[np.float64]
