@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from medres.errors import LoadError
+from medres.errors import LoadError, NiftiError
 from medres.io.discover import DiscoveryResult, ScanRef, SkippedFile, safe_name
 from medres.io.load import AFFINE_TOL_MM, load_scan
-from medres.io.nifti import nifti_stem
+from medres.io.nifti import nifti_stem, read_nifti_grid
 from medres.io.volume import ScanKind, Volume
 
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<index>\d{4})$")
@@ -82,21 +82,12 @@ def _first_token(stem: str) -> str:
 
 
 def header_grid(path: str) -> tuple[tuple[int, ...], npt.NDArray[np.float64]] | None:
-    """Spatial shape and affine of a NIfTI file from its header alone (no pixel data), or
-    None when the header cannot be read (loading the file then says why)."""
-    import nibabel as nib
-
+    """Spatial shape and affine of a NIfTI file from its checked header alone (no pixel
+    data), or None when the header is unusable (loading the file then says why)."""
     try:
-        if not Path(path).is_file():
-            return None
-        header = nib.load(path).header
-        shape = tuple(int(n) for n in header.get_data_shape()[:3])
-        affine = np.asarray(header.get_best_affine(), dtype=np.float64)
-    except Exception:  # a damaged header: not grouped; its own load reports the problem
+        return read_nifti_grid(path)
+    except NiftiError:
         return None
-    if affine.shape != (4, 4) or not np.isfinite(affine).all():
-        return None
-    return shape, affine
 
 
 def _same_header_grid(refs: Sequence[ScanRef]) -> str | None:

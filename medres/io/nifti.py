@@ -212,6 +212,38 @@ def read_nifti(path: str | Path, *, channel_axis_from: int = 3) -> Volume:
     )
 
 
+def read_nifti_grid(path: str | Path) -> tuple[tuple[int, ...], npt.NDArray[np.float64]]:
+    """The spatial shape ``(x, y, z)`` and RAS affine of a NIfTI file, from its header alone.
+
+    The same checks as :func:`read_nifti` apply to the header (axes, datatype, sizes against
+    the file, geometry); no image data is read, so it is cheap even for large files.
+
+    Raises:
+        NiftiError: As :func:`read_nifti`, for anything the header gets wrong.
+
+    Example:
+        >>> shape, affine = read_nifti_grid("sample_data/ct_phantom.nii.gz")  # doctest: +SKIP
+    """
+    path = Path(path)
+    notes: list[str] = []
+    with contextlib.ExitStack() as stack:
+        raw = stack.enter_context(open_regular(path, error=NiftiError, what="NIfTI file"))
+        file_bytes = os.fstat(raw.fileno()).st_size
+        compressed = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        stream: io.BufferedIOBase = raw
+        if compressed:
+            stream = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
+        try:
+            header = _read_header(stream, path)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise NiftiError(f"{path}: cannot read the NIfTI header: {exc}") from exc
+    layout = _data_layout(header, path, notes)
+    affine = _header_affine(header, layout, path, notes)
+    _check_sizes(layout, path, file_bytes=file_bytes, compressed=compressed)
+    return layout.spatial, affine
+
+
 # --- opening -----------------------------------------------------------------------
 
 
