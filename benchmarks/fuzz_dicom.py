@@ -111,6 +111,16 @@ HOSTILE_TEXT = [
     b"PALETTE COLOR",
     b"YBR_FULL_422",
 ]
+#: The image pixel description fields, stored as unsigned shorts (US).
+US_FIELDS = (
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "SamplesPerPixel",
+)
 FIELDS = [
     "Rows",
     "Columns",
@@ -235,24 +245,8 @@ def m_flip_vr(case: Case) -> None:
 
 def m_field(case: Case) -> None:
     keyword = case.rng.choice(FIELDS)
-    vr = (
-        case.rng.choice(VRS)
-        if case.rng.random() < 0.3
-        else (
-            "US"
-            if keyword
-            in (
-                "Rows",
-                "Columns",
-                "BitsAllocated",
-                "BitsStored",
-                "HighBit",
-                "PixelRepresentation",
-                "SamplesPerPixel",
-            )
-            else "DS"
-        )
-    )
+    natural = "US" if keyword in US_FIELDS else "DS"
+    vr = case.rng.choice(VRS) if case.rng.random() < 0.3 else natural
     if vr == "US" and case.rng.random() < 0.7:
         value = case.rng.choice([0, 1, 2, 3, 7, 64, 65535, case.rng.randrange(65536)]).to_bytes(
             2, "little"

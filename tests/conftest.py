@@ -121,3 +121,32 @@ def relabelled_model(source: Path, target: Path, old: str, new: str) -> Path:
     manifest["pipeline_sha256"] = hashlib.sha256(pipeline.read_bytes()).hexdigest()
     (target / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return target
+
+
+@pytest.fixture
+def no_open_of(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """Paths that must never be opened: any attempt fails the test instead of hanging."""
+    import builtins
+    import io
+    import os
+    from typing import Any
+
+    forbidden: set[str] = set()
+    real_open, real_os_open = io.open, os.open
+
+    def check(file: Any) -> None:
+        if isinstance(file, (str, os.PathLike)) and os.path.realpath(file) in forbidden:
+            raise AssertionError(f"{file} was opened")
+
+    def guarded_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        check(file)
+        return real_open(file, *args, **kwargs)
+
+    def guarded_os_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        check(path)
+        return real_os_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", guarded_open)
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(os, "open", guarded_os_open)
+    return forbidden

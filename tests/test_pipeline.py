@@ -7,10 +7,8 @@ test throws random YAML and mutations of a valid pipeline at :func:`load_pipelin
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -219,30 +217,6 @@ def _alias_bomb(levels: int = 9) -> str:
     for i in range(1, levels):
         lines.append(f"    l{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]")
     return "\n".join(lines) + "\n"
-
-
-@pytest.fixture
-def no_open_of(monkeypatch: pytest.MonkeyPatch) -> set[str]:
-    """Paths that must never be opened: any attempt fails the test instead of hanging."""
-    forbidden: set[str] = set()
-    real_open, real_os_open = io.open, os.open
-
-    def check(file: Any) -> None:
-        if isinstance(file, (str, os.PathLike)) and os.path.realpath(file) in forbidden:
-            raise AssertionError(f"{file} was opened")
-
-    def guarded_open(file: Any, *args: Any, **kwargs: Any) -> Any:
-        check(file)
-        return real_open(file, *args, **kwargs)
-
-    def guarded_os_open(path: Any, *args: Any, **kwargs: Any) -> int:
-        check(path)
-        return real_os_open(path, *args, **kwargs)
-
-    monkeypatch.setattr(io, "open", guarded_open)
-    monkeypatch.setattr("builtins.open", guarded_open)
-    monkeypatch.setattr(os, "open", guarded_os_open)
-    return forbidden
 
 
 def test_alias_bomb_is_refused_before_it_is_built(tmp_path: Path) -> None:

@@ -159,20 +159,21 @@ class PlainProgress:
         elapsed = now - task.started
         if finished:
             done = f"{task.completed:g}/{task.total:g}"
-            return f"{task.description} done: {done} in {_clock(elapsed)}"
+            return f"{task.description} done: {done} in {format_duration(elapsed)}"
         total = task.total or 0
         share = f" ({100 * task.completed / total:.0f} %)" if total else ""
         eta = ""
         if task.completed > 0 and total:
-            eta = f", eta {_clock(elapsed / task.completed * (total - task.completed))}"
+            eta = f", eta {format_duration(elapsed / task.completed * (total - task.completed))}"
         item = f" {task.item}" if task.item else ""
         return (
             f"{task.description} {task.completed:g}/{total:g}{share}{item}, "
-            f"{_clock(elapsed)} elapsed{eta}"
+            f"{format_duration(elapsed)} elapsed{eta}"
         )
 
 
-def _clock(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """``45s``, ``2m05s``, ``1h03m``: elapsed and remaining times in progress lines."""
     seconds = max(0, int(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)

@@ -17,11 +17,6 @@ def _parse_folds(text: str | None) -> list[int] | None:
         raise typer.BadParameter(f"{text!r}: give fold numbers like 0,1,2") from None
 
 
-def _clock(seconds: float) -> str:
-    seconds = max(int(seconds), 0)
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
 def train_command(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML (see pipelines/).")],
     data: Annotated[
@@ -67,7 +62,12 @@ def train_command(
     """
     from rich.table import Table
 
-    from medres.cli.console import console, err_console, fail_cleanly, progress_bar
+    from medres.cli.console import (
+        console,
+        err_console,
+        fail_cleanly,
+        progress_bar,
+    )
     from medres.pipeline import load_pipeline
     from medres.runtime import tune_allocator
     from medres.training.datasets import read_group_list
@@ -108,7 +108,7 @@ def train_command(
                     total=max(total, event.iteration),
                     completed=event.iteration,
                     item=f"epoch {event.epoch + (event.kind == 'iteration')} "
-                    f"loss {event.loss:.3f}{val} best {best} eta {_clock(left)}",
+                    f"loss {event.loss:.3f}{val} best {best}",  # the bar's eta follows the budget
                 )
 
             try:

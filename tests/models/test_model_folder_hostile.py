@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import builtins
 import hashlib
-import io
 import json
 import logging
 import os
@@ -324,30 +323,6 @@ def test_missing_folder_and_manifest(tmp_path: Path) -> None:
 
 
 # --- finding 3: pipes, devices and alias bombs -------------------------------------------
-
-
-@pytest.fixture
-def no_open_of(monkeypatch: pytest.MonkeyPatch) -> set[str]:
-    """Paths that must never be opened: any attempt fails the test instead of hanging."""
-    forbidden: set[str] = set()
-    real_open, real_os_open = io.open, os.open
-
-    def check(file: Any) -> None:
-        if isinstance(file, (str, os.PathLike)) and os.path.realpath(file) in forbidden:
-            raise AssertionError(f"{file} was opened")
-
-    def guarded_open(file: Any, *args: Any, **kwargs: Any) -> Any:
-        check(file)
-        return real_open(file, *args, **kwargs)
-
-    def guarded_os_open(path: Any, *args: Any, **kwargs: Any) -> int:
-        check(path)
-        return real_os_open(path, *args, **kwargs)
-
-    monkeypatch.setattr(io, "open", guarded_open)
-    monkeypatch.setattr(builtins, "open", guarded_open)
-    monkeypatch.setattr(os, "open", guarded_os_open)
-    return forbidden
 
 
 def test_fifo_pipeline_fails_fast(folder: Path, no_open_of: set[str]) -> None:
