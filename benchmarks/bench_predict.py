@@ -65,9 +65,9 @@ def _reset_peak() -> None:
 
 
 def run_medres(spec: dict[str, Any], n_members: int, out: Path) -> dict[str, Any]:
-    from medres.inference.batch import _scan_lesions
     from medres.inference.inputs import assemble_inputs, load_input
     from medres.inference.predictor import Ensemble
+    from medres.inference.writer import scan_lesions as _scan_lesions
     from medres.io import discover
     from medres.io.nifti import write_nifti
     from medres.models.folder import ModelFolder

@@ -98,15 +98,13 @@ def predict_command(
         fail_cleanly,
         progress_bar,
     )
-    from medres.errors import ConfigError
     from medres.inference.batch import PredictOptions, open_ensembles, predict_batch
-    from medres.pipeline import EnsembleMode
+    from medres.predictions.layout import RunFolder
     from medres.runtime import resolve_device, tune_allocator
 
     tune_allocator()
+    index = None
     with fail_cleanly():
-        if ensemble is not None and ensemble not in {m.value for m in EnsembleMode}:
-            raise ConfigError(f"--ensemble {ensemble!r}: use mean or vote")
         options = PredictOptions(
             device=resolve_device(device),
             tta=tta,
@@ -157,6 +155,10 @@ def predict_command(
                     "to continue"
                 )
                 raise typer.Exit(130) from None
+        if report:
+            from medres.report.build import write_index
+
+            index = write_index(out)
     table = Table(title=f"medres predict: {out} ({options.device})")
     for column in ("scan", "status", "model", "shape", "lesions", "volume ml / area mm²", "s"):
         table.add_column(column)
@@ -174,12 +176,12 @@ def predict_command(
             f"{result.seconds:.1f}",
         )
     console.print(table)
-    if report:
-        from medres.report.build import write_index
-
-        err_console.print(f"reports: {write_index(out)}")
+    if index is not None:
+        err_console.print(f"reports: {index}")
     if len(run.results) > MAX_ROWS:
-        console.print(f"... {len(run.results) - MAX_ROWS} more rows in {out / 'summary.csv'}")
+        console.print(
+            f"... {len(run.results) - MAX_ROWS} more rows in {RunFolder(out).summary_csv}"
+        )
     statuses = Counter(r.status for r in run.results)
     err_console.print(
         ", ".join(f"{n} {status}" for status, n in sorted(statuses.items())) or "no scans found"

@@ -57,10 +57,11 @@ from medres.evaluation.segmentation import (
 )
 from medres.evaluation.statistics import describe, paired_comparison
 from medres.evaluation.truth import TruthIndex, read_truth
-from medres.inference.batch import run_pipelines
 from medres.io.atomic import write_text_atomic
 from medres.io.nifti import read_nifti
 from medres.pipeline import PipelineConfig
+from medres.predictions.layout import MemberFolder, RunFolder, ScanFolder
+from medres.predictions.records import LesionRecord, MemberLesionsRecord, RunRecord, ScanRecord
 
 logger = logging.getLogger(__name__)
 
@@ -120,47 +121,38 @@ class EvaluationRun:
     seconds: float
 
 
-def _read_run(predictions: Path) -> tuple[dict[str, PipelineConfig], dict[str, Any]]:
-    """The run's pipelines by name (each parsed once) and ``run.json`` itself."""
-    run_path = predictions / "run.json"
+def _read_run(folder: RunFolder) -> tuple[dict[str, PipelineConfig], RunRecord]:
+    """The run's pipelines by name (each parsed once) and its record."""
     try:
-        run = json.loads(run_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise EvaluationError(
-            f"{predictions}: not a medres predict folder (cannot read run.json: {exc})"
-        ) from None
-    configs = run_pipelines(run)
+        run = RunRecord.read(folder)
+    except MedresError as exc:
+        raise EvaluationError(f"{folder.path}: not a medres predict folder ({exc})") from None
+    configs = run.pipelines()
     if not configs:
-        raise EvaluationError(f"{run_path}: names no model")
+        raise EvaluationError(f"{folder.run_json}: names no model")
     return configs, run
 
 
-def _finished_scans(predictions: Path, run: dict[str, Any]) -> set[str] | None:
-    """Scan ids the run marks ``ok`` or ``resumed`` (None when it lists none: score all)."""
-    rows = run.get("scans") or []
-    if not rows:
-        return None
-    return {str(r["scan_id"]) for r in rows if r.get("status") in ("ok", "resumed")}
-
-
-def _model_outputs(scan_dir: Path, *, members: bool) -> dict[str, Path]:
-    found = {ENSEMBLE: scan_dir}
-    if members and (scan_dir / "members").is_dir():
-        for member_dir in sorted((scan_dir / "members").iterdir()):
-            if (member_dir / "seg.nii.gz").is_file():
-                found[member_dir.name] = member_dir
+def _model_outputs(
+    folder: ScanFolder, record: ScanRecord, *, members: bool
+) -> dict[str, tuple[ScanFolder | MemberFolder, list[LesionRecord]]]:
+    """Model name -> (folder with its seg/probabilities, its lesions) for one scan."""
+    found: dict[str, tuple[ScanFolder | MemberFolder, list[LesionRecord]]] = {
+        ENSEMBLE: (folder, record.lesions)
+    }
+    for member in folder.members() if members else []:
+        lesions: list[LesionRecord] = []
+        if member.lesions_json.is_file():
+            lesions = MemberLesionsRecord.read(member).lesions
+        found[member.name] = (member, lesions)
     return found
 
 
-def _scores(model_dir: Path, label: str) -> dict[Any, float]:
-    path = model_dir / "lesions.json"
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text(encoding="utf-8"))
+def _scores(lesions: Sequence[LesionRecord], label: str) -> dict[Any, float]:
     return {
-        lesion_key(x["voxel_count"], x["bbox_ijk"]): float(x["max_probability"])
-        for x in data.get("lesions", [])
-        if x.get("label") == label and x.get("max_probability") is not None
+        lesion_key(x.voxel_count, x.bbox_ijk): float(x.max_probability)
+        for x in lesions
+        if x.label == label and x.max_probability is not None
     }
 
 
@@ -193,8 +185,9 @@ def evaluate_predictions(
         raise EvaluationError(f"group_by {options.group_by!r}: use scan or folder")
     start = time.perf_counter()
     predictions = Path(predictions)
-    out_dir = Path(out) if out is not None else predictions / "evaluation"
-    configs, run = _read_run(predictions)
+    run_folder = RunFolder(predictions)
+    out_dir = Path(out) if out is not None else run_folder.evaluation_dir
+    configs, run = _read_run(run_folder)
     default_cfg = next(iter(configs.values()))
     index = TruthIndex(
         truth,
@@ -202,14 +195,14 @@ def evaluate_predictions(
         mask_suffix=options.mask_suffix,
         data_root=options.data_root,
     )
-    finished = _finished_scans(predictions, run)
-    scan_dirs = sorted(
-        p.parent
-        for p in predictions.glob("*/lesions.json")
-        if finished is None or p.parent.name in finished  # never a stale earlier output
-    )
+    finished = run.finished_scans()
+    scan_dirs = [
+        folder
+        for folder in run_folder.scans()
+        if finished is None or folder.scan_id in finished  # never a stale earlier output
+    ]
     if not scan_dirs:
-        raise EvaluationError(f"{predictions}: no predicted scan (no */lesions.json)")
+        raise EvaluationError(f"{predictions}: no predicted scan (no scan folder with a record)")
     # case -> model -> label -> statistics
     cases: dict[str, dict[str, dict[str, _ModelCase]]] = {}
     calibration: dict[str, dict[str, ReliabilityBins]] = {}
@@ -219,19 +212,24 @@ def evaluate_predictions(
     labels_seen: list[str] = []
     spacing_of_case: dict[str, float] = {}
     for done, scan_dir in enumerate(scan_dirs):
-        report = json.loads((scan_dir / "lesions.json").read_text(encoding="utf-8"))
-        scan_id = str(report["scan_id"])
+        try:
+            report = ScanRecord.read(scan_dir)
+        except MedresError as exc:
+            failed.append({"scan_id": scan_dir.scan_id, "error": str(exc)})
+            continue
+        scan_id = report.scan_id
         if on_progress is not None:
             on_progress(done, len(scan_dirs), scan_id)
-        source = str(report["source"]["files"][0]) if report["source"].get("files") else scan_id
+        source = report.source.files[0] if report.source.files else scan_id
         case_id = scan_id
         if options.group_by == "folder":
             folder = Path(source).parent
             case_id = str(folder) if str(folder) not in ("", ".") else scan_id
-        cfg = configs.get(report["ensemble"]["pipelines"][0], default_cfg)
-        shape = tuple(int(s) for s in report["grid"]["shape"])
-        affine = np.asarray(report["grid"]["affine"], dtype=np.float64)
-        spacing = tuple(float(s) for s in report["grid"]["spacing_mm"])
+        pipelines = report.ensemble.pipelines
+        cfg = configs.get(pipelines[0], default_cfg) if pipelines else default_cfg
+        shape = report.grid.shape
+        affine = report.grid.affine_ras
+        spacing = report.grid.spacing_mm
         if options.skip_missing_truth and not index.has(scan_id):
             without_truth.append(scan_id)
             continue
@@ -245,15 +243,16 @@ def evaluate_predictions(
         spacing_of_case[case_id] = max(spacing_of_case.get(case_id, 0.0), max(spacing))
         scored_scans += 1
         per_model = cases.setdefault(case_id, {})
-        for model, model_dir in _model_outputs(scan_dir, members=options.members).items():
+        outputs = _model_outputs(scan_dir, report, members=options.members)
+        for model, (model_dir, model_lesions) in outputs.items():
             try:
-                predicted = _spatial(read_nifti(model_dir / "seg.nii.gz").array[0], len(shape))
+                predicted = _spatial(read_nifti(model_dir.seg).array[0], len(shape))
             except MedresError as exc:
                 failed.append({"scan_id": scan_id, "error": f"{model}: {exc}"})
                 continue
             probabilities = None
-            if (model_dir / "probabilities.nii.gz").is_file():
-                probabilities = read_nifti(model_dir / "probabilities.nii.gz").array
+            if model_dir.probabilities.is_file():
+                probabilities = read_nifti(model_dir.probabilities).array
             for label_index in cfg.lesion_indices:
                 name = cfg.labels[label_index]
                 if name not in labels_seen:
@@ -265,7 +264,7 @@ def evaluate_predictions(
                 found = match_lesions(
                     pred_mask,
                     true_mask,
-                    scores=_scores(model_dir, name),
+                    scores=_scores(model_lesions, name),
                     spacing_mm=spacing,
                     iou_threshold=options.iou_threshold,
                 )

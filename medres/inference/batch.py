@@ -2,86 +2,63 @@
 
 :func:`predict_batch` discovers the scans, groups channel files, routes each scan to the
 ensemble that takes its kind of input (dimensions and channel count), predicts, finds
-lesion instances and writes, atomically, per scan ``OUT/<scan_id>/``:
+lesion instances and writes, atomically, per scan ``OUT/<scan_id>/`` (the layout and the
+records are :mod:`medres.predictions`'):
 
 * ``seg.nii.gz``: label map on the scan's own grid (same shape, same affine);
 * ``probabilities.nii.gz`` (``save_probabilities``): mean probability of each foreground
   label, one byte per voxel (``scl_slope`` 1/255, so readers get 0..1 back);
-* ``members/<member>/seg.nii.gz`` (``keep_members``): each member's own label map;
-* ``lesions.json``: lesion instances with measurements, score, agreement, uncertainty,
-  plus the scan's grid and the models used. Written once the masks are written, with
-  ``"complete": false``; rewritten with ``"complete": true`` and the list of every output
-  (with its size) once the report step has written its files too. Only that second
-  version marks the scan complete, so a run killed in the report step redoes the scan.
+* ``members/<member>/`` (``keep_members``): each member's own label map and lesions;
+* ``lesions.json`` (:class:`~medres.predictions.records.ScanRecord`): lesion instances with
+  measurements, score, agreement, uncertainty, plus the scan's grid, source and models.
+  Written once the masks are written, with ``complete`` false; rewritten complete, with
+  every output and its size, once the after-scan step (the report) has written its files.
+  Only that second version marks the scan complete, so a run killed in the report step
+  redoes the scan (:mod:`medres.inference.resume`).
 
 and for the run ``summary.csv`` (one row per scan, rewritten after every scan) and
 ``run.json`` (versions, model checksums, options, device, inputs, timings, peak memory).
 
-A scan that fails is recorded with its error and the batch goes on; ``--resume`` skips
-scans whose ``lesions.json`` is complete, was written by the same models and options, and
-whose listed outputs are all present with their recorded sizes. A requested output that
-could not be written (a failed report) fails the scan; its masks are kept.
+The after-scan step gets the prediction in memory (:class:`ScanPrediction`: the volume,
+the label map, the record), so the report never reads back what was just written.
+A scan that fails is recorded with its error and the batch goes on. A requested output
+that could not be written (a failed report) fails the scan; its masks are kept.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import json
 import logging
-import os
-import re
-import shutil
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from medres._version import __version__
 from medres.errors import MedresError, ModelError
 from medres.inference.inputs import ScanInput, assemble_inputs, load_input
-from medres.inference.lesions import Lesion, find_lesions
-from medres.inference.predictor import Ensemble, EnsemblePrediction
-from medres.io.atomic import write_bytes_atomic, write_text_atomic
+from medres.inference.predictor import Ensemble
+from medres.inference.resume import fingerprint, is_complete, output_sizes
+from medres.inference.writer import (
+    ensemble_name,
+    models_provenance,
+    run_record,
+    scan_lesions,
+    scan_record,
+    write_masks,
+)
 from medres.io.discover import SkippedFile, discover, safe_name
-from medres.io.nifti import nifti_bytes
 from medres.io.volume import Volume
-from medres.models.folder import ModelFolder, software_versions
-from medres.pipeline import PipelineConfig
-from medres.runtime import peak_rss_bytes
+from medres.models.folder import ModelFolder
+from medres.pipeline import EnsembleMode, PipelineConfig
+from medres.predictions.layout import RunFolder, ScanFolder, relative_to_input
+from medres.predictions.records import ScanRecord, ScanResult, ScanStatus, write_summary
 
 logger = logging.getLogger(__name__)
-
-SEG = "seg.nii.gz"
-PROBABILITIES = "probabilities.nii.gz"
-LESIONS = "lesions.json"
-SUMMARY = "summary.csv"
-RUN = "run.json"
-MEMBERS = "members"
-
-SUMMARY_COLUMNS = (
-    "scan_id",
-    "status",
-    "model",
-    "kind",
-    "modality",
-    "shape",
-    "spacing_mm",
-    "n_lesions",
-    "lesion_volume_ml",
-    "lesion_area_mm2",
-    "seconds",
-    "error",
-    "notes",
-    "source",
-)
 
 
 @dataclass(frozen=True)
@@ -91,7 +68,7 @@ class PredictOptions:
     Attributes:
         device: ``cpu`` or ``cuda[:N]`` (resolved, not ``auto``).
         tta: Flip test-time augmentation.
-        ensemble: ``mean`` or ``vote``.
+        ensemble: ``mean`` or ``vote`` (a string is accepted and checked).
         overlap: Sliding-window overlap.
         keep_members: Also write each member's label map (for ``medres evaluate``).
         save_probabilities: Also write the compact probability map.
@@ -99,11 +76,14 @@ class PredictOptions:
         skip_unmatched: Scans no model takes are "skipped", not "failed".
         report: An after-scan step writes reports (part of what "complete" means).
         report_pdf: That step also writes ``report.pdf``.
+
+    Raises:
+        ConfigError: ``ensemble`` is not a known mode.
     """
 
     device: str = "cpu"
     tta: bool | None = None
-    ensemble: str | None = None
+    ensemble: EnsembleMode | str | None = None
     overlap: float | None = None
     keep_members: bool = False
     save_probabilities: bool = False
@@ -112,35 +92,18 @@ class PredictOptions:
     report: bool = False
     report_pdf: bool = False
 
+    def __post_init__(self) -> None:
+        if self.ensemble is not None and not isinstance(self.ensemble, EnsembleMode):
+            from medres.errors import ConfigError
+
+            modes = [m.value for m in EnsembleMode]
+            if self.ensemble not in modes:
+                raise ConfigError(f"ensemble {self.ensemble!r}: use {' or '.join(modes)}")
+            object.__setattr__(self, "ensemble", EnsembleMode(self.ensemble))
+
 
 class NoModelForScanError(MedresError):
     """No ensemble of the run takes this scan (dimensions or channel count differ)."""
-
-
-@dataclass
-class ScanResult:
-    """One row of ``summary.csv``."""
-
-    scan_id: str
-    status: str  # ok | resumed | failed | skipped
-    model: str = ""
-    kind: str = ""
-    modality: str = ""
-    shape: str = ""
-    spacing_mm: str = ""
-    n_lesions: int | None = None
-    lesion_volume_ml: float | None = None
-    lesion_area_mm2: float | None = None
-    seconds: float = 0.0
-    error: str = ""
-    notes: str = ""
-    source: str = ""
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-
-    def row(self) -> dict[str, Any]:
-        """The CSV row (fixed columns)."""
-        data = asdict(self)
-        return {k: "" if data[k] is None else data[k] for k in SUMMARY_COLUMNS}
 
 
 @dataclass
@@ -155,15 +118,26 @@ class BatchRun:
     @property
     def failed(self) -> list[ScanResult]:
         """Scans (or unreadable files) that produced no output."""
-        return [r for r in self.results if r.status == "failed"]
+        return [r for r in self.results if r.status == ScanStatus.FAILED]
 
 
-#: Progress callback: ``(scans_done, scans_total, scan_id, stage)``.
-ProgressCallback = Callable[[int, int, str, str], None]
-#: Called after a scan's outputs are written: ``(scan_dir, volume, pipeline)``; returns
-#: what it wrote (paths relative to ``scan_dir``) and the warnings for the scan's row. What
-#: it raises fails the scan, keeping the masks already written (e.g. the report step).
-AfterScanCallback = Callable[[Path, Volume, PipelineConfig], "AfterScanResult"]
+@dataclass(frozen=True)
+class ScanPrediction:
+    """One predicted scan, in memory, as the after-scan step (the report) gets it.
+
+    Attributes:
+        folder: The scan's output folder (masks and an incomplete record written).
+        volume: The scan as loaded for prediction (its own grid).
+        labels: The ensemble's label map on that grid (what ``seg.nii.gz`` holds).
+        record: The scan's record (lesions, grid, source, models).
+        cfg: The pipeline of the ensemble that predicted it.
+    """
+
+    folder: ScanFolder
+    volume: Volume
+    labels: npt.NDArray[np.uint8]
+    record: ScanRecord
+    cfg: PipelineConfig
 
 
 @dataclass(frozen=True)
@@ -177,6 +151,14 @@ class AfterScanResult:
 
     files: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+
+
+#: Progress callback: ``(scans_done, scans_total, scan_id, stage)``.
+ProgressCallback = Callable[[int, int, str, str], None]
+#: Called after a scan's masks are written, with the prediction in memory; returns what
+#: it wrote and notes for the scan's row. What it raises fails the scan, keeping the
+#: masks already written (e.g. the report step).
+AfterScanCallback = Callable[[ScanPrediction], AfterScanResult]
 
 
 def open_ensembles(model_dirs: Sequence[str | Path], *, options: PredictOptions) -> list[Ensemble]:
@@ -214,362 +196,10 @@ def open_ensembles(model_dirs: Sequence[str | Path], *, options: PredictOptions)
     ]
 
 
-def ensemble_name(ensemble: Ensemble) -> str:
-    """``+``-joined pipeline names of an ensemble's folders."""
-    return "+".join(f.pipeline.name for f in ensemble.folders)
-
-
-def fingerprint(ensemble: Ensemble, options: PredictOptions, sources: Sequence[str] = ()) -> str:
-    """What makes two predictions of a scan the same: medres version, weights, resolved
-    pipelines, options, and the source files (names, sizes, modification times)."""
-    parts = [__version__]
-    parts += [m.weights_sha256 for f in ensemble.folders for m in f.members]
-    parts += [f.pipeline.model_dump_json() for f in ensemble.folders]
-    parts += [
-        str(options.tta),
-        str(ensemble.mode),
-        str(options.overlap),
-        str(options.keep_members),
-        str(options.save_probabilities),
-        str(options.report),
-        str(options.report_pdf),
-    ]
-    for source in sources:
-        try:
-            stat = os.stat(source)
-            parts.append(f"{os.path.basename(source)}:{stat.st_size}:{stat.st_mtime_ns}")
-        except OSError:
-            parts.append(f"{os.path.basename(source)}:missing")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-
-#: What ``medres predict`` and the report step write into a scan's folder.
-SCAN_OUTPUTS = (
-    SEG,
-    PROBABILITIES,
-    LESIONS,
-    MEMBERS,
-    "report.html",
-    "report.pdf",
-    "overlays",
-    "seg.dcm",
-    "sr.dcm",
-)
-
-
-def clear_scan_outputs(scan_dir: Path) -> None:
-    """Remove what an earlier run wrote for this scan (only medres's own file names), so a
-    re-run that fails or writes less never leaves stale results beside new ones."""
-    if not scan_dir.is_dir():
-        return
-    for leftover in scan_dir.rglob(".*.tmp"):  # an atomic write cut short by a kill
-        if leftover.is_file() and not leftover.is_symlink():
-            leftover.unlink()
-    for name in SCAN_OUTPUTS:
-        path = scan_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-
-
-def _relative(path: str, root: Path) -> str:
-    base = Path(os.path.abspath(root))  # not resolve(): keep linked folders' own names
-    if base.is_file():
-        base = base.parent
-    try:
-        return str(Path(os.path.abspath(path)).relative_to(base))
-    except ValueError:
-        return Path(path).name
-
-
-def compact_json(data: Any) -> str:
-    """Indented JSON with short lists of numbers or strings kept on one line."""
-    text = json.dumps(data, indent=2)
-    return (
-        re.sub(
-            r"\[\s+([^\[\]{}]*?)\s+\]",
-            lambda m: "[" + re.sub(r",\s*\n\s*", ", ", m.group(1)) + "]",
-            text,
-        )
-        + "\n"
-    )
-
-
-def _lesion_json(
-    item: ScanInput,
-    volume: Volume,
-    ensemble: Ensemble,
-    prediction: EnsemblePrediction,
-    lesions: list[Lesion],
-    *,
-    root: Path,
-    options: PredictOptions,
-    seconds: dict[str, float],
-) -> dict[str, Any]:
-    ref = item.refs[0]
-    three_d = prediction.labels.ndim == 3
-    return {
-        "medres_version": __version__,
-        "scan_id": item.scan_id,
-        "fingerprint": fingerprint(ensemble, options, item.paths),
-        "source": {
-            "kind": str(item.kind),
-            "files": [_relative(p, root) for p in item.paths][:4]
-            + ([f"... {len(item.paths) - 4} more"] if len(item.paths) > 4 else []),
-            "n_files": len(item.paths),
-            "grouped_by": item.grouped_by,
-            "modality": volume.modality,
-            "series_uid": volume.source.series_uid,
-            "study_uid": volume.source.study_uid,
-            "frame_of_reference_uid": volume.source.frame_of_reference_uid,
-            "description": safe_name(ref.description, max_length=80) if ref.description else "",
-        },
-        "grid": {
-            "shape": list(prediction.labels.shape),
-            "spacing_mm": [round(s, 5) for s in volume.spacing_mm[: prediction.labels.ndim]],
-            "orientation": volume.orientation,
-            "affine": np.round(prediction.affine, 6).tolist(),
-        },
-        "ensemble": {
-            "pipelines": [f.pipeline.name for f in ensemble.folders],
-            "members": prediction.member_names,
-            "mode": str(ensemble.mode),
-            "tta": [
-                f.pipeline.inference.tta if options.tta is None else options.tta
-                for f in ensemble.folders
-            ],
-        },
-        "labels": list(ensemble.labels),
-        "lesion_labels": list(ensemble.cfg.lesion_labels),
-        "n_lesions": len(lesions),
-        "total_volume_ml": round(sum(x.volume_ml or 0.0 for x in lesions), 4) if three_d else None,
-        "total_area_mm2": None if three_d else round(sum(x.area_mm2 or 0.0 for x in lesions), 3),
-        "lesions": [x.to_json() for x in lesions],
-        "seconds": {k: round(v, 3) for k, v in seconds.items()},
-    }
-
-
-def is_complete(scan_dir: Path, expected: str) -> dict[str, Any] | None:
-    """The scan's ``lesions.json`` when every output of the scan is there for ``expected``.
-
-    Complete means: ``lesions.json`` says ``"complete": true``, its fingerprint is
-    ``expected``, and every output it lists exists with the size it had when written.
-    """
-    path = scan_dir / LESIONS
-    if not path.is_file() or not (scan_dir / SEG).is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    if not isinstance(data, dict) or data.get("fingerprint") != expected:
-        return None
-    if data.get("complete") is not True or not isinstance(data.get("outputs"), dict):
-        return None
-    for name, size in data["outputs"].items():
-        output = scan_dir / name
-        if not _inside(output, scan_dir) or not output.is_file():
-            return None
-        if output.stat().st_size != size:
-            return None
-    return data
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        return path.resolve().is_relative_to(folder.resolve())
-    except (OSError, RuntimeError):
-        return False
-
-
-def _output_sizes(scan_dir: Path, names: Sequence[str]) -> dict[str, int]:
-    """Size in bytes of each written output (lesions.json itself excluded)."""
-    return {name: (scan_dir / name).stat().st_size for name in sorted(set(names))}
-
-
-def refresh_outputs(scan_dir: Path, files: Sequence[str]) -> None:
-    """Record the sizes of files rewritten later (``medres report``) in a complete scan's
-    ``lesions.json``, so ``--resume`` still sees the scan as complete."""
-    path = scan_dir / LESIONS
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return
-    if not isinstance(data, dict) or data.get("complete") is not True:
-        return
-    outputs = dict(data.get("outputs") or {})
-    outputs.update(_output_sizes(scan_dir, files))
-    data["outputs"] = dict(sorted(outputs.items()))
-    write_text_atomic(path, compact_json(data))
-
-
-def _write_scan_outputs(
-    scan_dir: Path,
-    prediction: EnsemblePrediction,
-    ensemble: Ensemble,
-    options: PredictOptions,
-) -> list[str]:
-    """Write the masks (and probabilities, members); returns the written names."""
-    labels = prediction.labels
-    affine = prediction.affine
-    written = [SEG]
-    write_bytes_atomic(scan_dir / SEG, nifti_bytes(labels, affine))
-    if options.save_probabilities:
-        write_bytes_atomic(
-            scan_dir / PROBABILITIES, _probability_nifti(prediction.probabilities, affine)
-        )
-        written.append(PROBABILITIES)
-    for index, member in enumerate(prediction.member_labels):
-        member_name = member_folder_name(prediction.member_names[index])
-        member_dir = scan_dir / MEMBERS / member_name
-        write_bytes_atomic(member_dir / SEG, nifti_bytes(member, affine))
-        written.append(f"{MEMBERS}/{member_name}/{SEG}")
-        probabilities = prediction.member_probabilities[index]
-        if options.save_probabilities:
-            write_bytes_atomic(
-                member_dir / PROBABILITIES, _probability_nifti(probabilities, affine)
-            )
-            written.append(f"{MEMBERS}/{member_name}/{PROBABILITIES}")
-        lesions: list[Lesion] = []
-        for label in ensemble.cfg.lesion_indices:
-            lesions += find_lesions(
-                member,
-                affine=affine,
-                label_index=label,
-                label_name=ensemble.labels[label],
-                probabilities=probabilities[label - 1],
-            )
-        report = {
-            "member": prediction.member_names[index],
-            "n_lesions": len(lesions),
-            "lesions": [x.to_json() for x in lesions],
-        }
-        write_text_atomic(member_dir / LESIONS, compact_json(report))
-        written.append(f"{MEMBERS}/{member_name}/{LESIONS}")
-    return written
-
-
-def member_folder_name(member: str) -> str:
-    """Folder of a member's outputs: ``<pipeline>/<fold>`` -> ``<pipeline>.<fold>``."""
-    return safe_name(member.replace("/", "."))
-
-
-def _probability_nifti(probabilities: npt.NDArray[Any], affine: npt.NDArray[np.float64]) -> bytes:
-    """Foreground probabilities ``(C-1, ...)`` as 1-byte NIfTI (``scl_slope`` 1/255)."""
-    quantised = np.rint(probabilities.astype(np.float32) * 255.0).astype(np.uint8)
-    stored = quantised[0] if quantised.shape[0] == 1 else np.moveaxis(quantised, 0, -1)
-    if probabilities.ndim == 3 and quantised.shape[0] > 1:  # 2D with several labels
-        stored = stored[:, :, None, :]
-    return nifti_bytes(stored, affine, scale=1 / 255)
-
-
-def _scan_lesions(ensemble: Ensemble, prediction: EnsemblePrediction) -> list[Lesion]:
-    lesions: list[Lesion] = []
-    for index in ensemble.cfg.lesion_indices:
-        found = find_lesions(
-            prediction.labels,
-            affine=prediction.affine,
-            label_index=index,
-            label_name=ensemble.labels[index],
-            probabilities=prediction.probabilities[index - 1],
-            member_hits=prediction.member_hits[index - 1],
-            n_members=ensemble.n_members,
-            uncertainty=prediction.uncertainty[index - 1],
-        )
-        lesions.extend(found)
-    if len(ensemble.cfg.lesion_indices) > 1:  # one numbering over all lesion labels
-        lesions.sort(key=lambda x: -x.voxel_count)
-        lesions = [Lesion(**{**asdict(x), "lesion_id": n + 1}) for n, x in enumerate(lesions)]
-    return lesions
-
-
 def _describe(volume: Volume) -> tuple[str, str]:
     shape = "x".join(str(s) for s in volume.spatial_shape)
     spacing = "x".join(f"{s:.3g}" for s in volume.spacing_mm)
     return shape, spacing
-
-
-def write_summary(out: Path, results: Sequence[ScanResult]) -> Path:
-    """Write ``summary.csv`` atomically."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(SUMMARY_COLUMNS), lineterminator="\n")
-    writer.writeheader()
-    for result in results:
-        writer.writerow(result.row())
-    return write_text_atomic(out / SUMMARY, buffer.getvalue())
-
-
-def models_provenance(ensembles: Sequence[Ensemble]) -> list[dict[str, Any]]:
-    """Per ensemble: its input, labels, and per folder the path, pipeline (resolved) and
-    every member's weight checksum; what ``run.json`` and the reports show."""
-    return [
-        {
-            "ensemble": ensemble_name(ensemble),
-            "mode": str(ensemble.mode),
-            "takes": {"dims": ensemble.cfg.dims, "channels": list(ensemble.cfg.channels)},
-            "labels": list(ensemble.labels),
-            "folders": [
-                {
-                    "path": str(folder.path),
-                    "pipeline": folder.pipeline.name,
-                    "unverified": list(folder.unverified),
-                    "members": [
-                        {"name": m.name, "weights_sha256": m.weights_sha256} for m in folder.members
-                    ],
-                    "config": folder.pipeline.model_dump(mode="json"),
-                }
-                for folder in ensemble.folders
-            ],
-        }
-        for ensemble in ensembles
-    ]
-
-
-def run_pipelines(run: dict[str, Any]) -> dict[str, PipelineConfig]:
-    """The resolved pipelines recorded in a ``run.json``, by pipeline name (parsed once).
-
-    Raises:
-        ConfigError: A recorded pipeline does not validate.
-    """
-    from medres.pipeline import parse_pipeline
-
-    out: dict[str, PipelineConfig] = {}
-    for model in run.get("models", []):
-        for folder in model.get("folders", []):
-            cfg = parse_pipeline(folder["config"], source="run.json")
-            out[cfg.name] = cfg
-    return out
-
-
-def _run_json(
-    run: BatchRun,
-    *,
-    root: Path,
-    options: PredictOptions,
-    started: datetime,
-    seconds: float,
-    finished: bool,
-) -> dict[str, Any]:
-    counts: dict[str, int] = {}
-    for result in run.results:
-        counts[result.status] = counts.get(result.status, 0) + 1
-    return {
-        "medres_version": __version__,
-        "software": software_versions(),
-        "started": started.isoformat(timespec="seconds"),
-        "finished": finished,
-        "seconds_total": round(seconds, 2),
-        "peak_memory_mib": round(peak_rss_bytes() / 2**20, 1),
-        "input": str(root),
-        "options": asdict(options),
-        "models": models_provenance(run.ensembles),
-        "counts": counts,
-        "scans": [
-            {**result.row(), "stage_seconds": result.stage_seconds} for result in run.results
-        ],
-        "skipped": [{"path": _relative(s.path, root), "reason": s.reason} for s in run.skipped],
-    }
 
 
 def predict_batch(
@@ -604,189 +234,211 @@ def predict_batch(
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
     root = Path(input_dir)
-    out_dir = Path(out)
+    run_folder = RunFolder(Path(out))
     opened = (
         list(ensembles) if ensembles is not None else open_ensembles(model_dirs, options=options)
     )
     found = discover(root)
     inputs, unused = assemble_inputs(found, channel_sets=[e.cfg.channels for e in opened])
     skipped = [s for s in found.skipped if not s.failed] + unused
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run = BatchRun(out=out_dir, results=[], skipped=skipped, ensembles=opened)
+    run_folder.path.mkdir(parents=True, exist_ok=True)
+    run = BatchRun(out=run_folder.path, results=[], skipped=skipped, ensembles=opened)
     for bad in found.failed:
         run.results.append(
             ScanResult(
                 scan_id=safe_name(Path(bad.path).name),
-                status="failed",
+                status=ScanStatus.FAILED,
                 error=f"{bad.path}: {bad.reason}" if bad.path not in bad.reason else bad.reason,
-                source=_relative(bad.path, root),
+                source=relative_to_input(bad.path, root),
             )
         )
     total = len(inputs)
     finished = False
+    models = models_provenance(opened)
     try:
         for done, item in enumerate(inputs):
             if on_progress is not None:
                 on_progress(done, total, item.scan_id, "load")
-            result = _predict_one(
-                item, opened, out_dir, root, options, on_progress, done, total, after_scan
-            )
-            run.results.append(result)
-            write_summary(out_dir, run.results)
+            step = _ScanStep(item, opened, run_folder, root, options, after_scan)
+            run.results.append(step.run(partial(_tell, on_progress, done, total, item)))
+            write_summary(run_folder, run.results)
         finished = True
         if on_progress is not None:
             on_progress(total, total, "", "done")
     finally:
-        write_summary(out_dir, run.results)
-        data = _run_json(
-            run,
+        write_summary(run_folder, run.results)
+        run_record(
             root=root,
             options=options,
+            models=models,
+            results=run.results,
+            skipped=run.skipped,
             started=started,
             seconds=time.perf_counter() - clock,
             finished=finished,
-        )
-        write_text_atomic(out_dir / RUN, compact_json(data))
+        ).write(run_folder)
     return run
 
 
-def _predict_one(
-    item: ScanInput,
-    ensembles: Sequence[Ensemble],
-    out_dir: Path,
-    root: Path,
-    options: PredictOptions,
-    on_progress: ProgressCallback | None,
-    done: int,
-    total: int,
-    after_scan: AfterScanCallback | None = None,
-) -> ScanResult:
-    start = time.perf_counter()
-    result = ScanResult(
-        scan_id=item.scan_id,
-        status="failed",
-        kind=str(item.kind),
-        source=_relative(item.name, root),
-    )
-    scan_dir = out_dir / item.scan_id
-    try:
-        if options.resume:
-            for ensemble in ensembles:
-                previous = is_complete(scan_dir, fingerprint(ensemble, options, item.paths))
-                if previous is not None:
-                    result.status = "resumed"
-                    result.model = ensemble_name(ensemble)
-                    result.n_lesions = previous.get("n_lesions")
-                    result.lesion_volume_ml = previous.get("total_volume_ml")
-                    result.lesion_area_mm2 = previous.get("total_area_mm2")
-                    result.notes = "; ".join(str(w) for w in previous.get("notes", []))
-                    result.shape = "x".join(str(s) for s in previous["grid"]["shape"])
-                    result.spacing_mm = "x".join(f"{s:.3g}" for s in previous["grid"]["spacing_mm"])
-                    result.modality = previous["source"].get("modality", "")
-                    return result
-        clear_scan_outputs(scan_dir)
+def _tell(
+    on_progress: ProgressCallback | None, done: int, total: int, item: ScanInput, stage: str
+) -> None:
+    if on_progress is not None:
+        on_progress(done, total, item.scan_id, stage)
+
+
+class _ScanStep:
+    """One scan through resume check, load, routing, prediction, outputs and report."""
+
+    def __init__(
+        self,
+        item: ScanInput,
+        ensembles: Sequence[Ensemble],
+        run_folder: RunFolder,
+        root: Path,
+        options: PredictOptions,
+        after_scan: AfterScanCallback | None,
+    ) -> None:
+        self.item = item
+        self.ensembles = ensembles
+        self.folder = run_folder.scan(item.scan_id)
+        self.root = root
+        self.options = options
+        self.after_scan = after_scan
+        self.result = ScanResult(
+            scan_id=item.scan_id,
+            status=ScanStatus.FAILED,
+            kind=str(item.kind),
+            source=relative_to_input(item.name, root),
+        )
+
+    def run(self, on_stage: Callable[[str], None]) -> ScanResult:
+        """Do the scan; every failure becomes the row's error, never an exception."""
+        start = time.perf_counter()
+        result = self.result
+        try:
+            if not (self.options.resume and self._resumed()):
+                self._predict(on_stage, start)
+        except NoModelForScanError as exc:
+            result.error = str(exc)
+            if self.options.skip_unmatched:
+                result.status = ScanStatus.SKIPPED
+        except MedresError as exc:
+            result.error = str(exc)
+            logger.info("%s failed: %s", self.item.scan_id, exc)
+        except Exception as exc:  # one scan's unexpected failure must not end the batch
+            result.error = f"{self.item.name}: {type(exc).__name__}: {exc}"
+            logger.debug("%s failed:\n%s", self.item.scan_id, traceback.format_exc())
+        if result.status != ScanStatus.RESUMED:
+            result.seconds = round(time.perf_counter() - start, 3)
+        return result
+
+    def _resumed(self) -> bool:
+        """Fill the row from a complete earlier record of the same models and options."""
+        for ensemble in self.ensembles:
+            expected = fingerprint(ensemble, self.options, self.item.paths)
+            previous = is_complete(self.folder, expected)
+            if previous is None:
+                continue
+            result = self.result
+            result.status = ScanStatus.RESUMED
+            result.model = ensemble_name(ensemble)
+            result.n_lesions = previous.n_lesions
+            result.lesion_volume_ml = previous.total_volume_ml
+            result.lesion_area_mm2 = previous.total_area_mm2
+            result.notes = "; ".join(previous.notes)
+            result.shape = "x".join(str(s) for s in previous.grid.shape)
+            result.spacing_mm = "x".join(f"{s:.3g}" for s in previous.grid.spacing_mm)
+            result.modality = previous.source.modality
+            return True
+        return False
+
+    def _choose(self, volume: Volume) -> Ensemble:
+        problems = []
+        for ensemble in self.ensembles:
+            problem = ensemble.input_problem(volume)
+            if problem is None:
+                return ensemble
+            problems.append(problem)
+        raise NoModelForScanError(
+            f"{self.item.name}: no model takes this scan: {'; '.join(problems)}"
+        )
+
+    def _predict(self, on_stage: Callable[[str], None], start: float) -> None:
+        item, result, folder = self.item, self.result, self.folder
+        folder.clear()
         volume = load_input(item)
         result.modality = volume.modality
         result.shape, result.spacing_mm = _describe(volume)
-        problems = []
-        chosen: Ensemble | None = None
-        for ensemble in ensembles:
-            problem = ensemble.input_problem(volume)
-            if problem is None:
-                chosen = ensemble
-                break
-            problems.append(problem)
-        if chosen is None:
-            raise NoModelForScanError(
-                f"{item.name}: no model takes this scan: {'; '.join(problems)}"
-            )
+        chosen = self._choose(volume)
         result.model = ensemble_name(chosen)
-
-        def on_stage(stage: str) -> None:
-            if on_progress is not None:
-                on_progress(done, total, item.scan_id, stage)
-
         prediction = chosen.predict(
-            volume, source=item.name, keep_members=options.keep_members, on_stage=on_stage
+            volume, source=item.name, keep_members=self.options.keep_members, on_stage=on_stage
         )
         on_stage("lesions")
         lesion_start = time.perf_counter()
-        lesions = _scan_lesions(chosen, prediction)
+        lesions = scan_lesions(chosen, prediction)
         seconds = dict(prediction.seconds)
         seconds["lesions"] = time.perf_counter() - lesion_start
         on_stage("write")
         write_start = time.perf_counter()
-        written = _write_scan_outputs(scan_dir, prediction, chosen, options)
+        written = write_masks(
+            folder, prediction, chosen, save_probabilities=self.options.save_probabilities
+        )
         seconds["write"] = time.perf_counter() - write_start
         notes = ([item.note] if item.note else []) + list(volume.warnings)
-        report = _lesion_json(
-            item, volume, chosen, prediction, lesions, root=root, options=options, seconds=seconds
+        record = scan_record(
+            item,
+            volume,
+            chosen,
+            prediction,
+            lesions,
+            root=self.root,
+            options=self.options,
+            seconds=seconds,
+            notes=notes,
         )
-        report["notes"] = notes
-        report["complete"] = False
-        if after_scan is not None:  # the report step reads it; not complete until it is done
-            write_text_atomic(scan_dir / LESIONS, compact_json(report))
-        result.n_lesions = len(lesions)
-        result.lesion_volume_ml = report["total_volume_ml"]
-        result.lesion_area_mm2 = report["total_area_mm2"]
+        result.n_lesions = record.n_lesions
+        result.lesion_volume_ml = record.total_volume_ml
+        result.lesion_area_mm2 = record.total_area_mm2
         result.notes = "; ".join(notes)
-        if after_scan is not None:
+        if self.after_scan is not None:
+            record.write(folder)  # masks are kept if the report fails; not complete yet
             on_stage("report")
             report_start = time.perf_counter()
+            scan = ScanPrediction(folder, volume, prediction.labels, record, chosen.cfg)
             try:
-                extra = after_scan(scan_dir, volume, chosen.cfg)
+                extra = self.after_scan(scan)
             except Exception as exc:  # the masks stay; the scan is not complete
                 result.error = f"{item.name}: report not written: {type(exc).__name__}: {exc}"
                 result.stage_seconds = {k: round(v, 3) for k, v in seconds.items()}
                 logger.debug("%s report failed:\n%s", item.scan_id, traceback.format_exc())
-                result.seconds = round(time.perf_counter() - start, 3)
-                return result
+                return
             seconds["report"] = time.perf_counter() - report_start
             written += list(extra.files)
             notes += list(extra.notes)
         seconds["total"] = time.perf_counter() - start
-        report["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
-        report["notes"] = notes
-        report["outputs"] = _output_sizes(scan_dir, written)
-        report["complete"] = True
-        write_text_atomic(scan_dir / LESIONS, compact_json(report))
-        result.status = "ok"
+        record.model_copy(
+            update={
+                "seconds": {k: round(v, 3) for k, v in seconds.items()},
+                "notes": notes,
+                "outputs": output_sizes(folder, written),
+                "complete": True,
+            }
+        ).write(folder)
+        result.status = ScanStatus.OK
         result.notes = "; ".join(notes)
         result.stage_seconds = {k: round(v, 3) for k, v in seconds.items()}
-    except NoModelForScanError as exc:
-        result.error = str(exc)
-        if options.skip_unmatched:
-            result.status = "skipped"
-    except MedresError as exc:
-        result.error = str(exc)
-        logger.info("%s failed: %s", item.scan_id, exc)
-    except Exception as exc:  # one scan's unexpected failure must not end the batch
-        result.error = f"{item.name}: {type(exc).__name__}: {exc}"
-        logger.debug("%s failed:\n%s", item.scan_id, traceback.format_exc())
-    result.seconds = round(time.perf_counter() - start, 3)
-    return result
 
 
 __all__ = [
-    "LESIONS",
-    "PROBABILITIES",
-    "RUN",
-    "SEG",
-    "SUMMARY",
     "AfterScanCallback",
     "AfterScanResult",
     "BatchRun",
     "NoModelForScanError",
     "PredictOptions",
-    "ScanResult",
-    "ensemble_name",
-    "fingerprint",
-    "is_complete",
-    "member_folder_name",
-    "models_provenance",
+    "ProgressCallback",
+    "ScanPrediction",
     "open_ensembles",
     "predict_batch",
-    "refresh_outputs",
-    "run_pipelines",
-    "write_summary",
 ]

@@ -386,7 +386,7 @@ def _dicom_scans(
     for s in slices:
         # enhanced multi-frame files, files without a series UID and re-encoded copies of
         # an instance are volumes of their own
-        alone = s.frame is not None or "mosaic" in s.extra
+        alone = s.frame is not None or s.mosaic is not None
         key = f"{s.series_uid}|{s.path}" if alone else s.series_uid
         if not s.series_uid and not alone:
             # anonymised exports sometimes drop the SeriesInstanceUID: group what else agrees

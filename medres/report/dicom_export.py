@@ -29,6 +29,7 @@ import numpy.typing as npt
 from medres._version import __version__
 from medres.errors import OutputError
 from medres.io.atomic import write_bytes_atomic
+from medres.predictions.records import LesionRecord
 
 
 def _dicom_bytes(dataset: Any) -> bytes:
@@ -151,7 +152,7 @@ def write_seg(
 def write_sr(
     path: Path,
     seg: Any,
-    lesions: Sequence[dict[str, Any]],
+    lesions: Sequence[LesionRecord],
     *,
     source_paths: Sequence[str],
     lesion_indices: Sequence[int],
@@ -178,39 +179,39 @@ def write_sr(
     segment_numbers = {index: number for number, index in enumerate(lesion_indices, start=1)}
     groups = []
     for lesion in lesions:
-        label_index = label_names.index(lesion["label"])
-        if lesion.get("volume_ml") is not None:
+        label_index = label_names.index(lesion.label)
+        if lesion.volume_ml is not None:
             size = hd.sr.Measurement(
                 name=CodedConcept("118565006", "SCT", "Volume"),
-                value=float(lesion["volume_ml"]),
+                value=float(lesion.volume_ml),
                 unit=CodedConcept("ml", "UCUM", "milliliter"),
             )
         else:  # a lesion of a single-slice scan has an area, not a volume
             size = hd.sr.Measurement(
                 name=CodedConcept("42798000", "SCT", "Area"),
-                value=float(lesion["area_mm2"]),
+                value=float(lesion.area_mm2 or 0.0),
                 unit=CodedConcept("mm2", "UCUM", "square millimeter"),
             )
         measurements = [
             size,
             hd.sr.Measurement(
                 name=CodedConcept("103339001", "SCT", "Long axis"),
-                value=float(lesion["longest_axial_diameter_mm"]),
+                value=float(lesion.longest_axial_diameter_mm),
                 unit=CodedConcept("mm", "UCUM", "millimeter"),
             ),
         ]
-        if lesion.get("max_probability") is not None:
+        if lesion.max_probability is not None:
             measurements.append(
                 hd.sr.Measurement(
                     name=CodedConcept("113011", "DCM", "Probability"),
-                    value=float(lesion["max_probability"]),
+                    value=float(lesion.max_probability),
                     unit=CodedConcept("1", "UCUM", "no units"),
                 )
             )
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=generate_uid(), identifier=f"lesion {lesion['lesion_id']}"
+                    uid=generate_uid(), identifier=f"lesion {lesion.lesion_id}"
                 ),
                 referenced_segment=hd.sr.ReferencedSegment(
                     sop_class_uid=seg.SOPClassUID,
@@ -218,7 +219,7 @@ def write_sr(
                     segment_number=segment_numbers[label_index],
                     source_series=hd.sr.SourceSeriesForSegmentation(datasets[0].SeriesInstanceUID),
                 ),
-                finding_type=_segment_code(lesion["label"])[1],
+                finding_type=_segment_code(lesion.label)[1],
                 measurements=measurements,
             )
         )

@@ -1,23 +1,30 @@
 """``medres report OUT``: (re)build the reports of a prediction folder.
 
-The scans are found again where ``run.json`` says they came from (the same discovery and
-channel grouping as ``medres predict``, so the scan ids match), loaded, and passed to
-:func:`~medres.report.build.report_scan` with the pipeline that predicted them; then
-``index.html`` is written. A scan whose source is gone or unreadable is reported and the
-others go on.
+Each scan folder is paired with its source by what its record stored, never by scan id
+or discovery order: the scans are discovered again where ``run.json`` says they came from,
+and the folder takes the scan whose source key (its files' relative paths and DICOM
+series) equals the recorded one. A source that is gone, or whose files changed since
+predict read them (size or modification time), is reported for that scan and nothing is
+drawn from it; the other scans go on. Then ``index.html`` is written.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from medres.errors import MedresError, OutputError
-from medres.inference.batch import refresh_outputs, run_pipelines
-from medres.inference.inputs import assemble_inputs, load_input
+from medres.inference.batch import ScanPrediction
+from medres.inference.inputs import ScanInput, assemble_inputs, load_input
+from medres.inference.resume import refresh_outputs, source_key, source_state
 from medres.io import discover
+from medres.io.nifti import read_nifti
+from medres.pipeline import PipelineConfig
+from medres.predictions.layout import RunFolder, ScanFolder
+from medres.predictions.records import RunRecord, ScanRecord
 from medres.report.build import ScanReport, report_scan, write_index
 
 
@@ -28,6 +35,49 @@ class ReportRun:
     reports: list[ScanReport] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     index: Path | None = None
+
+
+def _source_of(
+    folder: ScanFolder, record: ScanRecord, by_key: dict[str, ScanInput], root: Path
+) -> ScanInput:
+    """The scan a folder was predicted from.
+
+    Raises:
+        OutputError: The record names no source key, the source is gone, or it changed.
+    """
+    source = record.source
+    where = source.name or (source.files[0] if source.files else record.scan_id)
+    if not source.key:
+        raise OutputError(
+            f"{folder.scan_id}: its record does not say which source it came from (written "
+            f"by medres {record.medres_version}); run medres predict again to report it"
+        )
+    item = by_key.get(source.key)
+    if item is None:
+        raise OutputError(
+            f"{folder.scan_id}: its source {where} is no longer in {root} (moved, renamed "
+            "or removed); the report needs the images it was predicted from"
+        )
+    if source.state and source_state(item, root) != source.state:
+        raise OutputError(
+            f"{folder.scan_id}: its source {where} changed since medres predict read it "
+            "(file size or modification time differ); run medres predict again"
+        )
+    return item
+
+
+def _scan_prediction(
+    folder: ScanFolder, record: ScanRecord, item: ScanInput, cfg: PipelineConfig
+) -> ScanPrediction:
+    volume = load_input(item)
+    labels = read_nifti(folder.seg).array[0]
+    if labels.size != int(np.prod(volume.spatial_shape)):
+        raise OutputError(
+            f"{folder.seg}: holds {labels.size} voxels but the scan has "
+            f"{int(np.prod(volume.spatial_shape))}: not the mask of this scan"
+        )
+    labels = labels.astype(np.uint8).reshape(volume.spatial_shape)
+    return ScanPrediction(folder, volume, labels, record, cfg)
 
 
 def report_predictions(
@@ -43,45 +93,42 @@ def report_predictions(
     Raises:
         OutputError: ``out`` is not a predict folder, or its input folder is gone.
     """
-    out = Path(out)
+    run_folder = RunFolder(Path(out))
     try:
-        run = json.loads((out / "run.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise OutputError(f"{out}: not a medres predict folder (run.json: {exc})") from None
-    configs = run_pipelines(run)
-    root = Path(run["input"])
+        run = RunRecord.read(run_folder)
+    except OutputError as exc:
+        raise OutputError(f"{run_folder.path}: not a medres predict folder ({exc})") from None
+    configs = run.pipelines()
+    root = Path(run.input)
     if not root.exists():
         raise OutputError(
-            f"{out}: the scans were read from {root}, which no longer exists; the report "
-            "needs the source images"
+            f"{run_folder.path}: the scans were read from {root}, which no longer exists; "
+            "the report needs the source images"
         )
     inputs, _ = assemble_inputs(discover(root), channel_sets=[c.channels for c in configs.values()])
-    by_id = {item.scan_id: item for item in inputs}
-    scan_dirs = sorted(p.parent for p in out.glob("*/lesions.json"))
+    by_key = {source_key(item, root): item for item in inputs}
+    scans = run_folder.scans()
     result = ReportRun()
-    for done, scan_dir in enumerate(scan_dirs):
-        scan_id = scan_dir.name
+    for done, folder in enumerate(scans):
         if on_progress is not None:
-            on_progress(done, len(scan_dirs), scan_id)
-        item = by_id.get(scan_id)
-        if item is None:
-            result.failed.append(
-                {"scan_id": scan_id, "error": f"{scan_id}: source scan not found in {root}"}
-            )
-            continue
+            on_progress(done, len(scans), folder.scan_id)
         try:
-            lesions = json.loads((scan_dir / "lesions.json").read_text(encoding="utf-8"))
-            cfg = configs.get(lesions["ensemble"]["pipelines"][0])
-            volume = load_input(item)
-            written = report_scan(
-                scan_dir, volume, cfg=cfg, run=run, show_phi=show_phi, pdf=pdf, dicom=dicom
-            )
-            refresh_outputs(scan_dir, written.files)
+            record = ScanRecord.read(folder)
+            cfg = configs.get(record.ensemble.pipelines[0]) if record.ensemble.pipelines else None
+            if cfg is None:
+                raise OutputError(f"{folder.scan_id}: its pipeline is not among the run's models")
+            item = _source_of(folder, record, by_key, root)
+            scan = _scan_prediction(folder, record, item, cfg)
+            written = report_scan(scan, models=run.models, show_phi=show_phi, pdf=pdf, dicom=dicom)
+            refresh_outputs(folder, written.files)
             result.reports.append(written)
-        except (MedresError, OSError, ValueError, KeyError) as exc:
-            result.failed.append({"scan_id": scan_id, "error": f"{scan_id}: {exc}"})
-    if (out / "summary.csv").is_file():
-        result.index = write_index(out)
+        except (MedresError, OSError, ValueError) as exc:
+            message = (
+                str(exc) if str(exc).startswith(folder.scan_id) else f"{folder.scan_id}: {exc}"
+            )
+            result.failed.append({"scan_id": folder.scan_id, "error": message})
+    if run_folder.summary_csv.is_file():
+        result.index = write_index(run_folder.path)
     return result
 
 

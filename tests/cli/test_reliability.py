@@ -13,7 +13,13 @@ from typer.testing import CliRunner
 from medres import doctor
 from medres.cli.app import app
 from medres.cli.console import PlainProgress
-from medres.inference.batch import AfterScanResult, PredictOptions, open_ensembles, predict_batch
+from medres.inference.batch import (
+    AfterScanResult,
+    PredictOptions,
+    ScanPrediction,
+    open_ensembles,
+    predict_batch,
+)
 from tests.conftest import SAMPLE_DATA
 
 runner = CliRunner()
@@ -112,7 +118,7 @@ def test_a_failed_report_fails_the_scan_keeps_its_masks_and_resume_redoes_it(
     options = PredictOptions(device="cpu", report=True)
     ensembles = open_ensembles([DEMO], options=options)
 
-    def broken_report(scan_dir: Path, volume: object, cfg: object) -> AfterScanResult:
+    def broken_report(scan: ScanPrediction) -> AfterScanResult:
         raise KeyError("lesions")
 
     run = predict_batch(
@@ -125,8 +131,8 @@ def test_a_failed_report_fails_the_scan_keeps_its_masks_and_resume_redoes_it(
     assert (scan_dir / "seg.nii.gz").is_file()  # the prediction is not lost
     assert json.loads((scan_dir / "lesions.json").read_text())["complete"] is False
 
-    def good_report(scan_dir: Path, volume: object, cfg: object) -> AfterScanResult:
-        (scan_dir / "report.html").write_text("<p>ok</p>")
+    def good_report(scan: ScanPrediction) -> AfterScanResult:
+        scan.folder.report_html.write_text("<p>ok</p>")
         return AfterScanResult(files=("report.html",))
 
     resumed = PredictOptions(device="cpu", report=True, resume=True)

@@ -160,29 +160,47 @@ def test_lgg_patients_pool_their_slices(tmp_path: Path) -> None:
     from medres.io.images2d import read_image2d, read_mask2d
     from medres.io.nifti import write_nifti
 
-    out = tmp_path / "pred"
-    run = {"models": [{"ensemble": "lgg", "folders": [{"config": _lgg_config()}]}]}
-    out.mkdir()
-    (out / "run.json").write_text(json.dumps(run))
+    from medres.predictions import records as rec
+    from medres.predictions.layout import RunFolder
+
+    out = RunFolder(tmp_path / "pred")
+    out.path.mkdir()
+    folder = rec.FolderProvenance(path="lgg", pipeline="lgg", members=[], config=_lgg_config())
+    takes = rec.InputKindRecord(dims=2, channels=["pre_contrast", "flair", "post_contrast"])
+    model = rec.ModelProvenance(
+        ensemble="lgg", mode="mean", takes=takes, labels=["background", "tumour"], folders=[folder]
+    )
+    rec.RunRecord(medres_version="test", input=str(scans.parent), models=[model]).write(out)
     found = discover(scans)
     assert found.scans
     for ref in found.scans:
         image = read_image2d(ref.paths[0])
         mask = read_mask2d(ref.mask_path, like=image).array[0]
-        scan_dir = out / ref.scan_id
-        scan_dir.mkdir()
-        write_nifti(scan_dir / "seg.nii.gz", mask, image.affine)
-        report = {
-            "scan_id": ref.scan_id,
-            "source": {"files": [f"{patient.name}/{Path(ref.paths[0]).name}"]},
-            "grid": {
-                "shape": list(image.spatial_shape),
-                "affine": image.affine.tolist(),
-                "spacing_mm": [1.0, 1.0],
-            },
-            "ensemble": {"pipelines": ["lgg"]},
-        }
-        (scan_dir / "lesions.json").write_text(json.dumps(report))
+        scan_dir = out.scan(ref.scan_id)
+        scan_dir.path.mkdir()
+        write_nifti(scan_dir.seg, mask, image.affine)
+        rec.ScanRecord(
+            medres_version="test",
+            scan_id=ref.scan_id,
+            fingerprint="",
+            source=rec.SourceRecord(
+                kind="image2d", files=[f"{patient.name}/{Path(ref.paths[0]).name}"], n_files=1
+            ),
+            grid=rec.GridRecord(
+                shape=image.spatial_shape,
+                affine=image.affine.tolist(),
+                spacing_mm=(1.0, 1.0),
+                orientation="",
+            ),
+            ensemble=rec.EnsembleRecord(pipelines=["lgg"], members=[], mode="mean", tta=[]),
+            labels=["background", "tumour"],
+            lesion_labels=["tumour"],
+            n_lesions=0,
+            total_volume_ml=None,
+            total_area_mm2=0.0,
+            lesions=[],
+        ).write(scan_dir)
+    out = out.path
     result = evaluate_predictions(
         out, scans.parent, tmp_path / "eval", options=EvaluateOptions(group_by="folder")
     )

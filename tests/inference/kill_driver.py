@@ -31,7 +31,8 @@ def main(argv: list[str]) -> int:
     stage, _, index_text = point.partition(":")
     index = int(index_text or 0)
 
-    from medres.inference import batch
+    from medres.inference import batch, writer
+    from medres.predictions import records
     from medres.report import build, pdf
 
     state = {"scan": -1}
@@ -42,7 +43,7 @@ def main(argv: list[str]) -> int:
             _die()
 
     if stage == "mask_file":
-        original_bytes = batch.write_bytes_atomic
+        original_bytes = writer.write_bytes_atomic
 
         def cut_mask(path: Any, data: bytes) -> Path:
             if state["scan"] == index and Path(path).name == "seg.nii.gz":
@@ -54,9 +55,9 @@ def main(argv: list[str]) -> int:
                     _die()
             return original_bytes(path, data)
 
-        batch.write_bytes_atomic = cut_mask  # type: ignore[assignment]
+        writer.write_bytes_atomic = cut_mask  # type: ignore[assignment]
     if stage == "lesions_json":
-        original_text = batch.write_text_atomic
+        original_text = records.write_text_atomic
 
         def cut_json(path: Any, text: str) -> Path:
             if (
@@ -67,7 +68,7 @@ def main(argv: list[str]) -> int:
                 _die()
             return original_text(path, text)
 
-        batch.write_text_atomic = cut_json  # type: ignore[assignment]
+        records.write_text_atomic = cut_json  # type: ignore[assignment]
     if stage == "overlay":
         original_overlay = build.write_bytes_atomic
 

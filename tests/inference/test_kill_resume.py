@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from medres.inference.batch import is_complete
+from medres.inference.resume import is_complete
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_DATA = ROOT / "sample_data"

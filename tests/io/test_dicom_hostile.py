@@ -156,7 +156,7 @@ def test_any_exception_while_decoding_becomes_a_load_error_naming_the_file(tmp_p
     def explode(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("decoder exploded")
 
-    monkeypatch.setattr("medres.io.dicom._native_monochrome", explode)
+    monkeypatch.setattr("medres.io.dicom.pixels._native_monochrome", explode)
     with pytest.raises(
         PixelDecodeError,
         match=rf"{re.escape(str(paths[0]))}: cannot decode pixel data: RuntimeError: decoder exploded",
