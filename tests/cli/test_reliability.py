@@ -170,3 +170,25 @@ def test_third_party_tracebacks_stay_off_the_console(tmp_path: Path) -> None:
         logging.getLogger().handlers.clear()
     text = log_file.read_text()
     assert "Traceback" in text and "decoder failed" in text and "medres speaks" in text
+
+
+def test_an_index_that_cannot_be_written_is_one_line_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medres.errors import OutputError
+    from medres.report import build
+
+    def refuse(out: Path) -> Path:
+        raise OutputError(f"{out}/index.html: disk full")
+
+    monkeypatch.setattr(build, "write_index", refuse)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(SAMPLE_DATA / "ct_phantom.nii.gz", scans / "phantom.nii.gz")
+    out = tmp_path / "out"
+    args = ["predict", str(scans), "--model", str(DEMO), "--out", str(out), "--no-pdf"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)  # no traceback
+    assert "index.html: disk full" in result.output
+    assert (out / "phantom" / "seg.nii.gz").is_file()  # the predictions are kept
