@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from medres.evaluation.run import EvaluationRun
 
 #: Problems listed on the console (all of them are in summary.json).
 MAX_PROBLEMS = 10
@@ -73,13 +76,10 @@ def evaluate_command(
     Writes metrics.csv (per case and model), lesions.csv (every lesion match),
     summary.json (means, medians, 95 % bootstrap CIs, member vs ensemble), PNG plots and
     evaluation.html. Cases that cannot be scored are listed; the exit code is then 1.
+    \f
+    Long: one typer option per flag; the tables are _print_results'.
     """
-    from rich.table import Table
-
     from medres.cli.console import (
-        EXIT_SOME_FAILED,
-        console,
-        err_console,
         fail_cleanly,
         progress_bar,
     )
@@ -105,6 +105,15 @@ def evaluate_command(
             result = evaluate_predictions(
                 predictions, truth, out, options=options, on_progress=on_progress
             )
+    _print_results(result)
+
+
+def _print_results(result: EvaluationRun) -> None:
+    """One table per label (mean [95 % CI] per model), then the problems; exit 1 on any."""
+    from rich.table import Table
+
+    from medres.cli.console import EXIT_SOME_FAILED, console, err_console
+
     for label, by_model in result.summary["results"].items():
         table = Table(title=f"{label}: mean [95 % CI] over {result.summary['n_cases']} case(s)")
         for column in (

@@ -40,6 +40,8 @@ def inspect_command(
 
     Every scan is loaded (pixels decoded) unless --quick. Exits 1 when any scan or file
     could not be read; the others are still listed.
+    \f
+    Long: one typer option per flag, then one table row per scan.
     """
     from medres.cli.console import console, fail_cleanly, progress_bar
     from medres.errors import LoadError

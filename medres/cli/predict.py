@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from medres.inference.batch import BatchRun, PredictOptions
 
 #: Scans listed on the console (all of them are in summary.csv).
 MAX_ROWS = 40
@@ -88,22 +91,14 @@ def predict_command(
     Writes OUT/<scan_id>/seg.nii.gz and lesions.json per scan, OUT/summary.csv and
     OUT/run.json. A scan that cannot be read or does not fit the models is reported and
     the others go on; the exit code is 1 when any scan failed.
+    \f
+    Long: one typer option per flag; the work is in _run and _print_run.
     """
-    from rich.table import Table
-
-    from medres.cli.console import (
-        EXIT_SOME_FAILED,
-        console,
-        err_console,
-        fail_cleanly,
-        progress_bar,
-    )
-    from medres.inference.batch import PredictOptions, open_ensembles, predict_batch
-    from medres.predictions.layout import RunFolder
+    from medres.cli.console import fail_cleanly
+    from medres.inference.batch import PredictOptions
     from medres.runtime import resolve_device, tune_allocator
 
     tune_allocator()
-    index = None
     with fail_cleanly():
         options = PredictOptions(
             device=resolve_device(device),
@@ -117,58 +112,77 @@ def predict_command(
             report=report,
             report_pdf=report and pdf,
         )
-        opened = open_ensembles(model, options=options)
-        for item in opened:
-            names = ", ".join(f.pipeline.name for f in item.folders)
-            err_console.print(
-                f"model {names}: {item.n_members} member(s), {item.cfg.dims}D, "
-                f"channels {', '.join(item.cfg.channels)}, ensemble {item.mode}"
+        run, index = _run(scans, model, out, options, show_phi=show_phi)
+    _print_run(run, scans=scans, out=out, device=options.device, index=index)
+
+
+def _run(
+    scans: Path, model: list[Path], out: Path, options: PredictOptions, *, show_phi: bool
+) -> tuple[BatchRun, Path | None]:
+    """Open the models, predict with a progress bar, write the index; Ctrl-C exits 130."""
+    from medres.cli.console import err_console, progress_bar
+    from medres.inference.batch import open_ensembles, predict_batch
+
+    opened = open_ensembles(model, options=options)
+    for item in opened:
+        names = ", ".join(f.pipeline.name for f in item.folders)
+        err_console.print(
+            f"model {names}: {item.n_members} member(s), {item.cfg.dims}D, "
+            f"channels {', '.join(item.cfg.channels)}, ensemble {item.mode}"
+        )
+        for folder in item.folders:
+            for note in folder.unverified:
+                err_console.print(f"[yellow]warning:[/] {note}", highlight=False)
+    after_scan = None
+    if options.report:
+        from medres.report.build import report_hook
+
+        after_scan = report_hook(opened, show_phi=show_phi, pdf=options.report_pdf)
+    with progress_bar(transient=False) as progress:
+        task = progress.add_task("scans", total=None, item="")
+
+        def on_progress(done: int, total: int, scan_id: str, stage: str) -> None:
+            progress.update(task, completed=done, total=total, item=f"{scan_id} {stage}")
+
+        try:
+            run = predict_batch(
+                scans,
+                model,
+                out,
+                options=options,
+                ensembles=opened,
+                on_progress=on_progress,
+                after_scan=after_scan,
             )
-            for folder in item.folders:
-                for note in folder.unverified:
-                    err_console.print(f"[yellow]warning:[/] {note}", highlight=False)
-        with progress_bar(transient=False) as progress:
-            task = progress.add_task("scans", total=None, item="")
+        except KeyboardInterrupt:
+            err_console.print(
+                "interrupted: finished scans are saved; run the same command with --resume "
+                "to continue"
+            )
+            raise typer.Exit(130) from None
+    index = None
+    if options.report:
+        from medres.report.build import write_index
 
-            def on_progress(done: int, total: int, scan_id: str, stage: str) -> None:
-                progress.update(task, completed=done, total=total, item=f"{scan_id} {stage}")
+        index = write_index(out)
+    return run, index
 
-            after_scan = None
-            if report:
-                from medres.report.build import report_hook
 
-                after_scan = report_hook(opened, show_phi=show_phi, pdf=pdf)
+def _print_table(run: BatchRun, *, out: Path, device: str) -> None:
+    from rich.table import Table
 
-            try:
-                run = predict_batch(
-                    scans,
-                    model,
-                    out,
-                    options=options,
-                    ensembles=opened,
-                    on_progress=on_progress,
-                    after_scan=after_scan,
-                )
-            except KeyboardInterrupt:
-                err_console.print(
-                    "interrupted: finished scans are saved; run the same command with --resume "
-                    "to continue"
-                )
-                raise typer.Exit(130) from None
-        if report:
-            from medres.report.build import write_index
+    from medres.cli.console import console
 
-            index = write_index(out)
-    table = Table(title=f"medres predict: {out} ({options.device})")
+    table = Table(title=f"medres predict: {out} ({device})")
     for column in ("scan", "status", "model", "shape", "lesions", "volume ml / area mm²", "s"):
         table.add_column(column)
     for result in run.results[:MAX_ROWS]:
-        size = result.lesion_volume_ml if result.lesion_volume_ml is not None else None
-        if size is None and result.lesion_area_mm2 is not None:
+        size = result.lesion_volume_ml
+        if size is None:
             size = result.lesion_area_mm2
         table.add_row(
             result.scan_id,
-            result.status,
+            str(result.status),
             result.model,
             result.shape,
             "" if result.n_lesions is None else str(result.n_lesions),
@@ -176,32 +190,45 @@ def predict_command(
             f"{result.seconds:.1f}",
         )
     console.print(table)
+
+
+def _print_run(run: BatchRun, *, scans: Path, out: Path, device: str, index: Path | None) -> None:
+    """The results table, counts, notes and failures; exit 1 when a scan failed."""
+    from medres.cli.console import EXIT_SOME_FAILED, console, err_console
+    from medres.predictions.layout import RunFolder
+    from medres.predictions.records import ScanStatus
+
+    folder = RunFolder(out)
+    _print_table(run, out=out, device=device)
     if index is not None:
         err_console.print(f"reports: {index}")
     if len(run.results) > MAX_ROWS:
-        console.print(
-            f"... {len(run.results) - MAX_ROWS} more rows in {RunFolder(out).summary_csv}"
-        )
-    statuses = Counter(r.status for r in run.results)
+        console.print(f"... {len(run.results) - MAX_ROWS} more rows in {folder.summary_csv}")
+    statuses = Counter(str(r.status) for r in run.results)
     err_console.print(
         ", ".join(f"{n} {status}" for status, n in sorted(statuses.items())) or "no scans found"
     )
     if run.skipped:
         reasons = Counter(s.reason for s in run.skipped)
-        err_console.print(f"{len(run.skipped)} file(s) not used (listed in run.json):")
+        err_console.print(
+            f"{len(run.skipped)} file(s) not used (listed in {folder.run_json.name}):"
+        )
         for reason, n in reasons.most_common(5):
             err_console.print(f"  {n} x {reason}", highlight=False)
-    noted = [r for r in run.results if r.notes and r.status in ("ok", "resumed")]
+    done = (ScanStatus.OK, ScanStatus.RESUMED)
+    noted = [r for r in run.results if r.notes and r.status in done]
     for result in noted[:MAX_ROWS]:
         err_console.print(f"[yellow]note[/] {result.scan_id}: {result.notes}", highlight=False)
     if len(noted) > MAX_ROWS:
-        err_console.print(f"... notes on {len(noted) - MAX_ROWS} more scans in summary.csv")
+        err_console.print(
+            f"... notes on {len(noted) - MAX_ROWS} more scans in {folder.summary_csv.name}"
+        )
     for failure in run.failed:
         err_console.print(f"[red]failed[/] {failure.scan_id}: {failure.error}", highlight=False)
-    unmatched = [r for r in run.results if r.status == "skipped"]
+    unmatched = [r for r in run.results if r.status == ScanStatus.SKIPPED]
     if unmatched:
         err_console.print(
-            f"{len(unmatched)} scan(s) skipped: no model takes them (see summary.csv)"
+            f"{len(unmatched)} scan(s) skipped: no model takes them (see {folder.summary_csv.name})"
         )
     if run.failed:
         raise typer.Exit(EXIT_SOME_FAILED)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from medres.training.run import TrainingRun
 
 
 def _parse_folds(text: str | None) -> list[int] | None:
@@ -59,11 +62,10 @@ def train_command(
 
     The data are checked first (files, channels, shapes, label values); nothing is trained
     when any case is bad. Interrupt with Ctrl-C and continue later with --resume.
+    \f
+    Long: one typer option per flag, and the progress callback that draws the bars.
     """
-    from rich.table import Table
-
     from medres.cli.console import (
-        console,
         err_console,
         fail_cleanly,
         progress_bar,
@@ -132,7 +134,16 @@ def train_command(
                     "with --resume to continue"
                 )
                 raise typer.Exit(130) from None
-    table = Table(title=f"{cfg.name}: model folder {run.model_dir} ({run.device})")
+    _print_members(run, cfg_name=cfg.name)
+
+
+def _print_members(run: TrainingRun, *, cfg_name: str) -> None:
+    """One row per trained member, then the data summary."""
+    from rich.table import Table
+
+    from medres.cli.console import console, err_console
+
+    table = Table(title=f"{cfg_name}: model folder {run.model_dir} ({run.device})")
     for column in ("member", "val Dice", "best epoch", "epochs", "iterations", "minutes", "stop"):
         table.add_column(column)
     for member in run.members:

@@ -62,6 +62,7 @@ from medres.io.nifti import read_nifti
 from medres.pipeline import PipelineConfig
 from medres.predictions.layout import MemberFolder, RunFolder, ScanFolder
 from medres.predictions.records import LesionRecord, MemberLesionsRecord, RunRecord, ScanRecord
+from medres.types import StrEnum
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,13 @@ ENSEMBLE = "ensemble"
 METRICS_CSV = "metrics.csv"
 LESIONS_CSV = "lesions.csv"
 SUMMARY_JSON = "summary.json"
+
+
+class CaseGrouping(StrEnum):
+    """What one evaluation case is."""
+
+    SCAN = "scan"  #: each scan
+    FOLDER = "folder"  #: every scan of one source folder (the slices of a patient)
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,7 @@ class EvaluateOptions:
             reported as problems (a predict folder holding more than the truth covers).
     """
 
-    group_by: str = "scan"
+    group_by: CaseGrouping | str = CaseGrouping.SCAN
     tolerance_mm: float | None = None
     iou_threshold: float = 0.1
     members: bool = True
@@ -96,6 +104,11 @@ class EvaluateOptions:
     mask_suffix: str = "_mask"
     data_root: str | None = None
     skip_missing_truth: bool = False
+
+    def __post_init__(self) -> None:
+        if self.group_by not in {g.value for g in CaseGrouping}:
+            raise EvaluationError(f"group_by {self.group_by!r}: use scan or folder")
+        object.__setattr__(self, "group_by", CaseGrouping(self.group_by))
 
 
 @dataclass
@@ -160,6 +173,120 @@ def _spatial(array: npt.NDArray[Any], ndim: int) -> npt.NDArray[Any]:
     return array[..., 0] if array.ndim == ndim + 1 and array.shape[-1] == 1 else array
 
 
+@dataclass
+class _Scoring:
+    """What the scans scored so far add up to: case -> model -> label -> statistics."""
+
+    options: EvaluateOptions
+    configs: dict[str, PipelineConfig]
+    index: TruthIndex
+    cases: dict[str, dict[str, dict[str, _ModelCase]]] = field(default_factory=dict)
+    calibration: dict[str, dict[str, ReliabilityBins]] = field(default_factory=dict)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    without_truth: list[str] = field(default_factory=list)
+    scored_scans: int = 0
+    labels_seen: list[str] = field(default_factory=list)
+    spacing_of_case: dict[str, float] = field(default_factory=dict)
+
+    def _case_of(self, record: ScanRecord) -> str:
+        if self.options.group_by != CaseGrouping.FOLDER:
+            return record.scan_id
+        source = record.source.files[0] if record.source.files else record.scan_id
+        folder = Path(source).parent
+        return str(folder) if str(folder) not in ("", ".") else record.scan_id
+
+    def add_scan(self, scan_dir: ScanFolder) -> None:
+        """Score every model of one scan against its truth (problems are recorded)."""
+        try:
+            record = ScanRecord.read(scan_dir)
+        except MedresError as exc:
+            self.failed.append({"scan_id": scan_dir.scan_id, "error": str(exc)})
+            return
+        scan_id = record.scan_id
+        pipelines = record.ensemble.pipelines
+        default = next(iter(self.configs.values()))
+        cfg = self.configs.get(pipelines[0], default) if pipelines else default
+        grid = record.grid
+        if self.options.skip_missing_truth and not self.index.has(scan_id):
+            self.without_truth.append(scan_id)
+            return
+        try:
+            truth_map = read_truth(
+                self.index.find(scan_id),
+                scan_id=scan_id,
+                shape=grid.shape,
+                affine=grid.affine_ras,
+                cfg=cfg,
+            )
+        except EvaluationError as exc:
+            self.failed.append({"scan_id": scan_id, "error": str(exc)})
+            return
+        case_id = self._case_of(record)
+        self.spacing_of_case[case_id] = max(
+            self.spacing_of_case.get(case_id, 0.0), max(grid.spacing_mm)
+        )
+        self.scored_scans += 1
+        outputs = _model_outputs(scan_dir, record, members=self.options.members)
+        for model, (model_dir, model_lesions) in outputs.items():
+            try:
+                predicted = _spatial(read_nifti(model_dir.seg).array[0], len(grid.shape))
+            except MedresError as exc:
+                self.failed.append({"scan_id": scan_id, "error": f"{model}: {exc}"})
+                continue
+            probabilities = None
+            if model_dir.probabilities.is_file():
+                probabilities = read_nifti(model_dir.probabilities).array
+            for label_index in cfg.lesion_indices:
+                self._score_label(
+                    case_id,
+                    scan_id,
+                    model,
+                    cfg.labels[label_index],
+                    predicted == label_index,
+                    truth_map == label_index,
+                    scores=_scores(model_lesions, cfg.labels[label_index]),
+                    spacing_mm=grid.spacing_mm,
+                    probability=None
+                    if probabilities is None
+                    else _spatial(
+                        probabilities[min(label_index - 1, probabilities.shape[0] - 1)],
+                        len(grid.shape),
+                    ),
+                )
+
+    def _score_label(
+        self,
+        case_id: str,
+        scan_id: str,
+        model: str,
+        label: str,
+        pred_mask: npt.NDArray[np.bool_],
+        true_mask: npt.NDArray[np.bool_],
+        *,
+        scores: dict[Any, float],
+        spacing_mm: tuple[float, ...],
+        probability: npt.NDArray[Any] | None,
+    ) -> None:
+        if label not in self.labels_seen:
+            self.labels_seen.append(label)
+        per_model = self.cases.setdefault(case_id, {})
+        stats = per_model.setdefault(model, {}).setdefault(label, _ModelCase())
+        stats.parts.append(overlap_stats(pred_mask, true_mask, spacing_mm=spacing_mm))
+        found = match_lesions(
+            pred_mask,
+            true_mask,
+            scores=scores,
+            spacing_mm=spacing_mm,
+            iou_threshold=self.options.iou_threshold,
+        )
+        stats.matches += found
+        stats.match_scans += [scan_id] * len(found)
+        stats.n_scans += 1
+        if probability is not None:
+            bins = self.calibration.setdefault(model, {}).setdefault(label, ReliabilityBins())
+            bins.add(probability, true_mask)
+
+
 def evaluate_predictions(
     predictions: str | Path,
     truth: str | Path,
@@ -181,14 +308,11 @@ def evaluate_predictions(
         EvaluationError: Not a predict folder, unusable truth source, nothing to score.
     """
     options = options or EvaluateOptions()
-    if options.group_by not in ("scan", "folder"):
-        raise EvaluationError(f"group_by {options.group_by!r}: use scan or folder")
     start = time.perf_counter()
     predictions = Path(predictions)
     run_folder = RunFolder(predictions)
     out_dir = Path(out) if out is not None else run_folder.evaluation_dir
     configs, run = _read_run(run_folder)
-    default_cfg = next(iter(configs.values()))
     index = TruthIndex(
         truth,
         truth_name=options.truth_name,
@@ -203,78 +327,14 @@ def evaluate_predictions(
     ]
     if not scan_dirs:
         raise EvaluationError(f"{predictions}: no predicted scan (no scan folder with a record)")
-    # case -> model -> label -> statistics
-    cases: dict[str, dict[str, dict[str, _ModelCase]]] = {}
-    calibration: dict[str, dict[str, ReliabilityBins]] = {}
-    failed: list[dict[str, str]] = []
-    without_truth: list[str] = []
-    scored_scans = 0
-    labels_seen: list[str] = []
-    spacing_of_case: dict[str, float] = {}
+    scoring = _Scoring(options=options, configs=configs, index=index)
     for done, scan_dir in enumerate(scan_dirs):
-        try:
-            report = ScanRecord.read(scan_dir)
-        except MedresError as exc:
-            failed.append({"scan_id": scan_dir.scan_id, "error": str(exc)})
-            continue
-        scan_id = report.scan_id
         if on_progress is not None:
-            on_progress(done, len(scan_dirs), scan_id)
-        source = report.source.files[0] if report.source.files else scan_id
-        case_id = scan_id
-        if options.group_by == "folder":
-            folder = Path(source).parent
-            case_id = str(folder) if str(folder) not in ("", ".") else scan_id
-        pipelines = report.ensemble.pipelines
-        cfg = configs.get(pipelines[0], default_cfg) if pipelines else default_cfg
-        shape = report.grid.shape
-        affine = report.grid.affine_ras
-        spacing = report.grid.spacing_mm
-        if options.skip_missing_truth and not index.has(scan_id):
-            without_truth.append(scan_id)
-            continue
-        try:
-            truth_map = read_truth(
-                index.find(scan_id), scan_id=scan_id, shape=shape, affine=affine, cfg=cfg
-            )
-        except EvaluationError as exc:
-            failed.append({"scan_id": scan_id, "error": str(exc)})
-            continue
-        spacing_of_case[case_id] = max(spacing_of_case.get(case_id, 0.0), max(spacing))
-        scored_scans += 1
-        per_model = cases.setdefault(case_id, {})
-        outputs = _model_outputs(scan_dir, report, members=options.members)
-        for model, (model_dir, model_lesions) in outputs.items():
-            try:
-                predicted = _spatial(read_nifti(model_dir.seg).array[0], len(shape))
-            except MedresError as exc:
-                failed.append({"scan_id": scan_id, "error": f"{model}: {exc}"})
-                continue
-            probabilities = None
-            if model_dir.probabilities.is_file():
-                probabilities = read_nifti(model_dir.probabilities).array
-            for label_index in cfg.lesion_indices:
-                name = cfg.labels[label_index]
-                if name not in labels_seen:
-                    labels_seen.append(name)
-                pred_mask = predicted == label_index
-                true_mask = truth_map == label_index
-                stats = per_model.setdefault(model, {}).setdefault(name, _ModelCase())
-                stats.parts.append(overlap_stats(pred_mask, true_mask, spacing_mm=spacing))
-                found = match_lesions(
-                    pred_mask,
-                    true_mask,
-                    scores=_scores(model_lesions, name),
-                    spacing_mm=spacing,
-                    iou_threshold=options.iou_threshold,
-                )
-                stats.matches += found
-                stats.match_scans += [scan_id] * len(found)
-                stats.n_scans += 1
-                if probabilities is not None:
-                    channel = probabilities[min(label_index - 1, probabilities.shape[0] - 1)]
-                    bins = calibration.setdefault(model, {}).setdefault(name, ReliabilityBins())
-                    bins.add(_spatial(channel, len(shape)), true_mask)
+            on_progress(done, len(scan_dirs), scan_dir.scan_id)
+        scoring.add_scan(scan_dir)
+    cases, calibration, failed = scoring.cases, scoring.calibration, scoring.failed
+    labels_seen, spacing_of_case = scoring.labels_seen, scoring.spacing_of_case
+    scored_scans, without_truth = scoring.scored_scans, scoring.without_truth
     if not cases:
         raise EvaluationError(
             f"{predictions}: no scan could be scored; first problem: "
