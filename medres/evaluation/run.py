@@ -55,7 +55,7 @@ from medres.evaluation.segmentation import (
     pool_stats,
     segmentation_metrics,
 )
-from medres.evaluation.statistics import describe, paired_comparison
+from medres.evaluation.statistics import bootstrap_cases_ci, describe, paired_comparison
 from medres.evaluation.truth import TruthIndex, read_truth
 from medres.io.atomic import write_text_atomic
 from medres.io.nifti import read_nifti
@@ -425,19 +425,16 @@ def _detection_figures(
 
 
 def _detection_ci(
-    per_case: Sequence[Sequence[LesionMatch]], *, n_resamples: int = 1000, seed: int = 0
+    per_case: Sequence[Sequence[LesionMatch]], *, seed: int = 0
 ) -> dict[str, tuple[float, float]]:
     """Bootstrap (over cases) intervals of the pooled detection figures."""
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {k: [] for k in DETECTION_METRICS}
-    n = len(per_case)
-    for _ in range(n_resamples):
-        sample = [per_case[i] for i in rng.integers(0, n, size=n)]
-        for key, value in _detection_figures(sample).items():
-            draws[key].append(value)
-    return {
-        k: (float(np.quantile(v, 0.025)), float(np.quantile(v, 0.975))) for k, v in draws.items()
-    }
+
+    def figures(indices: npt.NDArray[np.intp]) -> list[float]:
+        found = _detection_figures([per_case[i] for i in indices])
+        return [found[k] for k in DETECTION_METRICS]
+
+    intervals = bootstrap_cases_ci(len(per_case), figures, seed=seed)
+    return dict(zip(DETECTION_METRICS, intervals, strict=True))
 
 
 def _summarise(

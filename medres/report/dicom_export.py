@@ -149,6 +149,42 @@ def write_seg(
     return seg
 
 
+def _measurements(lesion: LesionRecord) -> list[Any]:
+    """The TID 1500 measurements of one lesion: volume (or area), long axis, probability."""
+    import highdicom as hd
+    from highdicom.sr.coding import CodedConcept
+
+    if lesion.volume_ml is not None:
+        size = hd.sr.Measurement(
+            name=CodedConcept("118565006", "SCT", "Volume"),
+            value=float(lesion.volume_ml),
+            unit=CodedConcept("ml", "UCUM", "milliliter"),
+        )
+    else:  # a lesion of a single-slice scan has an area, not a volume
+        size = hd.sr.Measurement(
+            name=CodedConcept("42798000", "SCT", "Area"),
+            value=float(lesion.area_mm2 or 0.0),
+            unit=CodedConcept("mm2", "UCUM", "square millimeter"),
+        )
+    measurements = [
+        size,
+        hd.sr.Measurement(
+            name=CodedConcept("103339001", "SCT", "Long axis"),
+            value=float(lesion.longest_axial_diameter_mm),
+            unit=CodedConcept("mm", "UCUM", "millimeter"),
+        ),
+    ]
+    if lesion.max_probability is not None:
+        measurements.append(
+            hd.sr.Measurement(
+                name=CodedConcept("113011", "DCM", "Probability"),
+                value=float(lesion.max_probability),
+                unit=CodedConcept("1", "UCUM", "no units"),
+            )
+        )
+    return measurements
+
+
 def write_sr(
     path: Path,
     seg: Any,
@@ -180,34 +216,7 @@ def write_sr(
     groups = []
     for lesion in lesions:
         label_index = label_names.index(lesion.label)
-        if lesion.volume_ml is not None:
-            size = hd.sr.Measurement(
-                name=CodedConcept("118565006", "SCT", "Volume"),
-                value=float(lesion.volume_ml),
-                unit=CodedConcept("ml", "UCUM", "milliliter"),
-            )
-        else:  # a lesion of a single-slice scan has an area, not a volume
-            size = hd.sr.Measurement(
-                name=CodedConcept("42798000", "SCT", "Area"),
-                value=float(lesion.area_mm2 or 0.0),
-                unit=CodedConcept("mm2", "UCUM", "square millimeter"),
-            )
-        measurements = [
-            size,
-            hd.sr.Measurement(
-                name=CodedConcept("103339001", "SCT", "Long axis"),
-                value=float(lesion.longest_axial_diameter_mm),
-                unit=CodedConcept("mm", "UCUM", "millimeter"),
-            ),
-        ]
-        if lesion.max_probability is not None:
-            measurements.append(
-                hd.sr.Measurement(
-                    name=CodedConcept("113011", "DCM", "Probability"),
-                    value=float(lesion.max_probability),
-                    unit=CodedConcept("1", "UCUM", "no units"),
-                )
-            )
+        measurements = _measurements(lesion)
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
