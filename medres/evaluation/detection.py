@@ -79,16 +79,27 @@ class LesionMatch:
     true_diameter_mm: float | None
 
 
-def _components(mask: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.integer], list[int]]:
-    """Components relabelled 1..n by decreasing size (ties: first voxel order)."""
+def _components(
+    mask: npt.NDArray[np.bool_],
+) -> tuple[npt.NDArray[np.integer], list[int], list[tuple[slice, ...]]]:
+    """Components relabelled 1..n by decreasing size (ties: first voxel order).
+
+    Returns:
+        ``(labels, sizes, boxes)``: the relabelled map, and the voxel count and bounding box
+        (one slice per axis) of components 1..n, in that order.
+    """
+    import cc3d
+
     labels, count = label_components(mask)
     if count == 0:
-        return labels, []
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        return labels, [], []
+    stats = cc3d.statistics(labels)  # index = component: voxel counts and bounding boxes
+    sizes = np.asarray(stats["voxel_counts"][1:], dtype=np.int64)
     order = np.argsort(-sizes, kind="stable") + 1
     remap = np.zeros(count + 1, dtype=np.int64)
     remap[order] = np.arange(1, count + 1)
-    return remap[labels], [int(sizes[o - 1]) for o in order]
+    boxes = [stats["bounding_boxes"][o] for o in order]
+    return remap[labels], [int(sizes[o - 1]) for o in order], boxes
 
 
 def equivalent_diameter_mm(size: float, ndim: int) -> float:
@@ -104,16 +115,22 @@ def match_lesions(
     *,
     scores: Mapping[LesionKey, float] | None = None,
     spacing_mm: Sequence[float],
+    voxel_measure: float | None = None,
     iou_threshold: float = 0.1,
 ) -> list[LesionMatch]:
     """Match the lesions of one predicted and one true binary mask.
 
     Args:
-        predicted: Predicted lesion mask (non-zero = lesion).
+        predicted: Predicted lesion mask ``(x, y[, z])`` (non-zero = lesion).
         truth: True lesion mask, same grid.
         scores: Score per predicted lesion, keyed by :func:`lesion_key` (voxel count and
             bounding box, as ``lesions.json`` gives them); 1.0 when missing.
-        spacing_mm: Voxel size (mm) for the lesion sizes.
+        spacing_mm: Voxel step along each axis (mm); gives the voxel size when
+            ``voxel_measure`` is not given.
+        voxel_measure: Size of one voxel: mm^3 for 3D masks, mm^2 for 2D masks, as
+            :attr:`medres.io.grid.Grid.voxel_measure` gives it (``|det|`` of the affine, the
+            voxel volume ``lesions.json`` uses, right on sheared gantry-tilt grids too).
+            Default: the product of ``spacing_mm``, right only for orthogonal axes.
         iou_threshold: Smallest IoU that counts as a detection.
 
     Returns:
@@ -122,13 +139,13 @@ def match_lesions(
     pred_mask = np.asarray(predicted) != 0
     true_mask = np.asarray(truth) != 0
     ndim = pred_mask.ndim
-    voxel = float(np.prod(spacing_mm[:ndim])) / (1000.0 if ndim == 3 else 1.0)
-    pred_labels, pred_sizes = _components(pred_mask)
-    true_labels, true_sizes = _components(true_mask)
+    if voxel_measure is not None and not 0.0 < voxel_measure < float("inf"):
+        raise ValueError(f"voxel_measure must be a positive size (mm^3, mm^2): {voxel_measure}")
+    measure = float(np.prod(spacing_mm[:ndim])) if voxel_measure is None else voxel_measure
+    voxel = measure / (1000.0 if ndim == 3 else 1.0)
+    pred_labels, pred_sizes, boxes = _components(pred_mask)
+    true_labels, true_sizes, _ = _components(true_mask)
     lookup = scores or {}
-    from scipy import ndimage
-
-    boxes = ndimage.find_objects(pred_labels)
     scores_by_id = {
         p: float(lookup.get(lesion_key(pred_sizes[p - 1], boxes[p - 1]), 1.0))
         for p in range(1, len(pred_sizes) + 1)

@@ -84,13 +84,20 @@ def overlap_stats(
     truth: npt.NDArray[np.bool_],
     *,
     spacing_mm: Sequence[float],
+    voxel_measure: float | None = None,
 ) -> OverlapStats:
     """Counts and surface distances of one binary mask pair on one grid.
 
     Args:
         predicted: Predicted mask ``(x, y[, z])``.
         truth: True mask, same shape.
-        spacing_mm: Voxel size along each axis (mm).
+        spacing_mm: Voxel step along each axis (mm), for the surface distances; also the
+            voxel size when ``voxel_measure`` is not given.
+        voxel_measure: Size of one voxel for the volumes: mm^3 for 3D masks, mm^2 for 2D
+            masks, as :attr:`medres.io.grid.Grid.voxel_measure` gives it (``|det|`` of the
+            affine, the voxel volume ``lesions.json`` uses, right on sheared gantry-tilt
+            grids too). Default: the product of ``spacing_mm``, right only for orthogonal
+            axes.
     """
     import warnings
 
@@ -102,7 +109,9 @@ def overlap_stats(
     if predicted.shape != truth.shape:
         raise ValueError(f"mask shapes differ: {predicted.shape} vs {truth.shape}")
     spacing = tuple(float(s) for s in spacing_mm[: predicted.ndim])
-    voxel = float(np.prod(spacing))
+    if voxel_measure is not None and not 0.0 < voxel_measure < float("inf"):
+        raise ValueError(f"voxel_measure must be a positive size (mm^3, mm^2): {voxel_measure}")
+    voxel = float(np.prod(spacing)) if voxel_measure is None else float(voxel_measure)
     unit = 1000.0 if predicted.ndim == 3 else 1.0  # ml in 3D, mm^2 in 2D
     tp = int(np.count_nonzero(predicted & truth))
     n_pred = int(np.count_nonzero(predicted))

@@ -27,13 +27,11 @@ import numpy.typing as npt
 
 from medres.errors import EvaluationError, MedresError
 from medres.io.discover import iter_files
+from medres.io.grid import GRID_TOLERANCE_MM, Grid, squeeze_single_slice_array
 from medres.io.images2d import is_image2d_path, read_mask2d
 from medres.io.nifti import is_nifti_path, nifti_stem, read_nifti
 from medres.io.volume import Volume
 from medres.pipeline import PipelineConfig
-
-#: Largest affine difference (mm) for truth and prediction to count as one grid.
-AFFINE_TOL_MM = 1e-3
 
 
 class TruthIndex:
@@ -140,6 +138,17 @@ def read_truth(
 ) -> npt.NDArray[np.uint8]:
     """The truth label map of one scan, in the pipeline's label indices, on its grid.
 
+    Args:
+        path: The truth file (NIfTI or 2D mask).
+        scan_id: The scan, for messages.
+        shape: Spatial shape ``(x, y[, z])`` of the prediction.
+        affine: 4x4 voxel -> RAS+ mm affine of the prediction.
+        cfg: The pipeline (label indices and ``label_map``).
+
+    A single-slice truth ``(x, y, 1)`` of a 2D prediction is read as 2D. Truth and
+    prediction are one grid when every voxel corner lies within
+    :data:`~medres.io.grid.GRID_TOLERANCE_MM` (see :meth:`~medres.io.grid.Grid.same_grid`).
+
     Raises:
         EvaluationError: Unreadable file, other shape or affine than the prediction, or
             label values the pipeline does not know.
@@ -157,18 +166,19 @@ def read_truth(
             truth_affine = volume.affine
     except MedresError as exc:
         raise EvaluationError(f"{scan_id}: cannot read its truth: {exc}") from None
-    if array.ndim == 3 and len(shape) == 2 and array.shape[2] == 1:
-        array = array[..., 0]
+    if len(shape) == 2:
+        array = squeeze_single_slice_array(array)
     if tuple(array.shape) != tuple(shape):
         raise EvaluationError(
             f"{scan_id}: truth {path.name} is {tuple(array.shape)} but the prediction is "
             f"{tuple(shape)}: not the same grid"
         )
-    diff = float(np.abs(np.asarray(truth_affine) - np.asarray(affine)).max())
-    if diff > AFFINE_TOL_MM:
+    truth_grid, grid = Grid(array.shape, truth_affine), Grid(tuple(shape), affine)
+    if not truth_grid.same_grid(grid):
         raise EvaluationError(
-            f"{scan_id}: truth {path.name} has another affine than the scan (up to "
-            f"{diff:.3f} mm apart): not the same grid"
+            f"{scan_id}: truth {path.name} has another affine than the scan (voxel corners "
+            f"up to {truth_grid.corner_distance_mm(grid):.3f} mm apart, "
+            f"{GRID_TOLERANCE_MM} mm allowed): not the same grid"
         )
     try:
         return map_labels(array, cfg, source=str(path))
@@ -176,4 +186,4 @@ def read_truth(
         raise EvaluationError(f"{scan_id}: {exc}") from None
 
 
-__all__ = ["AFFINE_TOL_MM", "TruthIndex", "read_truth"]
+__all__ = ["TruthIndex", "read_truth"]

@@ -32,7 +32,8 @@ import numpy.typing as npt
 
 from medres.errors import LoadError, NiftiError
 from medres.io.discover import DiscoveryResult, ScanRef, SkippedFile, safe_name
-from medres.io.load import AFFINE_TOL_MM, load_scan
+from medres.io.grid import GRID_TOLERANCE_MM, Grid
+from medres.io.load import load_scan
 from medres.io.nifti import nifti_stem, read_nifti_grid
 from medres.io.volume import ScanKind, Volume
 
@@ -91,7 +92,10 @@ def header_grid(path: str) -> tuple[tuple[int, ...], npt.NDArray[np.float64]] | 
 
 
 def _same_header_grid(refs: Sequence[ScanRef]) -> str | None:
-    """None when every file's header shows the first file's grid, else why not."""
+    """None when every file's header shows the first file's grid, else why not.
+
+    One grid: same shape, every voxel corner within :data:`GRID_TOLERANCE_MM` (RAS mm).
+    """
     first = header_grid(refs[0].paths[0])
     if first is None:
         return f"the header of {Path(refs[0].paths[0]).name} cannot be read"
@@ -101,7 +105,7 @@ def _same_header_grid(refs: Sequence[ScanRef]) -> str | None:
             return f"the header of {Path(ref.paths[0]).name} cannot be read"
         if other[0] != first[0]:
             return f"{Path(ref.paths[0]).name} has shape {other[0]}, not {first[0]}"
-        if float(np.abs(other[1] - first[1]).max()) > AFFINE_TOL_MM:
+        if not Grid(*other).same_grid(Grid(*first)):
             return f"{Path(ref.paths[0]).name} lies on another grid (affine)"
     return None
 
@@ -242,6 +246,8 @@ def assemble_inputs(
 def load_input(item: ScanInput) -> Volume:
     """Read an input's pixels; channel files are stacked (same grid required).
 
+    Same grid: same shape, every voxel corner within :data:`GRID_TOLERANCE_MM` (RAS mm).
+
     Raises:
         LoadError: A file cannot be read, or the channel files lie on different grids.
     """
@@ -249,17 +255,19 @@ def load_input(item: ScanInput) -> Volume:
     if len(volumes) == 1:
         return volumes[0]
     first = volumes[0]
+    first_grid = Grid.of(first)
     for ref, volume in zip(item.refs[1:], volumes[1:], strict=True):
         if volume.spatial_shape != first.spatial_shape:
             raise LoadError(
                 f"{ref.paths[0]}: channel shape {volume.spatial_shape} differs from "
                 f"{item.refs[0].paths[0]} {first.spatial_shape}"
             )
-        diff = float(np.abs(volume.affine - first.affine).max())
-        if diff > AFFINE_TOL_MM:
+        grid = Grid.of(volume)
+        if not grid.same_grid(first_grid):
             raise LoadError(
                 f"{ref.paths[0]}: channel affine differs from {item.refs[0].paths[0]}'s by "
-                f"{diff:.3f} mm; the channel files must share one grid"
+                f"up to {grid.corner_distance_mm(first_grid):.3f} mm (voxel corners; "
+                f"{GRID_TOLERANCE_MM} mm allowed); the channel files must share one grid"
             )
     array = np.concatenate([v.array.astype(np.float32, copy=False) for v in volumes], axis=0)
     return first.with_array(array)

@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medres.inference.postprocess import label_components, occupied_box
+from medres.io.grid import Grid
 
 
 @dataclass(frozen=True)
@@ -141,19 +142,23 @@ def find_lesions(
 
     Returns:
         Lesions ordered by decreasing size, ids 1..N. Components are face-connected.
+        Sizes use the grid's voxel volume (``|det|`` of the affine, right for sheared
+        gantry-tilt grids) or pixel area: :attr:`medres.io.grid.Grid.voxel_measure`.
+
+    Raises:
+        ValueError: ``labels`` is not 2D or 3D, or ``affine`` is not a valid grid affine
+            (see :class:`~medres.io.grid.Grid`).
     """
-    from scipy import ndimage
+    import cc3d
 
     labels = np.asarray(labels)
-    affine = np.asarray(affine, dtype=np.float64)
     ndim = labels.ndim
     if ndim not in (2, 3):
         raise ValueError(f"labels must be 2D or 3D, got shape {labels.shape}")
+    grid = Grid(labels.shape, affine)
+    affine = grid.affine
     columns = affine[:3, :ndim]
-    if ndim == 3:
-        voxel_size = float(abs(np.linalg.det(affine[:3, :3])))
-    else:
-        voxel_size = float(np.linalg.norm(np.cross(columns[:, 0], columns[:, 1])))
+    voxel_size = grid.voxel_measure  # |det A| in 3D (right for sheared grids), pixel area in 2D
     region = occupied_box(labels == label_index)
     if region is None:
         return []
@@ -166,8 +171,9 @@ def find_lesions(
         member_hits = np.asarray(member_hits)[region]
     if uncertainty is not None:
         uncertainty = np.asarray(uncertainty)[region]
-    sizes = np.bincount(components.ravel())[1:]
-    objects = ndimage.find_objects(components)
+    stats = cc3d.statistics(components)  # voxel counts and boxes, index = component
+    sizes = np.asarray(stats["voxel_counts"][1:], dtype=np.int64)
+    objects = stats["bounding_boxes"][1:]
     axis = slice_axis(affine, ndim)
     lesions: list[Lesion] = []
     order = np.argsort(-sizes, kind="stable")
@@ -180,8 +186,8 @@ def find_lesions(
         local = components[box] == component
         offset = np.array([s.start for s in box]) + origin
         ijk = np.argwhere(local) + offset
-        center = ijk.mean(axis=0)
-        world = affine[:3, :ndim] @ center + affine[:3, 3]
+        center = ijk.mean(axis=0)  # exact mean of the voxel indices (``ijk`` is needed below)
+        world = grid.voxel_to_world(center)
         if axis is None:
             diameter = _in_plane_diameter(ijk, columns)
             best_slice = None

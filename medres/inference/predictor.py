@@ -42,6 +42,7 @@ from medres.errors import ConfigError, ModelError
 from medres.inference.postprocess import remove_small_lesions
 from medres.inference.resample import resample_to_grid
 from medres.inference.sliding import predict_logits
+from medres.io.grid import squeeze_single_slice_shape
 from medres.io.volume import Volume
 from medres.models.folder import MemberInfo, ModelFolder
 from medres.pipeline import MAX_OVERLAP, EnsembleMode, PipelineConfig
@@ -231,9 +232,8 @@ class Ensemble:
     def input_problem(self, volume: Volume) -> str | None:
         """Why this ensemble cannot take ``volume`` (None when it can)."""
         dims = self.cfg.dims
-        ndim = volume.spatial_ndim
-        if dims == 2 and ndim == 3 and volume.spatial_shape[2] == 1:
-            ndim = 2
+        shape = volume.spatial_shape
+        ndim = len(squeeze_single_slice_shape(shape) if dims == 2 else shape)
         expected = len(self.cfg.channels)
         if ndim != dims or volume.n_channels != expected:
             return (

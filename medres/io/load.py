@@ -6,17 +6,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 from medres.errors import LoadError, MaskMismatchError, PixelDecodeError, UnsupportedDicomError
 from medres.io.dicom import load_dicom_series, one_line
 from medres.io.discover import ScanRef
+from medres.io.grid import GRID_TOLERANCE_MM, Grid
 from medres.io.images2d import read_image2d, read_mask2d
 from medres.io.nifti import read_nifti
 from medres.io.volume import ScanKind, Volume
-
-#: Largest affine difference (mm) for a mask to count as on its image's grid.
-AFFINE_TOL_MM = 1e-3
 
 
 def load_scan(ref: ScanRef, *, on_progress: Callable[[int, int], None] | None = None) -> Volume:
@@ -72,6 +68,9 @@ def _where(ref: ScanRef) -> str:
 def load_mask(ref: ScanRef, image: Volume) -> Volume | None:
     """Read the mask paired with ``ref`` (None when it has none) and check it fits ``image``.
 
+    The mask fits when it has the image's shape and every voxel corner lies within
+    :data:`~medres.io.grid.GRID_TOLERANCE_MM` of the image's (RAS mm).
+
     Raises:
         MaskMismatchError: The mask's shape or affine differs from the image's.
         LoadError: The mask file cannot be read.
@@ -86,10 +85,11 @@ def load_mask(ref: ScanRef, image: Volume) -> Volume | None:
             f"{ref.mask_path}: mask shape {mask.spatial_shape} differs from image shape "
             f"{image.spatial_shape}"
         )
-    diff = float(np.abs(mask.affine - image.affine).max())
-    if diff > AFFINE_TOL_MM:
+    mask_grid, image_grid = Grid.of(mask), Grid.of(image)
+    if not mask_grid.same_grid(image_grid):
+        diff = mask_grid.corner_distance_mm(image_grid)
         raise MaskMismatchError(
-            f"{ref.mask_path}: mask affine differs from its image's by up to {diff:.4f} mm; "
-            "the mask is not on the image grid"
+            f"{ref.mask_path}: mask affine differs from its image's by up to {diff:.4f} mm "
+            f"(voxel corners; {GRID_TOLERANCE_MM} mm allowed); the mask is not on the image grid"
         )
     return mask

@@ -11,6 +11,10 @@ Conventions (used throughout medres):
   third column is a unit step out of the image plane.
 * ``Volume.spacing_mm`` has one entry per spatial axis and equals the column norms of the
   affine.
+
+The geometry itself (voxel <-> world, voxel volume, same-grid checks, the single-slice
+rule) belongs to :class:`medres.io.grid.Grid`; ``voxel_to_world`` and ``world_to_voxel``
+are importable from here as before and are :mod:`medres.io.grid`'s functions.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from medres.types import AffineRAS, ChannelImage, Points
+from medres.io.grid import voxel_to_world as voxel_to_world
+from medres.io.grid import world_to_voxel as world_to_voxel
+from medres.types import AffineRAS, ChannelImage
 
 logger = logging.getLogger(__name__)
 
@@ -185,24 +191,6 @@ def orientation_codes(affine: AffineRAS) -> str:
 
     codes = nio.aff2axcodes(np.asarray(affine, dtype=np.float64))
     return "".join(c if c is not None else "?" for c in codes)
-
-
-def voxel_to_world(affine: AffineRAS, ijk: npt.ArrayLike) -> Points:
-    """Map voxel indices ``(N, 3)`` (or one ``(3,)``) to RAS+ millimetres.
-
-    Example:
-        >>> voxel_to_world(np.diag([2.0, 2.0, 2.0, 1.0]), [1, 2, 3]).tolist()
-        [2.0, 4.0, 6.0]
-    """
-    pts = np.asarray(ijk, dtype=np.float64)
-    return pts @ affine[:3, :3].T + affine[:3, 3]  # type: ignore[no-any-return]
-
-
-def world_to_voxel(affine: AffineRAS, xyz_ras_mm: npt.ArrayLike) -> Points:
-    """Map RAS+ millimetres ``(N, 3)`` (or one ``(3,)``) to (fractional) voxel indices."""
-    pts = np.asarray(xyz_ras_mm, dtype=np.float64)
-    inv = np.linalg.inv(affine)
-    return pts @ inv[:3, :3].T + inv[:3, 3]  # type: ignore[no-any-return]
 
 
 def affine_from_dicom(

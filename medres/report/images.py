@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from medres.io.grid import Grid, world_to_voxel
+
 #: Default CT window (soft tissue), HU.
 SOFT_TISSUE_WINDOW = (-160.0, 240.0)
 #: Outline colours per lesion label (bright), drawn over a dark line.
@@ -91,9 +93,14 @@ def to_ras(
 
 
 def ras_index(affine_ras: npt.NDArray[np.float64], world: Sequence[float]) -> list[int]:
-    """Voxel index (rounded) of a RAS mm point on a RAS-ordered grid."""
-    ijk = np.linalg.inv(affine_ras) @ np.array([*world, 1.0])
-    return [int(np.rint(v)) for v in ijk[:3]]
+    """Voxel index ``(i, j, k)`` (rounded) of a RAS+ mm point on a RAS-ordered grid.
+
+    Args:
+        affine_ras: 4x4 voxel -> RAS+ mm affine of the grid (from :func:`to_ras`).
+        world: The point ``(x, y, z)`` in RAS+ mm.
+    """
+    ijk = world_to_voxel(affine_ras, world)
+    return [int(v) for v in np.rint(ijk)]
 
 
 def orthogonal_views(
@@ -107,13 +114,14 @@ def orthogonal_views(
     """Axial, coronal and sagittal views of a 3D scan through a point (RAS mm).
 
     Args:
-        img: Windowed scan turned to the closest RAS axes (:func:`to_ras`).
+        img: Windowed scan turned to the closest RAS axes (:func:`to_ras`), ``(x, y, z)``.
         lab: Label map on the same RAS-ordered grid.
         ras_affine: Voxel -> RAS mm of that grid.
         center_ras_mm: Point the views go through (None: the centre of the scan).
         only: ``axial``, ``coronal`` or ``sagittal`` for a single view.
     """
-    spacing = np.linalg.norm(ras_affine[:3, :3], axis=0)
+    grid = Grid(img.shape, ras_affine)
+    spacing = grid.spacing_mm
     if center_ras_mm is None:
         index = [n // 2 for n in img.shape]
     else:
@@ -123,7 +131,7 @@ def orthogonal_views(
     views = []
     # in every plane: screen rows from the highest second axis down, screen columns from
     # the highest first axis down (patient right / anterior on the left)
-    x_mm, y_mm, z_mm = (ras_affine @ np.array([i, j, k, 1.0]))[:3]
+    x_mm, y_mm, z_mm = grid.voxel_to_world([i, j, k])
     planes = {
         "axial": (
             img[:, :, k],

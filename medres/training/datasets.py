@@ -32,6 +32,7 @@ import numpy as np
 
 from medres.errors import DatasetError, MedresError
 from medres.io.discover import iter_files
+from medres.io.grid import squeeze_single_slice_shape
 from medres.io.images2d import is_image2d_path
 from medres.io.nifti import is_nifti_path, nifti_stem
 from medres.pipeline import PipelineConfig
@@ -319,8 +320,7 @@ def check_cases(
             for path in case.image_paths:
                 shape, n = _header_shape(path)
                 channels += n
-            flat_2d = cfg.dims == 2 and len(shape) == 3 and shape[2] == 1
-            spatial = shape[:2] if flat_2d else shape
+            spatial = squeeze_single_slice_shape(shape) if cfg.dims == 2 else shape
             if len(spatial) != cfg.dims:
                 problems.append(
                     f"{case.image_paths[0]}: {len(spatial)}D image {shape} but the pipeline is "

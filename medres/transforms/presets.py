@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -34,6 +33,7 @@ import numpy.typing as npt
 from monai.transforms import Transform
 
 from medres.errors import DatasetError, LoadError, MedresError
+from medres.io.grid import GRID_TOLERANCE_MM, Grid, squeeze_single_slice_volume
 from medres.io.images2d import is_image2d_path, read_image2d, read_mask2d
 from medres.io.nifti import is_nifti_path, read_nifti
 from medres.io.volume import Volume
@@ -49,9 +49,8 @@ def fit_dims(volume: Volume, *, dims: int, source: str) -> Volume:
     Raises:
         LoadError: The scan has other spatial dimensions than the pipeline.
     """
-    if dims == 2 and volume.spatial_ndim == 3 and volume.spatial_shape[2] == 1:
-        # same pixels, one axis fewer (with_array keeps the spatial shape, so not that)
-        return dataclasses.replace(volume, array=volume.array[..., 0])
+    if dims == 2:
+        volume = squeeze_single_slice_volume(volume)
     if volume.spatial_ndim != dims:
         raise LoadError(
             f"{source}: {volume.spatial_ndim}D image {volume.spatial_shape} but the "
@@ -82,9 +81,7 @@ def read_channels(paths: Sequence[str | Path], *, dims: int) -> Volume:
         vol = fit_dims(vol, dims=dims, source=str(p))
         if volumes:
             first = volumes[0]
-            if vol.spatial_shape != first.spatial_shape or not np.allclose(
-                vol.affine, first.affine, atol=1e-3
-            ):
+            if not Grid.of(vol).same_grid(Grid.of(first)):
                 raise LoadError(
                     f"{p}: channel grid {vol.spatial_shape} differs from {paths[0]} "
                     f"{first.spatial_shape} (shape or affine)"
@@ -101,6 +98,10 @@ def read_channels(paths: Sequence[str | Path], *, dims: int) -> Volume:
 def read_label(path: str | Path, image: Volume) -> Volume:
     """Read a label mask for ``image`` (same grid required).
 
+    A single-slice label ``(x, y, 1)`` of a 2D image is read as 2D, like the image (see
+    :func:`fit_dims`). Grids match when every voxel corner lies within
+    :data:`~medres.io.grid.GRID_TOLERANCE_MM` (RAS mm).
+
     Raises:
         MaskMismatchError: Shape or affine differ from the image.
         LoadError: Unreadable file.
@@ -111,14 +112,19 @@ def read_label(path: str | Path, image: Volume) -> Volume:
     if is_image2d_path(p):
         return read_mask2d(p, like=image)
     label = read_nifti(p)
-    if image.spatial_ndim == 2 and label.spatial_ndim == 3 and label.spatial_shape[2] == 1:
-        label = label.with_array(label.array[..., 0])
+    if image.spatial_ndim == 2:
+        label = squeeze_single_slice_volume(label)
     if label.spatial_shape != image.spatial_shape:
         raise MaskMismatchError(
             f"{p}: label shape {label.spatial_shape} differs from its image {image.spatial_shape}"
         )
-    if not np.allclose(label.affine, image.affine, atol=1e-3):
-        raise MaskMismatchError(f"{p}: label affine differs from its image's (different grid)")
+    label_grid, image_grid = Grid.of(label), Grid.of(image)
+    if not label_grid.same_grid(image_grid):
+        raise MaskMismatchError(
+            f"{p}: label affine differs from its image's (different grid: voxel corners up to "
+            f"{label_grid.corner_distance_mm(image_grid):.3f} mm apart, more than "
+            f"{GRID_TOLERANCE_MM} mm)"
+        )
     return label
 
 

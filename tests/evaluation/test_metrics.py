@@ -204,3 +204,44 @@ def test_calibration_and_statistics() -> None:
     assert (d["mean"], d["median"], d["n"]) == (2.0, 2.0, 2)
     paired = paired_comparison([0.6, 0.7, 0.8, 0.5], [0.7, 0.8, 0.85, 0.7])
     assert paired["mean_difference"] == pytest.approx(-0.1125) and paired["ci_high"] < 0
+
+
+def _gantry_tilt_affine() -> np.ndarray:
+    """Sheared grid: each slice steps 2.5 mm up and 0.9 mm forward (a tilted gantry)."""
+    affine = np.eye(4)
+    affine[:3, :3] = [[0.8, 0.0, 0.0], [0.0, 0.8, 0.9], [0.0, 0.0, 2.5]]
+    affine[:3, 3] = [-20.0, 15.0, 40.0]
+    return affine
+
+
+def test_sheared_grid_sizes_agree_with_lesions_json() -> None:
+    """Bug: on a gantry-tilt grid, lesions.json (|det A|) and the evaluation (product of the
+    spacings) gave one lesion two volumes. With the grid's voxel volume they agree."""
+    from medres.inference.lesions import find_lesions
+    from medres.io.grid import Grid
+
+    shape = (17, 15, 9)
+    grid = Grid(shape, _gantry_tilt_affine())
+    assert grid.voxel_volume_mm3 == pytest.approx(1.6)
+    assert float(np.prod(grid.spacing_mm)) == pytest.approx(1.7005, abs=1e-4)  # 6% more
+    truth = _box(shape, (3, 2, 1), (9, 8, 6))  # 180 voxels
+    predicted = _box(shape, (4, 2, 1), (11, 8, 6))  # 210 voxels, 150 shared
+    (lesion,) = find_lesions(predicted.astype(np.uint8), affine=grid.affine)
+    assert lesion.volume_ml == pytest.approx(210 * 1.6 / 1000)
+
+    stats = overlap_stats(
+        predicted, truth, spacing_mm=grid.spacing_mm, voxel_measure=grid.voxel_measure
+    )
+    assert stats.predicted_size == pytest.approx(lesion.volume_ml, abs=1e-5)
+    assert stats.true_size == pytest.approx(180 * 1.6 / 1000)
+    metrics = segmentation_metrics(stats, tolerance_mm=1.0)
+    assert metrics["volume_error_abs"] == pytest.approx(30 * 1.6 / 1000)
+    (match,) = match_lesions(
+        predicted, truth, spacing_mm=grid.spacing_mm, voxel_measure=grid.voxel_measure
+    )
+    assert match.kind == "tp"
+    assert match.predicted_size == pytest.approx(lesion.volume_ml, abs=1e-5)
+    assert match.true_size == pytest.approx(180 * 1.6 / 1000)
+    # without the grid's voxel volume the old default (product of spacings) is kept
+    plain = overlap_stats(predicted, truth, spacing_mm=grid.spacing_mm)
+    assert plain.predicted_size == pytest.approx(210 * 1.7005 / 1000, abs=1e-5)

@@ -115,3 +115,53 @@ def test_cache_holds_the_preprocessed_scan(tmp_path: Path) -> None:
     sample = dataset[0]
     sample = sample[0] if isinstance(sample, list) else sample
     assert tuple(sample["image"].shape) == (1, 16, 12, 8)  # served from the cache
+
+
+BASE_2D = {
+    "name": "t2d",
+    "dims": 2,
+    "channels": ["flair"],
+    "labels": ["background", "lesion"],
+    "lesion_labels": ["lesion"],
+    "model": {"name": "res_unet"},
+    "preprocessing": {"intensity": {"kind": "zscore"}},
+    "training": {"patch_size": [16, 12]},
+}
+
+
+def _single_slice_case(tmp_path: Path, label_affine: np.ndarray) -> dict[str, object]:
+    """A 2D image stored as an ``(x, y, 1)`` NIfTI with its label, also ``(x, y, 1)``."""
+    affine = np.diag([0.8, 0.7, 3.0, 1.0])
+    affine[:3, 3] = [-10.0, 4.0, 25.0]
+    shape = (17, 15, 1)
+    x, y, _ = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    image = (x + 2.0 * y).astype(np.float32)
+    label = ((x > 10) & (y < 5)).astype(np.uint8)  # off-centre: a swapped axis would miss it
+    nib.save(nib.Nifti1Image(image, affine), str(tmp_path / "img.nii.gz"))
+    nib.save(nib.Nifti1Image(label, label_affine(affine)), str(tmp_path / "lab.nii.gz"))
+    return {"image": [str(tmp_path / "img.nii.gz")], "label": str(tmp_path / "lab.nii.gz")}
+
+
+def test_single_slice_label_of_a_2d_image_is_squeezed_like_the_image(tmp_path: Path) -> None:
+    """Bug: an ``(x, y, 1)`` NIfTI label of a 2D image ended in a raw ValueError."""
+    record = _single_slice_case(tmp_path, lambda affine: affine)
+    data = validation_transforms(parse_pipeline(BASE_2D))(dict(record))
+    assert tuple(data["image"].shape) == (1, 17, 15)
+    assert tuple(data["label"].shape) == (1, 17, 15)
+    label = np.asarray(data["label"][0])
+    assert label.sum() == 6 * 5 and label[11:, :5].all()
+
+
+def test_single_slice_label_on_another_grid_names_the_file(tmp_path: Path) -> None:
+    from medres.errors import MaskMismatchError
+    from medres.transforms.presets import read_channels, read_label
+
+    def shifted(affine: np.ndarray) -> np.ndarray:
+        moved = affine.copy()
+        moved[1, 3] += 0.5
+        return moved
+
+    record = _single_slice_case(tmp_path, shifted)
+    image = read_channels(record["image"], dims=2)  # type: ignore[arg-type]
+    with pytest.raises(MaskMismatchError, match=r"lab\.nii\.gz: label affine differs"):
+        read_label(record["label"], image)  # type: ignore[arg-type]
