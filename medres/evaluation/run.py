@@ -58,6 +58,7 @@ from medres.evaluation.segmentation import (
 from medres.evaluation.statistics import bootstrap_cases_ci, describe, paired_comparison
 from medres.evaluation.truth import TruthIndex, read_truth
 from medres.io.atomic import write_text_atomic
+from medres.io.grid import squeeze_single_slice_array
 from medres.io.nifti import read_nifti
 from medres.pipeline import PipelineConfig
 from medres.predictions.layout import MemberFolder, RunFolder, ScanFolder
@@ -170,7 +171,8 @@ def _scores(lesions: Sequence[LesionRecord], label: str) -> dict[Any, float]:
 
 
 def _spatial(array: npt.NDArray[Any], ndim: int) -> npt.NDArray[Any]:
-    return array[..., 0] if array.ndim == ndim + 1 and array.shape[-1] == 1 else array
+    """A 2D grid's map as stored in NIfTI, ``(x, y, 1)``, back to ``(x, y)``."""
+    return squeeze_single_slice_array(array) if ndim == 2 else array
 
 
 @dataclass
@@ -207,6 +209,7 @@ class _Scoring:
         default = next(iter(self.configs.values()))
         cfg = self.configs.get(pipelines[0], default) if pipelines else default
         grid = record.grid
+        voxel_measure = grid.grid.voxel_measure
         if self.options.skip_missing_truth and not self.index.has(scan_id):
             self.without_truth.append(scan_id)
             return
@@ -246,6 +249,7 @@ class _Scoring:
                     truth_map == label_index,
                     scores=_scores(model_lesions, cfg.labels[label_index]),
                     spacing_mm=grid.spacing_mm,
+                    voxel_measure=voxel_measure,
                     probability=None
                     if probabilities is None
                     else _spatial(
@@ -265,18 +269,22 @@ class _Scoring:
         *,
         scores: dict[Any, float],
         spacing_mm: tuple[float, ...],
+        voxel_measure: float,
         probability: npt.NDArray[Any] | None,
     ) -> None:
         if label not in self.labels_seen:
             self.labels_seen.append(label)
         per_model = self.cases.setdefault(case_id, {})
         stats = per_model.setdefault(model, {}).setdefault(label, _ModelCase())
-        stats.parts.append(overlap_stats(pred_mask, true_mask, spacing_mm=spacing_mm))
+        stats.parts.append(
+            overlap_stats(pred_mask, true_mask, spacing_mm=spacing_mm, voxel_measure=voxel_measure)
+        )
         found = match_lesions(
             pred_mask,
             true_mask,
             scores=scores,
             spacing_mm=spacing_mm,
+            voxel_measure=voxel_measure,
             iou_threshold=self.options.iou_threshold,
         )
         stats.matches += found

@@ -6,7 +6,7 @@ are cleaned one by one), so one setting means the same on any voxel spacing.
 Example:
     >>> import numpy as np
     >>> labels = np.zeros((10, 10), np.uint8); labels[1, 1] = 1; labels[4:8, 4:8] = 1
-    >>> int(remove_small_lesions(labels, spacing_mm=(1.0, 1.0), min_size=4.0,
+    >>> int(remove_small_lesions(labels, voxel_measure=1.0, min_size=4.0,
     ...                          lesion_indices=(1,)).sum())
     16
 """
@@ -67,7 +67,7 @@ def label_components(
 def remove_small_lesions(
     labels: npt.NDArray[np.integer],
     *,
-    spacing_mm: Sequence[float],
+    voxel_measure: float,
     min_size: float,
     lesion_indices: Sequence[int],
 ) -> npt.NDArray[np.uint8]:
@@ -75,8 +75,10 @@ def remove_small_lesions(
 
     Args:
         labels: Label map ``(x, y)`` or ``(x, y, z)``.
-        spacing_mm: Voxel size along each axis of ``labels``.
-        min_size: Smallest kept component: mm^2 for 2D maps, mm^3 for 3D maps.
+        voxel_measure: Size of one voxel: mm^3 for 3D maps, mm^2 for 2D maps
+            (:attr:`~medres.io.grid.Grid.voxel_measure`: |det| of the affine, right for
+            sheared gantry-tilt grids).
+        min_size: Smallest kept component, in the same unit.
         lesion_indices: Labels treated as lesions (others are left alone).
 
     Returns:
@@ -85,9 +87,9 @@ def remove_small_lesions(
     out = np.array(labels, dtype=np.uint8, copy=True)
     if min_size <= 0:
         return out
-    if len(spacing_mm) != out.ndim:
-        raise ValueError(f"spacing_mm has {len(spacing_mm)} values for a {out.ndim}D label map")
-    voxel = float(np.prod(spacing_mm))
+    if not voxel_measure > 0:
+        raise ValueError(f"voxel_measure must be positive, got {voxel_measure}")
+    voxel = float(voxel_measure)
     for label in lesion_indices:
         box = occupied_box(out == label)
         if box is None:

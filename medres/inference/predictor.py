@@ -42,7 +42,7 @@ from medres.errors import ConfigError, ModelError
 from medres.inference.postprocess import remove_small_lesions
 from medres.inference.resample import resample_to_grid
 from medres.inference.sliding import predict_logits
-from medres.io.grid import squeeze_single_slice_shape
+from medres.io.grid import Grid, squeeze_single_slice_shape
 from medres.io.volume import Volume
 from medres.models.folder import MemberInfo, ModelFolder
 from medres.pipeline import MAX_OVERLAP, EnsembleMode, PipelineConfig
@@ -422,7 +422,7 @@ class Ensemble:
         """Remove lesion components below the pipeline's minimum size."""
         return remove_small_lesions(
             labels,
-            spacing_mm=volume.spacing_mm[: labels.ndim],
+            voxel_measure=Grid(labels.shape, volume.affine).voxel_measure,
             min_size=self.cfg.postprocessing.min_lesion_size,
             lesion_indices=self.cfg.lesion_indices,
         )

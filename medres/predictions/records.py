@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from medres.errors import OutputError
 from medres.io.atomic import write_text_atomic
+from medres.io.grid import Grid
 from medres.predictions.layout import MemberFolder, RunFolder, ScanFolder
 from medres.types import StrEnum
 
@@ -170,6 +171,11 @@ class GridRecord(_Record):
     def affine_ras(self) -> npt.NDArray[np.float64]:
         """The affine as a 4x4 float64 array."""
         return np.asarray(self.affine, dtype=np.float64)
+
+    @property
+    def grid(self) -> Grid:
+        """The recorded grid as a :class:`~medres.io.grid.Grid` (voxel measure, mapping)."""
+        return Grid(self.shape, self.affine_ras)
 
 
 class EnsembleRecord(_Record):

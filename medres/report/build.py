@@ -27,6 +27,11 @@ from medres.inference.batch import AfterScanCallback, AfterScanResult, ScanPredi
 from medres.inference.predictor import Ensemble
 from medres.inference.writer import models_provenance
 from medres.io.atomic import write_bytes_atomic, write_text_atomic
+from medres.io.grid import (
+    is_single_slice,
+    squeeze_single_slice_array,
+    squeeze_single_slice_volume,
+)
 from medres.io.volume import ScanKind
 from medres.predictions.layout import RunFolder, ScanFolder
 from medres.predictions.records import ModelProvenance, read_summary
@@ -106,9 +111,10 @@ def report_scan(
     volume, folder, record = scan.volume, scan.folder, scan.record
     labels = scan.labels.reshape(volume.spatial_shape)
     image_volume, image_labels = volume, labels
-    if volume.spatial_ndim == 3 and volume.spatial_shape[2] == 1:
+    if is_single_slice(volume.spatial_shape):
         # a single-slice scan (one DICOM image): drawn as a 2D image; its SEG keeps 3D
-        image_volume, image_labels = replace(volume, array=volume.array[..., 0]), labels[..., 0]
+        image_volume = squeeze_single_slice_volume(volume)
+        image_labels = squeeze_single_slice_array(labels)
     result = ScanReport(scan_id=record.scan_id)
     images, orientation_note = key_images(image_volume, image_labels, record.lesions, scan.cfg)
     for name, png in images:

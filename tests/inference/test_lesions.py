@@ -89,3 +89,23 @@ def test_known_count_min_size_and_oblique_axis() -> None:
     # the slice axis follows the patient's superior-inferior direction, whatever the order
     sagittal = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1.0]])
     assert slice_axis(sagittal, 3) == 0 and slice_axis(oblique_affine((1, 1, 3)), 3) == 2
+
+
+def test_small_lesion_removal_measures_a_sheared_grid_by_its_determinant() -> None:
+    """Gantry tilt: the spacing product overstates the voxel (|det| is the true size)."""
+    from medres.inference.postprocess import remove_small_lesions
+    from medres.io.grid import Grid
+
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    affine[1, 2] = 1.5  # slice steps tilted: column norm 2.5 mm, |det| 2 mm^3
+    labels = np.zeros((9, 8, 7), np.uint8)
+    labels[2:4, 2:4, 2:4] = 1  # 8 voxels: 16 mm^3 by |det|, 20 mm^3 by the spacing product
+    grid = Grid(labels.shape, affine)
+    assert grid.voxel_measure == pytest.approx(2.0)
+    assert float(np.prod(grid.spacing_mm)) == pytest.approx(2.5)
+    kept = remove_small_lesions(
+        labels, voxel_measure=grid.voxel_measure, min_size=18.0, lesion_indices=(1,)
+    )
+    assert kept.sum() == 0  # 16 mm^3 < 18 mm^3, as find_lesions measures it
+    (lesion,) = find_lesions(labels, affine=affine)
+    assert lesion.volume_ml == pytest.approx(0.016)
