@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,9 +38,11 @@ import numpy as np
 import numpy.typing as npt
 
 from medres.errors import ConfigError, ModelError
+from medres.inference.accumulate import FolderSums, ScanGridSums
 from medres.inference.postprocess import remove_small_lesions
 from medres.inference.resample import resample_to_grid
 from medres.inference.sliding import predict_logits
+from medres.inference.tta import FlipTTA
 from medres.io.grid import Grid, squeeze_single_slice_shape
 from medres.io.volume import Volume
 from medres.models.folder import MemberInfo, ModelFolder
@@ -80,14 +81,6 @@ class EnsemblePrediction:
     affine: npt.NDArray[np.float64]
     member_probabilities: list[npt.NDArray[np.float16]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def _bits_dtype(n_members: int) -> type[np.unsignedinteger[Any]]:
-    if n_members <= 8:
-        return np.uint8
-    if n_members <= 16:
-        return np.uint16
-    return np.uint32
 
 
 def decide_labels(
@@ -159,6 +152,34 @@ def check_compatible(folders: Sequence[ModelFolder]) -> None:
                     f"{other.path}: cannot join an ensemble with {first.path}: {what} differ "
                     f"({right} vs {left})"
                 )
+
+
+@dataclass
+class _MemberMaps:
+    """Each member's own maps on the scan grid, kept only when needed (``keep``: asked for;
+    ``vote``: the ensemble votes with the members' label maps)."""
+
+    keep: bool
+    vote: bool
+    labels: list[npt.NDArray[np.uint8]] = field(default_factory=list)
+    probabilities: list[npt.NDArray[np.float16]] = field(default_factory=list)
+
+    def add(
+        self,
+        foreground: npt.NDArray[np.float32],
+        model_affine: npt.NDArray[np.float64],
+        volume: Volume,
+        threshold: float,
+    ) -> None:
+        """Map one member's probabilities onto the scan grid and decide its labels."""
+        if not (self.keep or self.vote):
+            return
+        native = resample_to_grid(
+            foreground, model_affine, volume.affine, volume.spatial_shape, dtype=np.float16
+        )
+        self.labels.append(decide_labels(native, threshold=threshold))
+        if self.keep:
+            self.probabilities.append(native)
 
 
 class Ensemble:
@@ -242,27 +263,65 @@ class Ensemble:
             )
         return None
 
-    def _member_probabilities(self, runner: _FolderRunner, net: Any, image: Any) -> Any:
-        import torch
-
+    def _tta(self, runner: _FolderRunner, net: Any) -> FlipTTA:
+        """The flip-TTA inference of one member (the model grid's sliding windows)."""
         cfg = runner.folder.pipeline
         tta = cfg.inference.tta if self.tta is None else self.tta
         overlap = cfg.inference.overlap if self.overlap is None else self.overlap
 
-        def run(x: Any) -> Any:
-            return torch.softmax(
-                predict_logits(net, x, cfg, device=self.device, overlap=overlap), 0
-            )
+        def infer(x: Any) -> Any:
+            return predict_logits(net, x, cfg, device=self.device, overlap=overlap)
 
-        probs = run(image)
-        if not tta or not cfg.augmentation.flip_axes:
-            return probs
         # mirror only along the axes the model saw mirrored in training
-        axes = [axis + 1 for axis in cfg.augmentation.flip_axes]
-        flips = [c for n in range(1, len(axes) + 1) for c in itertools.combinations(axes, n)]
-        for dims in flips:
-            probs += torch.flip(run(torch.flip(image, dims)), dims)
-        return probs / (len(flips) + 1)
+        return FlipTTA(infer, spatial_axes=cfg.augmentation.flip_axes if tta else ())
+
+    def _preprocess(
+        self, runner: _FolderRunner, volume: Volume, source: str
+    ) -> tuple[Any, npt.NDArray[np.float64]]:
+        """The image on the folder's model grid (float tensor) and that grid's affine.
+
+        Raises:
+            LoadError: Non-finite values after preprocessing.
+        """
+        import torch
+
+        from medres.errors import LoadError
+        from medres.transforms.presets import unwrap_transform_errors
+
+        cfg = runner.folder.pipeline
+        with unwrap_transform_errors():
+            data = runner.preprocess({"image": volume, "source": source})
+        image = data["image"]
+        model_affine = np.asarray(image.affine, dtype=np.float64)
+        if model_affine.shape != (4, 4):  # a 2D MetaTensor may carry a 3x3 affine
+            model_affine = _as_4x4(model_affine)
+        tensor = image.as_tensor().float()
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise LoadError(
+                f"{source}: {bad} of {tensor.numel()} values are NaN or infinite after "
+                f"{cfg.name}'s preprocessing; the scan's intensities are not usable"
+            )
+        return tensor, model_affine
+
+    def _member_foreground(
+        self, runner: _FolderRunner, member: MemberInfo, net: Any, tensor: Any, source: str
+    ) -> npt.NDArray[np.float32]:
+        """One member's foreground probabilities ``(C-1, ...)`` on the model grid.
+
+        Raises:
+            ModelError: The member gave NaN or infinite probabilities (damaged weights).
+        """
+        probs = self._tta(runner, net)(tensor)
+        foreground = probs[1:].cpu().numpy().astype(np.float32, copy=False)
+        if not np.isfinite(foreground).all():
+            bad = int((~np.isfinite(foreground)).sum())
+            raise ModelError(
+                f"{runner.folder.path / member.name}: the member gave {bad} NaN or "
+                f"infinite probabilities on {source}; its weights are damaged "
+                "(retrain it or restore the model folder)"
+            )
+        return foreground
 
     def predict(
         self,
@@ -274,6 +333,12 @@ class Ensemble:
     ) -> EnsemblePrediction:
         """Predict one scan with every member and map the result onto its grid.
 
+        Per folder: preprocess onto its model grid; per member: flip-TTA probabilities
+        (:class:`~medres.inference.tta.FlipTTA`) added to the folder's sums
+        (:class:`~medres.inference.accumulate.FolderSums`); then the sums are mapped onto
+        the scan grid (:class:`~medres.inference.accumulate.ScanGridSums`), where the mean
+        (or the members' vote) decides the label map.
+
         Args:
             volume: The scan (channel-first, RAS affine), as :func:`medres.io.load_scan`
                 returns it (channels stacked for multi-channel models).
@@ -284,139 +349,76 @@ class Ensemble:
         Raises:
             LoadError / DatasetError: The scan does not fit the models (dims, channels).
         """
-        import torch
-
         from medres.errors import LoadError
-        from medres.transforms.presets import fit_dims, unwrap_transform_errors
+        from medres.transforms.presets import fit_dims
 
         problem = self.input_problem(volume)
         if problem is not None:
             raise LoadError(f"{source}: {problem}")
         volume = fit_dims(volume, dims=self.cfg.dims, source=source)
-        shape = volume.spatial_shape
-        n_fg = len(self.labels) - 1
-        n_total = self.n_members
-        multi = len(self.runners) > 1
-        acc_dtype = np.float32 if multi else np.float16
-        mean = np.zeros((n_fg, *shape), dtype=acc_dtype)
-        spread = np.zeros((n_fg, *shape), dtype=acc_dtype)
-        bits_dtype = _bits_dtype(n_total)
-        hits = np.zeros((n_fg, *shape), dtype=bits_dtype)
-        need_members = keep_members or self.mode == EnsembleMode.VOTE
-        member_labels: list[npt.NDArray[np.uint8]] = []
-        member_probabilities: list[npt.NDArray[np.float16]] = []
+        stage = on_stage or (lambda _: None)
+        scan_sums = ScanGridSums(
+            volume.spatial_shape,
+            n_foreground=len(self.labels) - 1,
+            n_members=self.n_members,
+            several_folders=len(self.runners) > 1,
+        )
+        member_maps = _MemberMaps(keep=keep_members, vote=self.mode == EnsembleMode.VOTE)
         seconds = {"preprocess": 0.0, "inference": 0.0, "to_scan_grid": 0.0}
         bit = 0
         for runner in self.runners:
             cfg = runner.folder.pipeline
             start = time.perf_counter()
-            if on_stage is not None:
-                on_stage(f"preprocess ({cfg.name})")
-            with unwrap_transform_errors():
-                data = runner.preprocess({"image": volume, "source": source})
-            image = data["image"]
-            model_affine = np.asarray(image.affine, dtype=np.float64)
-            if model_affine.shape != (4, 4):  # a 2D MetaTensor may carry a 3x3 affine
-                model_affine = _as_4x4(model_affine)
-            tensor = image.as_tensor().float()
-            bad = int((~torch.isfinite(tensor)).sum())
-            if bad:
-                raise LoadError(
-                    f"{source}: {bad} of {tensor.numel()} values are NaN or infinite after "
-                    f"{cfg.name}'s preprocessing; the scan's intensities are not usable"
-                )
+            stage(f"preprocess ({cfg.name})")
+            tensor, model_affine = self._preprocess(runner, volume, source)
             seconds["preprocess"] += time.perf_counter() - start
-            total: npt.NDArray[np.float32] | None = None
-            squares: npt.NDArray[np.float32] | None = None
-            folder_bits: npt.NDArray[Any] | None = None
+            sums = FolderSums(bits=scan_sums.bits)
             for member, net in zip(runner.members, runner.networks, strict=True):
-                if on_stage is not None:
-                    on_stage(f"predict {cfg.name}/{member.name}")
+                stage(f"predict {cfg.name}/{member.name}")
                 start = time.perf_counter()
-                probs = self._member_probabilities(runner, net, tensor)
-                foreground = probs[1:].cpu().numpy().astype(np.float32, copy=False)
-                if not np.isfinite(foreground).all():
-                    bad = int((~np.isfinite(foreground)).sum())
-                    raise ModelError(
-                        f"{runner.folder.path / member.name}: the member gave {bad} NaN or "
-                        f"infinite probabilities on {source}; its weights are damaged "
-                        "(retrain it or restore the model folder)"
-                    )
+                foreground = self._member_foreground(runner, member, net, tensor, source)
                 own = decide_labels(foreground, threshold=cfg.inference.threshold)
-                del probs
                 seconds["inference"] += time.perf_counter() - start
                 start = time.perf_counter()
-                if total is None:
-                    total, squares = foreground.copy(), foreground**2
-                    folder_bits = np.zeros(foreground.shape, dtype=bits_dtype)
-                else:
-                    assert squares is not None
-                    total += foreground
-                    squares += foreground**2
-                assert folder_bits is not None
-                for index in range(n_fg):
-                    folder_bits[index][own == index + 1] |= bits_dtype(1 << bit)
-                if need_members:
-                    native = resample_to_grid(
-                        foreground, model_affine, volume.affine, shape, dtype=np.float16
-                    )
-                    member_labels.append(decide_labels(native, threshold=cfg.inference.threshold))
-                    if keep_members:
-                        member_probabilities.append(native)
-                    del native
+                sums.add(foreground, own, bit=bit)
+                member_maps.add(foreground, model_affine, volume, cfg.inference.threshold)
                 bit += 1
                 seconds["to_scan_grid"] += time.perf_counter() - start
-            assert total is not None and squares is not None and folder_bits is not None
             start = time.perf_counter()
-            count = len(runner.members)
-            if multi:  # accumulate sums on the scan grid; mean and spread at the end
-                mean += resample_to_grid(total, model_affine, volume.affine, shape)
-                spread += resample_to_grid(squares, model_affine, volume.affine, shape)
-            else:
-                folder_mean = total / count
-                folder_std = np.sqrt(np.maximum(squares / count - folder_mean**2, 0.0))
-                resample_to_grid(folder_mean, model_affine, volume.affine, shape, out=mean)
-                resample_to_grid(folder_std, model_affine, volume.affine, shape, out=spread)
-            hits |= resample_to_grid(
-                folder_bits, model_affine, volume.affine, shape, nearest=True, dtype=bits_dtype
-            )
+            scan_sums.add_folder(sums, model_affine=model_affine, scan_affine=volume.affine)
             seconds["to_scan_grid"] += time.perf_counter() - start
-            del total, squares, folder_bits, data, image, tensor
-            torch.cuda.empty_cache() if self.device.startswith("cuda") else None
+            del sums, tensor
+            self._release_device_memory()
         start = time.perf_counter()
-        if multi:
-            mean /= n_total
-            spread /= n_total
-            spread -= mean**2
-            np.sqrt(np.maximum(spread, 0.0, out=spread), out=spread)
-            mean16, spread16 = mean.astype(np.float16), spread.astype(np.float16)
-            del mean, spread
-        else:
-            mean16, spread16 = (
-                mean.astype(np.float16, copy=False),
-                spread.astype(np.float16, copy=False),
-            )
+        mean16, spread16 = scan_sums.finish()
+        hits = scan_sums.hits
+        del scan_sums
         if self.mode == EnsembleMode.VOTE:
-            labels = majority_vote(member_labels, len(self.labels))
+            label_map = majority_vote(member_maps.labels, len(self.labels))
         else:
-            labels = decide_labels(mean16, threshold=self.cfg.inference.threshold)
-        labels = self.postprocess(labels, volume)
-        if not keep_members:
-            member_labels = []
-        else:
-            member_labels = [self.postprocess(m, volume) for m in member_labels]
+            label_map = decide_labels(mean16, threshold=self.cfg.inference.threshold)
+        label_map = self.postprocess(label_map, volume)
+        member_labels = (
+            [self.postprocess(m, volume) for m in member_maps.labels] if keep_members else []
+        )
         seconds["to_scan_grid"] += time.perf_counter() - start
         return EnsemblePrediction(
-            labels=labels,
+            labels=label_map,
             probabilities=mean16,
             uncertainty=spread16,
             member_hits=hits,
             member_labels=member_labels,
             member_names=self.member_names,
-            member_probabilities=member_probabilities,
+            member_probabilities=member_maps.probabilities,
             affine=volume.affine.copy(),
             seconds=seconds,
         )
+
+    def _release_device_memory(self) -> None:
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
 
     def postprocess(self, labels: npt.NDArray[np.uint8], volume: Volume) -> npt.NDArray[np.uint8]:
         """Remove lesion components below the pipeline's minimum size."""

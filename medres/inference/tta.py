@@ -1,0 +1,60 @@
+"""Flip test-time augmentation around any network inference (MONAI's style: the
+wrapper takes the function that runs the network, and returns probabilities).
+
+:class:`FlipTTA` averages the softmax of the prediction of the image and of every
+combination of mirror images along the axes the model saw mirrored in training (each
+prediction flipped back first). With no axes it is the plain softmax.
+
+Example:
+    >>> import torch
+    >>> tta = FlipTTA(lambda x: torch.stack([x[0], -x[0]]), spatial_axes=(0,))
+    >>> tta(torch.zeros(1, 4, 3)).shape
+    torch.Size([2, 4, 3])
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+class FlipTTA:
+    """Mean probabilities over the image and its mirror images.
+
+    Args:
+        infer: Channel-first image ``(C, x, y[, z])`` -> logits ``(K, x, y[, z])`` on the
+            same grid (the sliding-window inference of one network).
+        spatial_axes: Spatial axes (0 = x) to mirror along; every non-empty combination
+            of them is one more prediction. Empty: no augmentation.
+    """
+
+    def __init__(
+        self, infer: Callable[[torch.Tensor], torch.Tensor], *, spatial_axes: Sequence[int] = ()
+    ) -> None:
+        self.infer = infer
+        axes = [axis + 1 for axis in spatial_axes]  # the tensors are channel-first
+        self.flips = [c for n in range(1, len(axes) + 1) for c in itertools.combinations(axes, n)]
+
+    def probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        """Softmax over the classes of one (unflipped) prediction."""
+        import torch
+
+        return torch.softmax(self.infer(image), 0)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """Probabilities ``(K, ...)`` averaged over the image and its flips."""
+        import torch
+
+        probs = self.probabilities(image)
+        if not self.flips:
+            return probs
+        for dims in self.flips:
+            probs += torch.flip(self.probabilities(torch.flip(image, dims)), dims)
+        return probs / (len(self.flips) + 1)
+
+
+__all__ = ["FlipTTA"]
