@@ -88,7 +88,7 @@ def run_medres(spec: dict[str, Any], n_members: int, out: Path) -> dict[str, Any
     volume = load_input(inputs[0])
     prediction = ensemble.predict(volume)
     lesions = _scan_lesions(ensemble, prediction)
-    write_nifti(out, prediction.labels, prediction.affine)
+    write_nifti(out, prediction.label_map, prediction.affine)
     seconds = time.perf_counter() - start
     _, peak = _memory()
     return {

@@ -128,14 +128,14 @@ class ScanPrediction:
     Attributes:
         folder: The scan's output folder (masks and an incomplete record written).
         volume: The scan as loaded for prediction (its own grid).
-        labels: The ensemble's label map on that grid (what ``seg.nii.gz`` holds).
+        label_map: The ensemble's label map on that grid (what ``seg.nii.gz`` holds).
         record: The scan's record (lesions, grid, source, models).
         cfg: The pipeline of the ensemble that predicted it.
     """
 
     folder: ScanFolder
     volume: Volume
-    labels: npt.NDArray[np.uint8]
+    label_map: npt.NDArray[np.uint8]
     record: ScanRecord
     cfg: PipelineConfig
 
@@ -406,7 +406,7 @@ class _ScanStep:
             record.write(folder)  # masks are kept if the report fails; not complete yet
             on_stage("report")
             report_start = time.perf_counter()
-            scan = ScanPrediction(folder, volume, prediction.labels, record, chosen.cfg)
+            scan = ScanPrediction(folder, volume, prediction.label_map, record, chosen.cfg)
             try:
                 extra = self.after_scan(scan)
             except Exception as exc:  # the masks stay; the scan is not complete

@@ -5,8 +5,8 @@ are cleaned one by one), so one setting means the same on any voxel spacing.
 
 Example:
     >>> import numpy as np
-    >>> labels = np.zeros((10, 10), np.uint8); labels[1, 1] = 1; labels[4:8, 4:8] = 1
-    >>> int(remove_small_lesions(labels, voxel_measure=1.0, min_size=4.0,
+    >>> label_map = np.zeros((10, 10), np.uint8); label_map[1, 1] = 1; label_map[4:8, 4:8] = 1
+    >>> int(remove_small_lesions(label_map, voxel_measure=1.0, min_size=4.0,
     ...                          lesion_indices=(1,)).sum())
     16
 """
@@ -65,7 +65,7 @@ def label_components(
 
 
 def remove_small_lesions(
-    labels: npt.NDArray[np.integer],
+    label_map: npt.NDArray[np.integer],
     *,
     voxel_measure: float,
     min_size: float,
@@ -74,7 +74,7 @@ def remove_small_lesions(
     """Set lesion components smaller than ``min_size`` to background.
 
     Args:
-        labels: Label map ``(x, y)`` or ``(x, y, z)``.
+        label_map: Label map ``(x, y)`` or ``(x, y, z)``.
         voxel_measure: Size of one voxel: mm^3 for 3D maps, mm^2 for 2D maps
             (:attr:`~medres.io.grid.Grid.voxel_measure`: |det| of the affine, right for
             sheared gantry-tilt grids).
@@ -84,7 +84,7 @@ def remove_small_lesions(
     Returns:
         A cleaned copy (uint8). Components are face-connected (6 in 3D, 4 in 2D).
     """
-    out = np.array(labels, dtype=np.uint8, copy=True)
+    out = np.array(label_map, dtype=np.uint8, copy=True)
     if min_size <= 0:
         return out
     if not voxel_measure > 0:

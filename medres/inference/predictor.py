@@ -24,7 +24,7 @@ task, against 8 per class per copy for float32 probability maps.
 Example:
     >>> ensemble = Ensemble([ModelFolder.open("models/demo_ct_3d")])  # doctest: +SKIP
     >>> result = ensemble.predict(read_nifti("sample_data/ct_phantom.nii.gz"))  # doctest: +SKIP
-    >>> result.labels.shape  # the scan's own (x, y, z)  # doctest: +SKIP
+    >>> result.label_map.shape  # the scan's own (x, y, z)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -57,14 +57,14 @@ class EnsemblePrediction:
     """An ensemble's prediction of one scan, on the scan's own grid.
 
     Attributes:
-        labels: Label map ``(x, y[, z])`` uint8, small lesions removed.
+        label_map: Label map ``(x, y[, z])`` uint8, small lesions removed.
         probabilities: ``(C-1, x, y[, z])`` float16: mean probability of labels 1..C-1
             (the background is what is left).
         uncertainty: ``(C-1, ...)`` float16: standard deviation of the members'
             probabilities (0 where they agree).
         member_hits: ``(C-1, ...)`` unsigned ints: bit ``m`` is set where member ``m``
             predicts that label (sampled nearest from the model grid).
-        member_labels: Each member's own label map (only when asked for, or voting).
+        member_label_maps: Each member's own label map (only with ``keep_members``).
         member_probabilities: Each member's ``(C-1, ...)`` float16 probabilities on the scan
             grid (only with ``keep_members``: 2 bytes per voxel and class per member).
         member_names: ``<pipeline>/<member>`` for each member, in bit order.
@@ -72,11 +72,11 @@ class EnsemblePrediction:
         seconds: Time per stage (``preprocess``, ``inference``, ``to_scan_grid``).
     """
 
-    labels: npt.NDArray[np.uint8]
+    label_map: npt.NDArray[np.uint8]
     probabilities: npt.NDArray[np.float16]
     uncertainty: npt.NDArray[np.float16]
     member_hits: npt.NDArray[np.unsignedinteger[Any]]
-    member_labels: list[npt.NDArray[np.uint8]]
+    member_label_maps: list[npt.NDArray[np.uint8]]
     member_names: list[str]
     affine: npt.NDArray[np.float64]
     member_probabilities: list[npt.NDArray[np.float16]] = field(default_factory=list)
@@ -95,29 +95,29 @@ def decide_labels(
         binary: npt.NDArray[np.uint8] = (foreground[0] > threshold).astype(np.uint8)
         return binary
     best = 1.0 - foreground.sum(0, dtype=np.float32)
-    labels = np.zeros(foreground.shape[1:], dtype=np.uint8)
+    label_map = np.zeros(foreground.shape[1:], dtype=np.uint8)
     for index in range(foreground.shape[0]):
         channel = foreground[index].astype(np.float32, copy=False)
         better = channel > best
-        labels[better] = index + 1
+        label_map[better] = index + 1
         np.maximum(best, channel, out=best)
-    return labels
+    return label_map
 
 
 def majority_vote(
-    member_labels: Sequence[npt.NDArray[np.uint8]], n_labels: int
+    member_label_maps: Sequence[npt.NDArray[np.uint8]], n_labels: int
 ) -> npt.NDArray[np.uint8]:
     """The label most members chose, per voxel; ties go to the lower label."""
-    counts = [np.zeros(member_labels[0].shape, dtype=np.uint8) for _ in range(n_labels)]
-    for labels in member_labels:
+    counts = [np.zeros(member_label_maps[0].shape, dtype=np.uint8) for _ in range(n_labels)]
+    for label_map in member_label_maps:
         for value in range(1, n_labels):
-            counts[value] += labels == value
-    background = np.full(member_labels[0].shape, len(member_labels), dtype=np.uint8)
+            counts[value] += label_map == value
+    background = np.full(member_label_maps[0].shape, len(member_label_maps), dtype=np.uint8)
     for value in range(1, n_labels):
         background -= counts[value]
     counts[0] = background
     best = counts[0].copy()
-    out = np.zeros(member_labels[0].shape, dtype=np.uint8)
+    out = np.zeros(member_label_maps[0].shape, dtype=np.uint8)
     for value in range(1, n_labels):
         better = counts[value] > best
         out[better] = value
@@ -161,7 +161,7 @@ class _MemberMaps:
 
     keep: bool
     vote: bool
-    labels: list[npt.NDArray[np.uint8]] = field(default_factory=list)
+    label_maps: list[npt.NDArray[np.uint8]] = field(default_factory=list)
     probabilities: list[npt.NDArray[np.float16]] = field(default_factory=list)
 
     def add(
@@ -177,7 +177,7 @@ class _MemberMaps:
         native = resample_to_grid(
             foreground, model_affine, volume.affine, volume.spatial_shape, dtype=np.float16
         )
-        self.labels.append(decide_labels(native, threshold=threshold))
+        self.label_maps.append(decide_labels(native, threshold=threshold))
         if self.keep:
             self.probabilities.append(native)
 
@@ -394,20 +394,20 @@ class Ensemble:
         hits = scan_sums.hits
         del scan_sums
         if self.mode == EnsembleMode.VOTE:
-            label_map = majority_vote(member_maps.labels, len(self.labels))
+            label_map = majority_vote(member_maps.label_maps, len(self.labels))
         else:
             label_map = decide_labels(mean16, threshold=self.cfg.inference.threshold)
         label_map = self.postprocess(label_map, volume)
-        member_labels = (
-            [self.postprocess(m, volume) for m in member_maps.labels] if keep_members else []
+        member_label_maps = (
+            [self.postprocess(m, volume) for m in member_maps.label_maps] if keep_members else []
         )
         seconds["to_scan_grid"] += time.perf_counter() - start
         return EnsemblePrediction(
-            labels=label_map,
+            label_map=label_map,
             probabilities=mean16,
             uncertainty=spread16,
             member_hits=hits,
-            member_labels=member_labels,
+            member_label_maps=member_label_maps,
             member_names=self.member_names,
             member_probabilities=member_maps.probabilities,
             affine=volume.affine.copy(),
@@ -420,11 +420,13 @@ class Ensemble:
 
             torch.cuda.empty_cache()
 
-    def postprocess(self, labels: npt.NDArray[np.uint8], volume: Volume) -> npt.NDArray[np.uint8]:
+    def postprocess(
+        self, label_map: npt.NDArray[np.uint8], volume: Volume
+    ) -> npt.NDArray[np.uint8]:
         """Remove lesion components below the pipeline's minimum size."""
         return remove_small_lesions(
-            labels,
-            voxel_measure=Grid(labels.shape, volume.affine).voxel_measure,
+            label_map,
+            voxel_measure=Grid(label_map.shape, volume.affine).voxel_measure,
             min_size=self.cfg.postprocessing.min_lesion_size,
             lesion_indices=self.cfg.lesion_indices,
         )

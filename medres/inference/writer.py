@@ -71,7 +71,7 @@ def scan_lesions(ensemble: Ensemble, prediction: EnsemblePrediction) -> list[Les
     lesions: list[Lesion] = []
     for index in ensemble.cfg.lesion_indices:
         lesions += find_lesions(
-            prediction.labels,
+            prediction.label_map,
             affine=prediction.affine,
             label_index=index,
             label_name=ensemble.labels[index],
@@ -111,23 +111,23 @@ def write_masks(
     """Write the label map, and the probabilities and each member's outputs when the
     prediction holds them; returns the written files relative to the scan folder."""
     affine = prediction.affine
-    write_bytes_atomic(folder.seg, nifti_bytes(prediction.labels, affine))
+    write_bytes_atomic(folder.seg, nifti_bytes(prediction.label_map, affine))
     written = [folder.seg]
     if save_probabilities:
         write_bytes_atomic(
             folder.probabilities, probability_nifti(prediction.probabilities, affine)
         )
         written.append(folder.probabilities)
-    for index, member_labels in enumerate(prediction.member_labels):
+    for index, member_map in enumerate(prediction.member_label_maps):
         name = prediction.member_names[index]
         member = folder.member(name)
         probabilities = prediction.member_probabilities[index]
-        write_bytes_atomic(member.seg, nifti_bytes(member_labels, affine))
+        write_bytes_atomic(member.seg, nifti_bytes(member_map, affine))
         written.append(member.seg)
         if save_probabilities:
             write_bytes_atomic(member.probabilities, probability_nifti(probabilities, affine))
             written.append(member.probabilities)
-        lesions = _member_lesions(ensemble, member_labels, probabilities, affine)
+        lesions = _member_lesions(ensemble, member_map, probabilities, affine)
         MemberLesionsRecord(
             member=name,
             n_lesions=len(lesions),
@@ -170,7 +170,7 @@ def scan_record(
     notes: Sequence[str],
 ) -> ScanRecord:
     """The scan's record, not yet complete (the batch completes it after the report)."""
-    ndim = prediction.labels.ndim
+    ndim = prediction.label_map.ndim
     three_d = ndim == 3
     return ScanRecord(
         medres_version=__version__,
@@ -178,7 +178,7 @@ def scan_record(
         fingerprint=fingerprint(ensemble, options, item.paths),
         source=_source_record(item, volume, root),
         grid=GridRecord(
-            shape=tuple(prediction.labels.shape),
+            shape=tuple(prediction.label_map.shape),
             spacing_mm=tuple(round(s, 5) for s in volume.spacing_mm[:ndim]),
             orientation=volume.orientation,
             affine=np.round(prediction.affine, 6).tolist(),

@@ -66,7 +66,7 @@ def _dicom_objects(scan: ScanPrediction, result: ScanReport) -> str:
     try:
         seg = write_seg(
             folder.seg_dcm,
-            scan.labels,
+            scan.label_map,
             source_paths=volume.source.paths,
             label_names=cfg.labels,
             lesion_indices=cfg.lesion_indices,
@@ -109,7 +109,7 @@ def report_scan(
     """
     start = time.perf_counter()
     volume, folder, record = scan.volume, scan.folder, scan.record
-    labels = scan.labels.reshape(volume.spatial_shape)
+    labels = scan.label_map.reshape(volume.spatial_shape)
     image_volume, image_labels = volume, labels
     if is_single_slice(volume.spatial_shape):
         # a single-slice scan (one DICOM image): drawn as a 2D image; its SEG keeps 3D
@@ -121,7 +121,7 @@ def report_scan(
         write_bytes_atomic(folder.overlay(name), png)
         result.files.append(folder.relative(folder.overlay(name)))
     if dicom:
-        dicom_note = _dicom_objects(replace(scan, labels=labels), result)
+        dicom_note = _dicom_objects(replace(scan, label_map=labels), result)
     else:
         result.dicom_export = "skipped: --no-dicom"
         dicom_note = f"DICOM SEG/SR {result.dicom_export}."

@@ -35,17 +35,17 @@ def test_demo_model_on_the_held_out_sample_phantom(demo_ensemble: Ensemble) -> N
     truth = read_nifti(SAMPLE_DATA / "ct_phantom_mask.nii.gz").array[0] > 0
     result = demo_ensemble.predict(image, keep_members=True)
     # resampled to 1.8 mm and reoriented to RAS for the network, mapped back
-    assert result.labels.shape == image.spatial_shape
+    assert result.label_map.shape == image.spatial_shape
     np.testing.assert_array_equal(result.affine, image.affine)
     assert result.probabilities.shape == (1, *image.spatial_shape)
     assert result.probabilities.dtype == np.float16
     assert float(result.probabilities.min()) >= 0.0 and float(result.probabilities.max()) <= 1.0
-    assert _dice(result.labels == 1, truth) > 0.8  # seed 7 is not a training phantom
-    assert len(result.member_labels) == 3 and len(result.member_names) == 3
-    for member in result.member_labels:
+    assert _dice(result.label_map == 1, truth) > 0.8  # seed 7 is not a training phantom
+    assert len(result.member_label_maps) == 3 and len(result.member_names) == 3
+    for member in result.member_label_maps:
         assert member.shape == image.spatial_shape and _dice(member == 1, truth) > 0.7
     lesions = find_lesions(
-        result.labels,
+        result.label_map,
         affine=result.affine,
         probabilities=result.probabilities[0],
         member_hits=result.member_hits[0],
@@ -71,18 +71,18 @@ def test_mask_comes_back_on_the_scans_own_grid(
     affine = oblique_affine(spacing) if oblique else ct.affine  # LPS-ordered, as DICOM loads
     scan = Volume(ct.array, affine)
     result = demo_ensemble.predict(scan)
-    assert result.labels.shape == shape
+    assert result.label_map.shape == shape
     np.testing.assert_array_equal(result.affine, affine)
     assert result.probabilities.shape[1:] == shape
     truth = mask.array[0] > 0
-    assert _dice(result.labels == 1, truth) > 0.6
+    assert _dice(result.label_map == 1, truth) > 0.6
 
 
 def test_vote_and_mean_agree_closely_and_inputs_are_checked() -> None:
     folder = ModelFolder.open(DEMO)
     vote = Ensemble([folder], mode="vote")
     image = read_nifti(SAMPLE_DATA / "ct_phantom.nii.gz")
-    voted = vote.predict(image).labels == 1
+    voted = vote.predict(image).label_map == 1
     truth = read_nifti(SAMPLE_DATA / "ct_phantom_mask.nii.gz").array[0] > 0
     assert _dice(voted, truth) > 0.8
     two_channels = Volume(np.zeros((2, 8, 8, 8), np.float32), np.eye(4))
