@@ -108,7 +108,8 @@ class ScanGridSums:
         )
 
     def finish(self) -> tuple[npt.NDArray[np.float16], npt.NDArray[np.float16]]:
-        """The members' mean probability and standard deviation, float16."""
+        """The members' mean probability and standard deviation, float16 (call once:
+        several folders' float32 sums are released)."""
         if not self.several_folders:
             return (
                 self.mean.astype(np.float16, copy=False),
@@ -119,7 +120,10 @@ class ScanGridSums:
         spread /= self.n_members
         spread -= mean**2
         np.sqrt(np.maximum(spread, 0.0, out=spread), out=spread)
-        return mean.astype(np.float16), spread.astype(np.float16)
+        mean16, spread16 = mean.astype(np.float16), spread.astype(np.float16)
+        del mean, spread
+        self.mean = self.spread = np.zeros((0,), np.float32)  # the float32 sums are freed
+        return mean16, spread16
 
 
 __all__ = ["FolderSums", "ScanGridSums", "bits_dtype"]

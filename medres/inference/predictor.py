@@ -390,24 +390,31 @@ class Ensemble:
             del sums, tensor
             self._release_device_memory()
         start = time.perf_counter()
+        prediction = self._decide(scan_sums, member_maps, volume, seconds)
+        seconds["to_scan_grid"] += time.perf_counter() - start
+        return prediction
+
+    def _decide(
+        self,
+        scan_sums: ScanGridSums,
+        member_maps: _MemberMaps,
+        volume: Volume,
+        seconds: dict[str, float],
+    ) -> EnsemblePrediction:
+        """The label map from the mean (or the members' vote), small lesions removed."""
         mean16, spread16 = scan_sums.finish()
-        hits = scan_sums.hits
-        del scan_sums
         if self.mode == EnsembleMode.VOTE:
             label_map = majority_vote(member_maps.label_maps, len(self.labels))
         else:
             label_map = decide_labels(mean16, threshold=self.cfg.inference.threshold)
-        label_map = self.postprocess(label_map, volume)
-        member_label_maps = (
-            [self.postprocess(m, volume) for m in member_maps.label_maps] if keep_members else []
-        )
-        seconds["to_scan_grid"] += time.perf_counter() - start
         return EnsemblePrediction(
-            label_map=label_map,
+            label_map=self.postprocess(label_map, volume),
             probabilities=mean16,
             uncertainty=spread16,
-            member_hits=hits,
-            member_label_maps=member_label_maps,
+            member_hits=scan_sums.hits,
+            member_label_maps=[self.postprocess(m, volume) for m in member_maps.label_maps]
+            if member_maps.keep
+            else [],
             member_names=self.member_names,
             member_probabilities=member_maps.probabilities,
             affine=volume.affine.copy(),
