@@ -14,6 +14,11 @@ file's header is read or interpreted becomes that file's :class:`SkippedFile` re
 one damaged file never stops the batch. When a series has a slice gap and files in its
 folder could not be read, the gap message names them as the probable missing slices.
 
+This module owns the walk and what each file is (NIfTI, 2D image, DICOM header, or
+skipped, with duplicates of a DICOM instance recognised); the records it returns live in
+:mod:`medres.io.scan_refs` and the grouping of DICOM slices into one scan per volume in
+:mod:`medres.io.series_refs` (both re-exported here).
+
 Example:
     >>> result = discover("sample_data")  # doctest: +SKIP
     >>> [ref.scan_id for ref in result.scans]  # doctest: +SKIP
@@ -22,31 +27,27 @@ Example:
 from __future__ import annotations
 
 import filecmp
-import hashlib
 import logging
 import os
-import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
-from medres.errors import LoadError, NotDicomError, SeriesError, UnsupportedDicomError
+from medres.errors import LoadError, NotDicomError, UnsupportedDicomError
 from medres.io.dicom import (
-    SeriesPlan,
     SliceHeader,
     one_line,
-    plan_series,
     read_dataset,
     read_slice_headers,
     regular_file_problem,
-    series_folder,
     sniff_dicom,
-    split_volumes,
 )
 from medres.io.images2d import is_image2d_path
 from medres.io.nifti import is_nifti_path, nifti_stem
-from medres.io.volume import ScanKind, orientation_codes
+from medres.io.scan_refs import DiscoveryResult, ScanRef, SkippedFile, safe_name
+from medres.io.series_refs import _damaged_by_folder, _dicom_scans
+from medres.io.volume import ScanKind
 from medres.limits import MAX_DICOM_FILE_BYTES
 
 logger = logging.getLogger(__name__)
@@ -89,89 +90,6 @@ NOT_SCAN_SUFFIXES = {
 #: Suffixes that claim to be DICOM: failing to read them is an error, not a note.
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima", ".dc3"}
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def safe_name(text: str, *, max_length: int = 60) -> str:
-    """A file-name-safe version of ``text``: letters, digits, ``._-`` only, no leading dot.
-
-    Path separators, ``..`` and NUL can never survive, so DICOM text cannot steer where
-    outputs go.
-
-    Example:
-        >>> safe_name("../T1 axial/\\x00post")
-        'T1_axial_post'
-    """
-    cleaned = _UNSAFE.sub("_", text).strip("._-")
-    cleaned = re.sub(r"_{2,}", "_", cleaned)
-    cleaned = re.sub(r"\.{2,}", ".", cleaned)
-    return cleaned[:max_length].strip("._-") or "scan"
-
-
-@dataclass
-class ScanRef:
-    """One scan found on disk, before its pixels are read.
-
-    Attributes:
-        scan_id: Unique, file-name-safe identifier (used for output folders).
-        kind: DICOM series, NIfTI file or 2D image.
-        paths: Source files; for DICOM in slice order when the series plan succeeded.
-        mask_path: Paired mask (2D ``X_mask.png`` or NIfTI ``X_mask.nii.gz``), if any.
-        description: SeriesDescription or file name.
-        modality: DICOM modality ("" for other formats).
-        series_uid: DICOM SeriesInstanceUID ("" for other formats).
-        part: Which part of a split DICOM series (``"t3"``, ``"echo2"``...), or "".
-        spatial_shape: ``(x, y[, z])`` when known from headers.
-        spacing_mm: Voxel size when known from headers.
-        orientation: RAS axis codes when known from headers.
-        problem: The error that loading this scan will raise, found from headers.
-        plan: The checked DICOM series plan (sorted slices, affine), when headers allowed it.
-        warnings: What reading the headers had to assume (a default pixel spacing...);
-            loading the scan repeats them in :attr:`Volume.warnings`.
-    """
-
-    scan_id: str
-    kind: ScanKind
-    paths: tuple[str, ...]
-    mask_path: str | None = None
-    description: str = ""
-    modality: str = ""
-    series_uid: str = ""
-    part: str = ""
-    spatial_shape: tuple[int, ...] | None = None
-    spacing_mm: tuple[float, ...] | None = None
-    orientation: str = ""
-    problem: LoadError | None = field(default=None, repr=False)
-    plan: SeriesPlan | None = field(default=None, repr=False)
-    warnings: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class SkippedFile:
-    """A file discovery did not turn into a scan, and why.
-
-    ``failed`` is True when the file looked like a scan but could not be read (a corrupt
-    ``.dcm``, a truncated header): those make ``medres inspect`` exit non-zero.
-    """
-
-    path: str
-    reason: str
-    failed: bool = False
-
-
-@dataclass
-class DiscoveryResult:
-    """Everything :func:`discover` found under one root."""
-
-    root: str
-    scans: list[ScanRef] = field(default_factory=list)
-    skipped: list[SkippedFile] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[SkippedFile]:
-        """Skipped files that are errors (unreadable scans)."""
-        return [s for s in self.skipped if s.failed]
-
 
 def iter_files(root: Path) -> Iterator[Path]:
     """Files under ``root`` in sorted order, skipping hidden files and folders.
@@ -199,6 +117,7 @@ def iter_files(root: Path) -> Iterator[Path]:
 
 
 def _is_mask(stem: str, mask_suffix: str) -> bool:
+    """Whether a file stem names a mask (``case_mask`` with suffix ``_mask``)."""
     return bool(mask_suffix) and stem.endswith(mask_suffix) and len(stem) > len(mask_suffix)
 
 
@@ -276,6 +195,11 @@ def _add_dicom(
     slices: list[SliceHeader],
     seen_sops: dict[str, tuple[str, SliceHeader]],
 ) -> None:
+    """Read one candidate DICOM file's headers into ``slices``, or skip it with its reason.
+
+    A byte-identical copy of an instance already seen is skipped; the same instance
+    encoded differently is kept as a copy of its own (``split_keys["copy"]``).
+    """
     suffix = path.suffix.lower()
     claimed = suffix in DICOM_SUFFIXES
     try:
@@ -363,130 +287,17 @@ def _same_bytes(a: Path, b: Path) -> bool:
         return False
 
 
-def _damaged_by_folder(skipped: list[SkippedFile]) -> dict[str, list[tuple[str, str]]]:
-    """``(path, reason)`` of the files that may be damaged slices, by folder.
-
-    Files that failed to read, and files without a suffix that were not recognised at all
-    (a DICOM slice whose preamble was destroyed looks like that).
-    """
-    out: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for item in skipped:
-        path = Path(item.path)
-        unrecognised = item.reason == "not a recognised scan format" and not path.suffix
-        if item.failed or unrecognised:
-            out[str(path.parent)].append((item.path, item.reason))
-    return out
-
-
-def _dicom_scans(
-    slices: list[SliceHeader], damaged: dict[str, list[tuple[str, str]]] | None = None
-) -> list[ScanRef]:
-    damaged = damaged or {}
-    by_series: dict[str, list[SliceHeader]] = defaultdict(list)
-    for s in slices:
-        # enhanced multi-frame files, files without a series UID and re-encoded copies of
-        # an instance are volumes of their own
-        alone = s.frame is not None or s.mosaic is not None
-        key = f"{s.series_uid}|{s.path}" if alone else s.series_uid
-        if not s.series_uid and not alone:
-            # anonymised exports sometimes drop the SeriesInstanceUID: group what else agrees
-            key = "|".join(
-                (
-                    "no-series-uid",
-                    s.study_uid,
-                    s.frame_of_reference_uid,
-                    str(s.series_number),
-                    s.series_description,
-                    str(Path(s.path).parent),
-                )
-            )
-        if "copy" in s.split_keys:
-            key = f"{s.series_uid}|copy{s.split_keys['copy']}"
-        by_series[key].append(s)
-    scans: list[ScanRef] = []
-    for key in sorted(by_series, key=lambda k: (by_series[k][0].series_number or 0, k)):
-        series = by_series[key]
-        first = series[0]
-        base = "_".join(
-            p
-            for p in (
-                f"S{first.series_number}" if first.series_number is not None else "S",
-                safe_name(first.series_description, max_length=40)
-                if first.series_description
-                else first.modality or "dicom",
-                hashlib.sha1(key.encode()).hexdigest()[:8],
-            )
-            if p
-        )
-        try:
-            parts = split_volumes(series)
-        except Exception as exc:  # never let one series stop discovery
-            parts = [("", series)]
-            logger.debug("%s: cannot split series: %r", series_folder(series), exc)
-        for part, part_slices in parts:
-            scans.append(_series_ref(base, part, part_slices, damaged))
-    return scans
-
-
-def _series_ref(
-    base: str,
-    part: str,
-    part_slices: list[SliceHeader],
-    damaged: dict[str, list[tuple[str, str]]],
-) -> ScanRef:
-    """The ScanRef of one volume, with its plan or the problem loading it will raise."""
-    first = part_slices[0]
-    ref = ScanRef(
-        scan_id=safe_name(f"{base}_{part}" if part else base, max_length=80),
-        kind=ScanKind.DICOM,
-        paths=tuple(dict.fromkeys(s.path for s in part_slices)),
-        description=first.series_description,
-        modality=first.modality,
-        series_uid=first.series_uid,
-        part=part,
-    )
-    folders = sorted({str(Path(s.path).parent) for s in part_slices})
-    nearby = [item for folder in folders for item in damaged.get(folder, [])]
-    try:
-        plan = plan_series(part_slices, damaged_files=nearby)
-    except LoadError as exc:
-        ref.problem = exc
-        return ref
-    except Exception as exc:  # a bug must not stop the batch: report it on this scan
-        ref.problem = SeriesError(
-            f"{series_folder(part_slices)}: series {first.series_uid or '(no UID)'}: cannot "
-            f"plan the volume: {type(exc).__name__}: {one_line(str(exc), limit=200)}"
-        )
-        return ref
-    ref.plan = plan
-    ref.paths = tuple(dict.fromkeys(s.path for s in plan.slices))
-    ref.spatial_shape = plan.spatial_shape
-    ref.spacing_mm = tuple(float(v) for v in _norms(plan.affine)[: len(plan.spatial_shape)])
-    ref.orientation = orientation_codes(plan.affine) if plan.has_geometry else ""
-    notes = list(plan.warnings)
-    if nearby and len(ref.paths) > 1:  # a lone file is no series to be missing slices of
-        names = ", ".join(Path(p).name for p, _ in nearby[:3])
-        more = f" and {len(nearby) - 3} more" if len(nearby) > 3 else ""
-        notes.append(
-            f"{len(nearby)} file(s) in the same folder could not be read ({names}{more}); "
-            "if they are slices of this series, the volume is incomplete"
-        )
-    ref.warnings = tuple(notes)
-    return ref
-
-
-def _norms(affine: object) -> list[float]:
-    import numpy as np
-
-    return [float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)]
-
-
 _DECATHLON_LABELS = {"labelsTr": "imagesTr", "labelsTs": "imagesTs"}
 
 
 def _file_scans(
     files: list[Path], kind: ScanKind, mask_suffix: str, result: DiscoveryResult
 ) -> list[ScanRef]:
+    """One ScanRef per NIfTI or 2D image file, paired with its mask; orphan masks skipped.
+
+    Masks are ``<stem><mask_suffix>`` beside the image, or the Decathlon / nnU-Net
+    ``labelsTr/<case>`` of ``imagesTr/<case>[_0000]``.
+    """
     stem_of = nifti_stem if kind is ScanKind.NIFTI else (lambda p: Path(p).stem)
     images: dict[tuple[Path, str], Path] = {}
     masks: dict[tuple[Path, str], Path] = {}
@@ -527,6 +338,7 @@ def _file_scans(
 
 
 def _make_ids_unique(scans: list[ScanRef]) -> None:
+    """Prefix scan ids that occur more than once with their parent folder name (in place)."""
     counts: dict[str, int] = defaultdict(int)
     for ref in scans:
         counts[ref.scan_id] += 1
@@ -541,3 +353,15 @@ def _make_ids_unique(scans: list[ScanRef]) -> None:
                 n += 1
             ref.scan_id = candidate
         used.add(ref.scan_id)
+
+
+__all__ = [
+    "DICOM_SUFFIXES",
+    "NOT_SCAN_SUFFIXES",
+    "DiscoveryResult",
+    "ScanRef",
+    "SkippedFile",
+    "discover",
+    "iter_files",
+    "safe_name",
+]

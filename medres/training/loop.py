@@ -13,12 +13,16 @@ Resume: a checkpoint (weights, optimizer, scaler, epoch, time used, curve, best 
 written atomically every ``checkpoint_every_epochs``. Every epoch re-seeds its random
 streams from ``(seed, fold, epoch)``, so a run resumed at an epoch boundary continues as
 the uninterrupted run would have.
+
+This module owns the loop itself: :func:`train_member` and its :class:`_MemberTrainer`
+(one epoch, one step, the end of an epoch, the time budget). The set-up of the network
+and data lives in :mod:`medres.training.member_setup`, validation in
+:mod:`medres.training.validation` and the member folder's files (checkpoint, curve,
+metrics, TensorBoard) in :mod:`medres.training.member_files` (names re-exported here).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -33,19 +37,28 @@ import numpy as np
 
 from medres.errors import TrainingError
 from medres.inference.sliding import predict_logits
-from medres.io.atomic import atomic_write, write_bytes_atomic, write_text_atomic
+from medres.io.atomic import write_text_atomic
 from medres.models.folder import WEIGHTS
-from medres.models.registry import build_pipeline_network
-from medres.pipeline import LossName, PipelineConfig, ScheduleName
+from medres.pipeline import PipelineConfig, ScheduleName
 from medres.runtime import resolve_device
 from medres.training.datasets import TrainingCase
+from medres.training.member_files import (
+    CHECKPOINT,
+    CURVE,
+    CURVE_FIELDS,
+    METRICS,
+    _load_checkpoint,
+    _MemberState,
+    _save_checkpoint,
+    _save_torch,
+    _Scalars,
+    _write_curve,
+    member_is_complete,
+)
+from medres.training.member_setup import _MemberData, _MemberModel, _seed_everything
+from medres.training.validation import dice_counts, dice_from_counts, validate
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.json"
-CURVE = "curve.csv"
-CURVE_FIELDS = ("epoch", "iteration", "elapsed_s", "lr", "train_loss", "val_dice")
 
 
 @dataclass(frozen=True)
@@ -109,108 +122,9 @@ def learning_rate(cfg: PipelineConfig, progress: float, iteration: int) -> float
     return base
 
 
-def _loss(cfg: PipelineConfig) -> Any:
-    from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
-
-    if cfg.training.loss == LossName.DICE_CE:
-        return DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
-    if cfg.training.loss == LossName.DICE_FOCAL:
-        return DiceFocalLoss(to_onehot_y=True, softmax=True, include_background=False)
-    return DiceLoss(to_onehot_y=True, softmax=True, include_background=False)
-
-
-def dice_counts(pred: Any, truth: Any, label: int) -> tuple[int, int, int]:
-    """``(true positives, false positives, false negatives)`` voxels of ``label``."""
-    p = pred == label
-    t = truth == label
-    tp = int((p & t).sum())
-    return tp, int(p.sum()) - tp, int(t.sum()) - tp
-
-
-def dice_from_counts(tp: int, fp: int, fn: int) -> float:
-    """Dice from voxel counts; 1.0 when truth and prediction are both empty."""
-    denominator = 2 * tp + fp + fn
-    return 1.0 if denominator == 0 else 2.0 * tp / denominator
-
-
-def validate(
-    net: Any,
-    items: Sequence[dict[str, Any]],
-    cfg: PipelineConfig,
-    *,
-    device: str,
-) -> tuple[float, dict[str, float]]:
-    """Mean per-patient Dice over the lesion labels, and Dice per patient group."""
-    counts: dict[str, dict[int, list[int]]] = {}
-    net.eval()
-    for item in items:
-        logits = predict_logits(net, item["image"], cfg, device=device)
-        pred = logits.argmax(0).cpu().numpy()
-        truth = np.asarray(item["label"])[0]
-        group = counts.setdefault(str(item["group"]), {i: [0, 0, 0] for i in cfg.lesion_indices})
-        for label in cfg.lesion_indices:
-            tp, fp, fn = dice_counts(pred, truth, label)
-            group[label][0] += tp
-            group[label][1] += fp
-            group[label][2] += fn
-    per_group = {
-        name: float(np.mean([dice_from_counts(*c) for c in by_label.values()]))
-        for name, by_label in sorted(counts.items())
-    }
-    return float(np.mean(list(per_group.values()))), per_group
-
-
-def _seed_everything(seed: int) -> None:
-    import random
-
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
 def _epoch_seed(cfg: PipelineConfig, fold: int, epoch: int) -> int:
+    """The seed of one epoch of one member, from ``(training.seed, fold, epoch)``."""
     return (cfg.training.seed * 1_000_003 + fold * 10_007 + epoch) % (2**31 - 1)
-
-
-def _save_torch(path: Path, obj: Any) -> None:
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    write_bytes_atomic(path, buffer.getvalue())
-
-
-def _write_curve(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    with atomic_write(path, "w") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CURVE_FIELDS)  # type: ignore[arg-type]
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in CURVE_FIELDS})
-
-
-class _Scalars:
-    """TensorBoard scalars (no-op when tensorboard is not installed)."""
-
-    def __init__(self, folder: Path, purge_step: int) -> None:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # pragma: no cover - tensorboard is a dependency
-            logger.warning("tensorboard is not installed; scalars go to curve.csv only")
-            self.writer = None
-            return
-        self.writer = SummaryWriter(str(folder), purge_step=purge_step or None)
-
-    def add(self, tag: str, value: float, step: int) -> None:
-        if self.writer is not None:
-            self.writer.add_scalar(tag, value, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 def train_member(
@@ -245,250 +159,256 @@ def train_member(
     Raises:
         TrainingError: A checkpoint from another configuration, or an unusable device.
     """
-    import torch
-    from monai.data import CacheDataset, DataLoader, Dataset, list_data_collate
-
-    from medres.transforms.presets import (
-        training_transforms,
-        unwrap_transform_errors,
-        validation_transforms,
-    )
-
     member_dir = Path(member_dir)
     member_dir.mkdir(parents=True, exist_ok=True)
-    tcfg = cfg.training
-    budget_min = max_minutes if max_minutes is not None else tcfg.max_minutes
-    budget_s = budget_min * 60.0 if budget_min is not None else None
-    use_amp = device.startswith("cuda")
-
-    _seed_everything(tcfg.seed + fold)
-    net = build_pipeline_network(cfg).to(device)
-    optimizer = torch.optim.AdamW(
-        net.parameters(), lr=tcfg.optimizer.lr, weight_decay=tcfg.optimizer.weight_decay
-    )
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    loss_fn = _loss(cfg)
-
-    start_epoch, iteration, elapsed_before = 0, 0, 0.0
-    curve: list[dict[str, Any]] = []
-    best_dice: float | None = None
-    best_epoch: int | None = None
-    best_per_group: dict[str, float] = {}
+    budget_min = max_minutes if max_minutes is not None else cfg.training.max_minutes
+    model = _MemberModel.build(cfg, fold=fold, device=device)
+    state = _MemberState()
     checkpoint_path = member_dir / CHECKPOINT
     if resume and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        if state.get("config") != cfg.model_dump(mode="json"):
-            raise TrainingError(
-                f"{checkpoint_path}: checkpoint was made with another pipeline config; "
-                "resume with the same pipeline or train into a new --out folder"
-            )
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if use_amp and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch = int(state["epoch"])
-        iteration = int(state["iteration"])
-        elapsed_before = float(state["elapsed_s"])
-        curve = list(state["curve"])
-        best_dice = state["best_dice"]
-        best_epoch = state["best_epoch"]
-        best_per_group = dict(state["best_per_group"])
+        state = _load_checkpoint(
+            checkpoint_path,
+            cfg,
+            net=model.net,
+            optimizer=model.optimizer,
+            scaler=model.scaler,
+            use_amp=model.use_amp,
+            device=device,
+        )
         logger.info(
-            "fold %d: resuming after epoch %d (%d iterations)", fold, start_epoch, iteration
+            "fold %d: resuming after epoch %d (%d iterations)", fold, state.epoch, state.iteration
         )
-
-    train_set = set(train_groups)
-    val_set = set(val_groups)
-    train_cases = [c for c in cases if c.group in train_set]
-    val_cases = [c for c in cases if c.group in val_set]
-    if not train_cases:
-        raise TrainingError(f"fold {fold}: no training cases")
-
-    with warnings.catch_warnings(), unwrap_transform_errors():
-        warnings.filterwarnings("ignore", message=".*Num foregrounds 0.*")
-        train_ds = CacheDataset(
-            [c.record() for c in train_cases],
-            transform=training_transforms(cfg),
-            cache_rate=1.0,
-            num_workers=0,
-            progress=False,
-        )
-        val_items = list(
-            Dataset([c.record() for c in val_cases], transform=validation_transforms(cfg))
-        )
-
-    positive = np.array([c.case_id in lesion_cases for c in train_cases])
-    weights = np.ones(len(train_cases))
-    if positive.any() and (~positive).any():
-        p = tcfg.positive_fraction
-        weights[positive] = p / positive.sum()
-        weights[~positive] = (1.0 - p) / (~positive).sum()
-
-    scalars = _Scalars(member_dir / "tensorboard", purge_step=iteration)
-    t_start = time.perf_counter()
-    stopped_by = "epochs"
-    epoch = start_epoch
-
-    def elapsed() -> float:
-        return elapsed_before + time.perf_counter() - t_start
-
-    def progress_fraction() -> float:
-        by_epochs = iteration / float(tcfg.epochs * tcfg.iterations_per_epoch)
-        by_time = elapsed() / budget_s if budget_s else 0.0
-        return max(by_epochs, by_time)
-
-    def emit(kind: str, loss: float, val: float | None) -> None:
-        if on_progress is not None:
-            on_progress(
-                TrainingProgress(
-                    kind=kind,
-                    fold=fold,
-                    epoch=epoch,
-                    epochs=tcfg.epochs,
-                    iteration=iteration,
-                    iterations_per_epoch=tcfg.iterations_per_epoch,
-                    loss=loss,
-                    val_dice=val,
-                    best_dice=best_dice,
-                    elapsed_s=elapsed(),
-                    budget_s=budget_s,
-                )
-            )
-
-    if budget_s is not None and elapsed_before >= budget_s:
-        stopped_by = "time"
-    try:
-        while epoch < tcfg.epochs and stopped_by != "time":
-            seed = _epoch_seed(cfg, fold, epoch)
-            _seed_everything(seed)
-            train_ds.transform.set_random_state(seed=seed)
-            generator = torch.Generator().manual_seed(seed)
-            sampler = torch.utils.data.WeightedRandomSampler(
-                weights.tolist(),
-                num_samples=tcfg.iterations_per_epoch * tcfg.batch_size,
-                replacement=True,
-                generator=generator,
-            )
-            loader = DataLoader(
-                train_ds,
-                batch_size=tcfg.batch_size,
-                sampler=sampler,
-                num_workers=0,
-                collate_fn=list_data_collate,
-            )
-            net.train()
-            losses: list[float] = []
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*Num foregrounds 0.*")
-                for batch in loader:
-                    lr = learning_rate(cfg, progress_fraction(), iteration)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    image = batch["image"].to(device)
-                    label = batch["label"].to(device)
-                    optimizer.zero_grad(set_to_none=True)
-                    with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                        loss = loss_fn(net(image), label)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise TrainingError(
-                            f"fold {fold}: loss became {value} at iteration {iteration}; "
-                            "lower training.optimizer.lr"
-                        )
-                    losses.append(value)
-                    iteration += 1
-                    emit("iteration", value, None)
-                    if budget_s is not None and elapsed() >= budget_s:
-                        stopped_by = "time"
-                        break
-            epoch += 1
-            train_loss = float(np.mean(losses)) if losses else float("nan")
-            row: dict[str, Any] = {
-                "epoch": epoch,
-                "iteration": iteration,
-                "elapsed_s": round(elapsed(), 2),
-                "lr": float(f"{optimizer.param_groups[0]['lr']:.6g}"),
-                "train_loss": round(train_loss, 5),
-                "val_dice": None,
-            }
-            scalars.add("train/loss", train_loss, iteration)
-            scalars.add("train/lr", row["lr"], iteration)
-            last = epoch >= tcfg.epochs or stopped_by == "time"
-            if val_items and (epoch % tcfg.val_every_epochs == 0 or last):
-                val_dice, per_group = validate(net, val_items, cfg, device=device)
-                row["val_dice"] = round(val_dice, 5)
-                scalars.add("val/dice", val_dice, iteration)
-                if best_dice is None or val_dice > best_dice:
-                    best_dice, best_epoch, best_per_group = val_dice, epoch, per_group
-                    _save_torch(member_dir / WEIGHTS, net.state_dict())
-                emit("validation", train_loss, val_dice)
-            elif not val_items:
-                _save_torch(member_dir / WEIGHTS, net.state_dict())
-            curve.append(row)
-            _write_curve(member_dir / CURVE, curve)
-            if epoch % tcfg.checkpoint_every_epochs == 0 or last:
-                _save_torch(
-                    checkpoint_path,
-                    {
-                        "config": cfg.model_dump(mode="json"),
-                        "model": net.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict() if use_amp else {},
-                        "epoch": epoch,
-                        "iteration": iteration,
-                        "elapsed_s": elapsed(),
-                        "curve": curve,
-                        "best_dice": best_dice,
-                        "best_epoch": best_epoch,
-                        "best_per_group": best_per_group,
-                    },
-                )
-            emit("epoch", train_loss, row["val_dice"])
-    finally:
-        scalars.close()
-
-    result = MemberResult(
+    data = _MemberData.load(cfg, cases, train_groups, val_groups, lesion_cases, fold=fold)
+    trainer = _MemberTrainer(
+        cfg,
         fold=fold,
-        best_val_dice=best_dice,
-        best_epoch=best_epoch,
-        epochs_done=epoch,
-        iterations=iteration,
-        elapsed_s=elapsed(),
-        stopped_by=stopped_by,
-        val_dice_per_group=best_per_group,
+        member_dir=member_dir,
+        model=model,
+        data=data,
+        state=state,
+        budget_s=budget_min * 60.0 if budget_min is not None else None,
+        on_progress=on_progress,
     )
+    result = trainer.run()
     summary = {
         **result.summary(),
         "status": "complete",
         "device": device,
-        "train_groups": sorted(train_set),
-        "val_groups": sorted(val_set),
-        "train_cases": len(train_cases),
-        "val_cases": len(val_cases),
+        "train_groups": sorted(set(train_groups)),
+        "val_groups": sorted(set(val_groups)),
+        "train_cases": len(data.train_cases),
+        "val_cases": len(data.val_cases),
     }
     write_text_atomic(member_dir / METRICS, json.dumps(summary, indent=2) + "\n")
     checkpoint_path.unlink(missing_ok=True)
     return result
 
 
-def member_is_complete(member_dir: str | Path) -> dict[str, Any] | None:
-    """The member's summary when it finished training (``metrics.json`` + weights), else None."""
-    member_dir = Path(member_dir)
-    try:
-        summary: dict[str, Any] = json.loads((member_dir / METRICS).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    if summary.get("status") == "complete" and (member_dir / WEIGHTS).is_file():
-        return summary
-    return None
+class _MemberTrainer:
+    """The epochs of one member, from its current state to the end of its budget."""
+
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        *,
+        fold: int,
+        member_dir: Path,
+        model: _MemberModel,
+        data: _MemberData,
+        state: _MemberState,
+        budget_s: float | None,
+        on_progress: Callable[[TrainingProgress], None] | None,
+    ) -> None:
+        """Open the TensorBoard scalars and start the clock (``budget_s``: wall time)."""
+        self.cfg = cfg
+        self.fold = fold
+        self.member_dir = member_dir
+        self.model = model
+        self.data = data
+        self.state = state
+        self.budget_s = budget_s
+        self.on_progress = on_progress
+        self.stopped_by = "epochs"
+        self.scalars = _Scalars(member_dir / "tensorboard", purge_step=state.iteration)
+        self.t_start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Wall time of this member so far, the runs it resumes included (s)."""
+        return self.state.elapsed_before_s + time.perf_counter() - self.t_start
+
+    def run(self) -> MemberResult:
+        """Train until ``training.epochs`` or the time budget, whichever comes first."""
+        tcfg = self.cfg.training
+        if self.budget_s is not None and self.state.elapsed_before_s >= self.budget_s:
+            self.stopped_by = "time"
+        try:
+            while self.state.epoch < tcfg.epochs and self.stopped_by != "time":
+                losses = self._train_epoch()
+                self.state.epoch += 1
+                self._end_epoch(losses)
+        finally:
+            self.scalars.close()
+        return MemberResult(
+            fold=self.fold,
+            best_val_dice=self.state.best_dice,
+            best_epoch=self.state.best_epoch,
+            epochs_done=self.state.epoch,
+            iterations=self.state.iteration,
+            elapsed_s=self.elapsed(),
+            stopped_by=self.stopped_by,
+            val_dice_per_group=self.state.best_per_group,
+        )
+
+    def _progress_fraction(self) -> float:
+        """How much of the budget is used: the larger of the epoch and the time fractions."""
+        tcfg = self.cfg.training
+        by_epochs = self.state.iteration / float(tcfg.epochs * tcfg.iterations_per_epoch)
+        by_time = self.elapsed() / self.budget_s if self.budget_s else 0.0
+        return max(by_epochs, by_time)
+
+    def _emit(self, kind: str, loss: float, val: float | None) -> None:
+        """Report a :class:`TrainingProgress` event to ``on_progress``, if any."""
+        if self.on_progress is not None:
+            tcfg = self.cfg.training
+            self.on_progress(
+                TrainingProgress(
+                    kind=kind,
+                    fold=self.fold,
+                    epoch=self.state.epoch,
+                    epochs=tcfg.epochs,
+                    iteration=self.state.iteration,
+                    iterations_per_epoch=tcfg.iterations_per_epoch,
+                    loss=loss,
+                    val_dice=val,
+                    best_dice=self.state.best_dice,
+                    elapsed_s=self.elapsed(),
+                    budget_s=self.budget_s,
+                )
+            )
+
+    def _epoch_loader(self) -> Any:
+        """The epoch's batches: re-seeded from ``(seed, fold, epoch)``, sampled by weight."""
+        import torch
+        from monai.data import DataLoader, list_data_collate
+
+        tcfg = self.cfg.training
+        seed = _epoch_seed(self.cfg, self.fold, self.state.epoch)
+        _seed_everything(seed)
+        self.data.train_ds.transform.set_random_state(seed=seed)
+        generator = torch.Generator().manual_seed(seed)
+        sampler = torch.utils.data.WeightedRandomSampler(
+            self.data.weights.tolist(),
+            num_samples=tcfg.iterations_per_epoch * tcfg.batch_size,
+            replacement=True,
+            generator=generator,
+        )
+        return DataLoader(
+            self.data.train_ds,
+            batch_size=tcfg.batch_size,
+            sampler=sampler,
+            num_workers=0,
+            collate_fn=list_data_collate,
+        )
+
+    def _train_epoch(self) -> list[float]:
+        """One epoch of steps (fewer when the time budget runs out); their losses."""
+        loader = self._epoch_loader()
+        self.model.net.train()
+        losses: list[float] = []
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Num foregrounds 0.*")
+            for batch in loader:
+                value = self._step(batch)
+                losses.append(value)
+                self.state.iteration += 1
+                self._emit("iteration", value, None)
+                if self.budget_s is not None and self.elapsed() >= self.budget_s:
+                    self.stopped_by = "time"
+                    break
+        return losses
+
+    def _step(self, batch: dict[str, Any]) -> float:
+        """One optimiser step on ``batch`` at the scheduled learning rate; its loss.
+
+        Raises:
+            TrainingError: The loss is not finite.
+        """
+        import torch
+
+        model = self.model
+        lr = learning_rate(self.cfg, self._progress_fraction(), self.state.iteration)
+        for group in model.optimizer.param_groups:
+            group["lr"] = lr
+        image = batch["image"].to(model.device)
+        label = batch["label"].to(model.device)
+        model.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=model.use_amp):
+            loss = model.loss_fn(model.net(image), label)
+        model.scaler.scale(loss).backward()
+        model.scaler.step(model.optimizer)
+        model.scaler.update()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"fold {self.fold}: loss became {value} at iteration {self.state.iteration}; "
+                "lower training.optimizer.lr"
+            )
+        return value
+
+    def _end_epoch(self, losses: list[float]) -> None:
+        """Curve row, scalars, validation (keeping the best weights) and checkpoint."""
+        tcfg = self.cfg.training
+        state = self.state
+        train_loss = float(np.mean(losses)) if losses else float("nan")
+        row: dict[str, Any] = {
+            "epoch": state.epoch,
+            "iteration": state.iteration,
+            "elapsed_s": round(self.elapsed(), 2),
+            "lr": float(f"{self.model.optimizer.param_groups[0]['lr']:.6g}"),
+            "train_loss": round(train_loss, 5),
+            "val_dice": None,
+        }
+        self.scalars.add("train/loss", train_loss, state.iteration)
+        self.scalars.add("train/lr", row["lr"], state.iteration)
+        last = state.epoch >= tcfg.epochs or self.stopped_by == "time"
+        if self.data.val_items and (state.epoch % tcfg.val_every_epochs == 0 or last):
+            row["val_dice"] = round(self._validate(train_loss), 5)
+        elif not self.data.val_items:
+            _save_torch(self.member_dir / WEIGHTS, self.model.net.state_dict())
+        state.curve.append(row)
+        _write_curve(self.member_dir / CURVE, state.curve)
+        if state.epoch % tcfg.checkpoint_every_epochs == 0 or last:
+            _save_checkpoint(
+                self.member_dir / CHECKPOINT,
+                self.cfg,
+                state,
+                net=self.model.net,
+                optimizer=self.model.optimizer,
+                scaler=self.model.scaler,
+                use_amp=self.model.use_amp,
+                elapsed_s=self.elapsed(),
+            )
+        self._emit("epoch", train_loss, row["val_dice"])
+
+    def _validate(self, train_loss: float) -> float:
+        """Validate, keep the weights when they are the best so far; the validation Dice."""
+        state = self.state
+        val_dice, per_group = validate(
+            self.model.net, self.data.val_items, self.cfg, device=self.model.device
+        )
+        self.scalars.add("val/dice", val_dice, state.iteration)
+        if state.best_dice is None or val_dice > state.best_dice:
+            state.best_dice, state.best_epoch = val_dice, state.epoch
+            state.best_per_group = per_group
+            _save_torch(self.member_dir / WEIGHTS, self.model.net.state_dict())
+        self._emit("validation", train_loss, val_dice)
+        return val_dice
 
 
 __all__ = [
     "CHECKPOINT",
     "CURVE",
+    "CURVE_FIELDS",
     "METRICS",
     "MemberResult",
     "TrainingProgress",

@@ -27,6 +27,7 @@ from medres.models.folder import MANIFEST, PIPELINE, SPLIT, write_manifest
 from medres.pipeline import PipelineConfig, load_pipeline
 from medres.training.datasets import (
     DatasetCheck,
+    Fold,
     check_cases,
     exclude_groups,
     find_training_cases,
@@ -49,6 +50,12 @@ class TrainingRun:
 
 
 def _prepare_folder(out: Path, cfg: PipelineConfig, *, resume: bool) -> None:
+    """Create ``out``, or accept it when it holds this pipeline's model and ``resume`` is set.
+
+    Raises:
+        TrainingError: ``out`` holds another pipeline's model, holds this one without
+            ``resume``, or is a non-empty folder of something else.
+    """
     existing = out / PIPELINE
     if existing.is_file():
         previous = load_pipeline(existing)
@@ -107,67 +114,23 @@ def train_pipeline(
 
     out = Path(out)
     resolved_device = resolve_device(device)
-    n_folds = cfg.training.folds
-    wanted = list(range(n_folds)) if folds is None else sorted(set(folds))
-    bad = [f for f in wanted if not 0 <= f < n_folds]
-    if bad:
-        raise TrainingError(f"fold(s) {bad} do not exist; the pipeline has folds 0..{n_folds - 1}")
+    wanted = _wanted_folds(cfg, folds)
     build_pipeline_network(cfg)  # fail on bad model params before reading data
     cases = find_training_cases(data, mask_suffix=mask_suffix, base_dir=data_root)
     if excluded_groups:
         cases = exclude_groups(cases, excluded_groups)
     check = check_cases(cases, cfg, on_progress=on_check)
-    fold_list = make_folds(cases, n_folds=n_folds, seed=cfg.training.seed)
+    fold_list = make_folds(cases, n_folds=cfg.training.folds, seed=cfg.training.seed)
     split = split_to_json(fold_list, cases, excluded_groups)
     _prepare_folder(out, cfg, resume=resume)
-    split_path = out / SPLIT
-    if split_path.is_file():
-        previous_split = json.loads(split_path.read_text(encoding="utf-8"))
-        if previous_split != split:
-            raise TrainingError(
-                f"{split_path}: the data set or excluded groups changed since this model was "
-                "started; resume with the same data, or train into a new --out folder"
-            )
-    write_text_atomic(out / PIPELINE, cfg.to_yaml())
-    write_text_atomic(split_path, json.dumps(split, indent=2) + "\n")
-
-    import torch
-
-    provenance = {
-        "training_data": os.path.basename(os.path.normpath(str(data))),
-        "n_cases": check.n_cases,
-        "n_groups": check.n_groups,
-        "label_voxels": check.label_voxels,
-        "device": resolved_device,
-        "torch_threads": torch.get_num_threads(),
-    }
+    _write_pipeline_and_split(out, cfg, split)
+    provenance = _provenance(data, check, resolved_device)
     members: list[dict[str, Any]] = []
-
-    def completed() -> list[dict[str, Any]]:
-        done = []
-        for fold in fold_list:
-            summary = member_is_complete(out / f"fold_{fold.index}")
-            if summary is not None:
-                done.append(
-                    {
-                        "name": f"fold_{fold.index}",
-                        "fold": fold.index,
-                        "val_dice": summary.get("best_val_dice"),
-                        "summary": summary,
-                    }
-                )
-        return done
-
     for index in wanted:
         fold = fold_list[index]
         member_dir = out / f"fold_{index}"
-        if member_is_complete(member_dir) is not None:
-            if not resume:
-                raise TrainingError(f"{member_dir}: member already trained; pass --resume")
-            logger.info("fold %d is complete; skipping", index)
+        if not _needs_training(member_dir, index, resume=resume):
             continue
-        if member_dir.exists() and not resume:
-            shutil.rmtree(member_dir)
         train_member(
             cfg,
             cases=cases,
@@ -181,12 +144,92 @@ def train_pipeline(
             resume=resume,
             on_progress=on_progress,
         )
-        members = completed()
+        members = _completed_members(out, fold_list)
         write_manifest(out, cfg, members, extra={"training": provenance})
-    members = completed()
+    members = _completed_members(out, fold_list)
     if members and not (out / MANIFEST).is_file():
         write_manifest(out, cfg, members, extra={"training": provenance})
     return TrainingRun(model_dir=out, device=resolved_device, check=check, members=members)
+
+
+def _needs_training(member_dir: Path, index: int, *, resume: bool) -> bool:
+    """Whether fold ``index`` is still to train; a stale folder is removed unless resuming.
+
+    Raises:
+        TrainingError: The member is complete but ``resume`` was not asked for.
+    """
+    if member_is_complete(member_dir) is not None:
+        if not resume:
+            raise TrainingError(f"{member_dir}: member already trained; pass --resume")
+        logger.info("fold %d is complete; skipping", index)
+        return False
+    if member_dir.exists() and not resume:
+        shutil.rmtree(member_dir)
+    return True
+
+
+def _wanted_folds(cfg: PipelineConfig, folds: Sequence[int] | None) -> list[int]:
+    """The fold indices to train, sorted (all of them for None).
+
+    Raises:
+        TrainingError: An index the pipeline does not have.
+    """
+    n_folds = cfg.training.folds
+    wanted = list(range(n_folds)) if folds is None else sorted(set(folds))
+    bad = [f for f in wanted if not 0 <= f < n_folds]
+    if bad:
+        raise TrainingError(f"fold(s) {bad} do not exist; the pipeline has folds 0..{n_folds - 1}")
+    return wanted
+
+
+def _write_pipeline_and_split(out: Path, cfg: PipelineConfig, split: dict[str, Any]) -> None:
+    """Write ``pipeline.yaml`` and ``split.json`` into ``out``.
+
+    Raises:
+        TrainingError: ``out`` already holds another split (the data or the excluded
+            groups changed since the model was started).
+    """
+    split_path = out / SPLIT
+    if split_path.is_file():
+        previous_split = json.loads(split_path.read_text(encoding="utf-8"))
+        if previous_split != split:
+            raise TrainingError(
+                f"{split_path}: the data set or excluded groups changed since this model was "
+                "started; resume with the same data, or train into a new --out folder"
+            )
+    write_text_atomic(out / PIPELINE, cfg.to_yaml())
+    write_text_atomic(split_path, json.dumps(split, indent=2) + "\n")
+
+
+def _provenance(data: str | Path, check: DatasetCheck, device: str) -> dict[str, Any]:
+    """What the manifest records about the training data and the machine."""
+    import torch
+
+    return {
+        "training_data": os.path.basename(os.path.normpath(str(data))),
+        "n_cases": check.n_cases,
+        "n_groups": check.n_groups,
+        "label_voxels": check.label_voxels,
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _completed_members(out: Path, fold_list: Sequence[Fold]) -> list[dict[str, Any]]:
+    """The manifest entries of the members in ``out`` that finished training, in fold order."""
+    done = []
+    for fold in fold_list:
+        summary = member_is_complete(out / f"fold_{fold.index}")
+        if summary is not None:
+            done.append(
+                {
+                    "name": f"fold_{fold.index}",
+                    "fold": fold.index,
+                    "val_dice": summary.get("best_val_dice"),
+                    "summary": summary,
+                }
+            )
+    return done
 
 
 __all__ = ["TrainingRun", "train_pipeline"]

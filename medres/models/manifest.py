@@ -1,0 +1,195 @@
+"""The ``model.json`` of a model folder: its schema, file names and strict parsing.
+
+:class:`ModelManifest` (with one :class:`MemberEntry` per member) is what ``model.json``
+may hold; :func:`parse_manifest` refuses anything else (not UTF-8, NaN, duplicate keys,
+unknown keys, bad checksums) as one :class:`~medres.errors.ModelError` line naming the
+file. The names of the files in a model folder and the checksum and version helpers that
+fill a manifest live here too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from medres._version import __version__
+from medres.errors import ConfigError, ModelError
+from medres.pipeline import decode_config_text, format_validation_errors
+
+MANIFEST = "model.json"
+PIPELINE = "pipeline.yaml"
+SPLIT = "split.json"
+WEIGHTS = "model.pt"
+FORMAT_VERSION = 1
+#: Most members one model folder may list (folds are at most 20).
+MAX_MEMBERS = 64
+
+_SHA256 = r"^[0-9a-f]{64}$"
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the packages that shape a model's numbers."""
+    import monai
+    import numpy
+    import torch
+
+    return {
+        "medres": __version__,
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+class MemberEntry(BaseModel):
+    """One member as recorded in ``model.json`` (validated, unknown keys refused).
+
+    Attributes:
+        name: Plain sub-folder name inside the model folder (``fold_0``), never a path.
+        fold: Cross-validation fold index (>= 0).
+        weights_sha256: Lower-case hex sha256 of the member's ``model.pt``.
+        val_dice: Best validation Dice (0..1), or null.
+        summary: The member's training summary (free-form provenance).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    name: str
+    fold: int = Field(ge=0, le=10_000, strict=True)
+    weights_sha256: str = Field(pattern=_SHA256)
+    val_dice: float | None = Field(default=None, ge=0, le=1, strict=True)
+    summary: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        """A member name is a plain folder name, never a path."""
+        if not _PLAIN_NAME.match(value) or value in {".", ".."}:
+            shown = value if len(value) <= 40 else value[:37] + "..."
+            raise ValueError(
+                f"{shown!r} is not a plain folder name inside the model folder (like fold_0)"
+            )
+        return value
+
+
+class ModelManifest(BaseModel):
+    """The validated ``model.json`` of a model folder.
+
+    Extra top-level keys (training provenance such as ``training``) are kept as they are.
+
+    Attributes:
+        format_version: Manifest format (1).
+        pipeline: Name of the pipeline the members were trained with.
+        description: One line for humans.
+        dims: 2 or 3, as in the pipeline.
+        channels: Input channel names, as in the pipeline.
+        labels: Output label names, as in the pipeline.
+        lesion_labels: Lesion label names, as in the pipeline.
+        model: Registry name of the network, as in the pipeline.
+        versions: Package versions at training time.
+        pipeline_sha256: sha256 of ``pipeline.yaml``; absent in manifests written by older
+            medres versions (then the pipeline is not verified, see
+            :attr:`ModelFolder.unverified`).
+        members: The trained members.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+
+    format_version: int = Field(ge=1, le=FORMAT_VERSION, strict=True)
+    pipeline: str = Field(max_length=200)
+    description: str = ""
+    dims: Literal[2, 3]
+    channels: tuple[str, ...] = Field(min_length=1)
+    labels: tuple[str, ...] = Field(min_length=2)
+    lesion_labels: tuple[str, ...]
+    model: str = Field(max_length=64)
+    versions: dict[str, str] = Field(default_factory=dict)
+    pipeline_sha256: str | None = Field(default=None, pattern=_SHA256)
+    members: tuple[MemberEntry, ...] = Field(max_length=MAX_MEMBERS)
+
+    @field_validator("members")
+    @classmethod
+    def _unique(cls, members: tuple[MemberEntry, ...]) -> tuple[MemberEntry, ...]:
+        """Each member is listed once."""
+        names = [m.name for m in members]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"member(s) {twice} are listed more than once")
+        return members
+
+
+def _refuse_constant(name: str) -> float:
+    """``json.loads`` hook: refuse ``NaN`` and ``Infinity``, which JSON does not allow."""
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` hook: refuse an object that has one key twice."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            shown = key if len(key) <= 40 else key[:37] + "..."
+            raise ValueError(f"key {shown!r} appears twice in one object")
+        result[key] = value
+    return result
+
+
+def parse_manifest(data: bytes, *, source: str) -> ModelManifest:
+    """Decode, parse and validate the bytes of a ``model.json``.
+
+    Raises:
+        ModelError: Not UTF-8, not JSON (NaN, duplicate keys and thousand-digit numbers
+            included), or not a valid manifest; the message starts with ``source``.
+
+    Example:
+        >>> parse_manifest(b"[]", source="m/model.json")  # doctest: +SKIP
+        Traceback (most recent call last):
+        ModelError: m/model.json: a manifest must be a JSON object, got a list; ...
+    """
+    try:
+        text = decode_config_text(data, source=source)
+    except ConfigError as exc:
+        raise ModelError(str(exc)) from None
+    try:
+        raw = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise ModelError(
+            f"{source}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}); "
+            "restore the manifest written by medres train"
+        ) from None
+    except RecursionError:
+        raise ModelError(f"{source}: not valid JSON: nested too deeply") from None
+    except ValueError as exc:
+        reason = str(exc)
+        if "integer string conversion" in reason:
+            reason = "an integer with thousands of digits"
+        raise ModelError(f"{source}: not valid JSON: {reason}") from None
+    if not isinstance(raw, dict):
+        kinds = {"list": "a list", "str": "a string", "NoneType": "null"}
+        kind = kinds.get(type(raw).__name__, type(raw).__name__)
+        raise ModelError(
+            f"{source}: a manifest must be a JSON object, got {kind}; "
+            "restore the manifest written by medres train"
+        )
+    try:
+        return ModelManifest.model_validate(raw)
+    except ValidationError as exc:
+        raise ModelError(
+            f"{source}: invalid manifest: {format_validation_errors(exc)}; "
+            "restore the manifest written by medres train"
+        ) from None
