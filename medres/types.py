@@ -32,6 +32,9 @@ else:  # pragma: no cover - Python 3.10
     class StrEnum(str, Enum):
         """String enum (``enum.StrEnum`` from Python 3.11): members are also plain strings."""
 
+        def __str__(self) -> str:
+            return str.__str__(self)
+
 
 #: Points as rows, ``(N, 3)`` float64, either voxel indices or millimetres (names say which).
 Points: TypeAlias = npt.NDArray[np.float64]

@@ -24,8 +24,88 @@ def _png(figure: Any) -> bytes:
     return buffer.getvalue()
 
 
+def _save_png(out: Path, name: str, figure: Any) -> str:
+    """Write ``figure`` to ``out/name``, close it and return ``name``."""
+    import matplotlib.pyplot as plt
+
+    write_bytes_atomic(out / name, _png(figure))
+    plt.close(figure)
+    return name
+
+
+def _froc_figure(label: str, by_model: dict[str, Any]) -> Any:
+    """FROC curve of every model (the ensemble drawn thicker)."""
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5.5, 4))
+    for model, entry in by_model.items():
+        curve = entry["froc"]
+        cpm_value = entry["detection"]["cpm"]["value"]
+        axis.step(
+            curve["fp_per_case"],
+            curve["sensitivity"],
+            where="post",
+            label=f"{model} (CPM {cpm_value:.2f})",
+            linewidth=2.2 if model == "ensemble" else 1.2,
+        )
+    axis.set_xscale("symlog", linthresh=0.125)
+    axis.set_xlabel("false positives per case")
+    axis.set_ylabel("lesion sensitivity")
+    axis.set_ylim(0, 1.02)
+    axis.set_title(f"FROC: {label}")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="lower right")
+    return figure
+
+
+def _cases_figure(label: str, by_model: dict[str, Any], rows: Sequence[dict[str, Any]]) -> Any:
+    """Box plots of Dice and HD95 per case, one box per model."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    for axis, metric, title in (
+        (axes[0], "dice", "Dice per case"),
+        (axes[1], "hd95_mm", "HD95 per case (mm)"),
+    ):
+        data = [
+            [r[metric] for r in rows if r["model"] == m and r["label"] == label] for m in by_model
+        ]
+        axis.boxplot(data, showmeans=True)
+        axis.set_xticks(range(1, len(by_model) + 1), list(by_model), rotation=30, fontsize=8)
+        axis.set_title(title)
+        axis.grid(alpha=0.3, axis="y")
+    return figure
+
+
+def _reliability_figure(label: str, calibrated: dict[str, Any]) -> Any:
+    """Reliability diagram of the models with saved probabilities."""
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(4.5, 4.2))
+    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    for model, calibration in calibrated.items():
+        points = [
+            (b["mean_probability"], b["lesion_frequency"])
+            for b in calibration["bins"]
+            if b["voxels"] > 0
+        ]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            axis.plot(xs, ys, marker="o", label=f"{model} (ECE {calibration['ece']:.4f})")
+    axis.set_xlabel("mean predicted probability")
+    axis.set_ylabel("observed lesion frequency")
+    axis.set_title(f"Reliability: {label}")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    return figure
+
+
 def write_plots(out: Path, summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> list[str]:
     """Write the PNG plots into ``out``; returns their file names.
+
+    Per label: ``froc_<label>.png``, ``cases_<label>.png`` and, when probabilities were
+    saved, ``reliability_<label>.png`` (the label with every character other than
+    letters, digits, ``-`` and ``_`` replaced by ``_``).
 
     Args:
         out: The evaluation folder.
@@ -35,76 +115,16 @@ def write_plots(out: Path, summary: dict[str, Any], rows: Sequence[dict[str, Any
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     written: list[str] = []
-    results = summary["results"]
-    for label, by_model in results.items():
+    for label, by_model in summary["results"].items():
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
-        # FROC
-        figure, axis = plt.subplots(figsize=(5.5, 4))
-        for model, entry in by_model.items():
-            curve = entry["froc"]
-            cpm_value = entry["detection"]["cpm"]["value"]
-            axis.step(
-                curve["fp_per_case"],
-                curve["sensitivity"],
-                where="post",
-                label=f"{model} (CPM {cpm_value:.2f})",
-                linewidth=2.2 if model == "ensemble" else 1.2,
-            )
-        axis.set_xscale("symlog", linthresh=0.125)
-        axis.set_xlabel("false positives per case")
-        axis.set_ylabel("lesion sensitivity")
-        axis.set_ylim(0, 1.02)
-        axis.set_title(f"FROC: {label}")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8, loc="lower right")
-        name = f"froc_{safe}.png"
-        write_bytes_atomic(out / name, _png(figure))
-        plt.close(figure)
-        written.append(name)
-        # per-case box plots
-        figure, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-        for axis, metric, title in (
-            (axes[0], "dice", "Dice per case"),
-            (axes[1], "hd95_mm", "HD95 per case (mm)"),
-        ):
-            data = [
-                [r[metric] for r in rows if r["model"] == m and r["label"] == label]
-                for m in by_model
-            ]
-            axis.boxplot(data, showmeans=True)
-            axis.set_xticks(range(1, len(by_model) + 1), list(by_model), rotation=30, fontsize=8)
-            axis.set_title(title)
-            axis.grid(alpha=0.3, axis="y")
-        name = f"cases_{safe}.png"
-        write_bytes_atomic(out / name, _png(figure))
-        plt.close(figure)
-        written.append(name)
-        # reliability
+        written.append(_save_png(out, f"froc_{safe}.png", _froc_figure(label, by_model)))
+        written.append(_save_png(out, f"cases_{safe}.png", _cases_figure(label, by_model, rows)))
         calibrated = {m: e["calibration"] for m, e in by_model.items() if "calibration" in e}
         if calibrated:
-            figure, axis = plt.subplots(figsize=(4.5, 4.2))
-            axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
-            for model, calibration in calibrated.items():
-                points = [
-                    (b["mean_probability"], b["lesion_frequency"])
-                    for b in calibration["bins"]
-                    if b["voxels"] > 0
-                ]
-                if points:
-                    xs, ys = zip(*points, strict=True)
-                    axis.plot(xs, ys, marker="o", label=f"{model} (ECE {calibration['ece']:.4f})")
-            axis.set_xlabel("mean predicted probability")
-            axis.set_ylabel("observed lesion frequency")
-            axis.set_title(f"Reliability: {label}")
-            axis.legend(fontsize=8)
-            axis.grid(alpha=0.3)
-            name = f"reliability_{safe}.png"
-            write_bytes_atomic(out / name, _png(figure))
-            plt.close(figure)
-            written.append(name)
+            figure = _reliability_figure(label, calibrated)
+            written.append(_save_png(out, f"reliability_{safe}.png", figure))
     return written
 
 

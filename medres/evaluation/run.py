@@ -295,6 +295,21 @@ class _Scoring:
             bins.add(probability, true_mask)
 
 
+def _finished_scans(folder: RunFolder, run: RunRecord) -> list[ScanFolder]:
+    """The scan folders the run finished (never a stale output of an earlier run).
+
+    Raises:
+        EvaluationError: There is none.
+    """
+    finished = run.finished_scans()
+    scan_dirs = [
+        scan for scan in folder.scans() if finished is None or scan.scan_id in finished
+    ]
+    if not scan_dirs:
+        raise EvaluationError(f"{folder.path}: no predicted scan (no scan folder with a record)")
+    return scan_dirs
+
+
 def evaluate_predictions(
     predictions: str | Path,
     truth: str | Path,
@@ -327,14 +342,7 @@ def evaluate_predictions(
         mask_suffix=options.mask_suffix,
         data_root=options.data_root,
     )
-    finished = run.finished_scans()
-    scan_dirs = [
-        folder
-        for folder in run_folder.scans()
-        if finished is None or folder.scan_id in finished  # never a stale earlier output
-    ]
-    if not scan_dirs:
-        raise EvaluationError(f"{predictions}: no predicted scan (no scan folder with a record)")
+    scan_dirs = _finished_scans(run_folder, run)
     scoring = _Scoring(options=options, configs=configs, index=index)
     for done, scan_dir in enumerate(scan_dirs):
         if on_progress is not None:
@@ -427,7 +435,7 @@ def _detection_figures(
         "sensitivity": counts.sensitivity,
         "precision": counts.precision,
         "f1": counts.f1,
-        "fp_per_case": counts.fp_per_scan,
+        "fp_per_case": counts.fp_per_case,
         "cpm": score,
     }
 
@@ -539,7 +547,7 @@ def write_outputs(
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / METRICS_CSV, _csv(evaluation.rows))
     lesion_rows = [
-        {"case": case_id, "scan": scan, "model": model, "label": label, **asdict(match)}
+        {"case": case_id, "scan": scan, "model": model, "label": label, **match.to_row()}
         for case_id, per_model in sorted(cases.items())
         for model, per_label in per_model.items()
         for label, stats in per_label.items()

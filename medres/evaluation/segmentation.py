@@ -12,7 +12,8 @@ little).
 
 Conventions (both documented in docs/user-guide.md):
 
-* both masks empty: Dice = IoU = NSD = 1, HD95 = mean surface distance = 0, volume errors 0;
+* both masks empty: Dice = IoU = NSD = 1, HD95 = mean surface distance = 0, volume (area)
+  errors 0;
 * exactly one empty: Dice = IoU = NSD = 0 and HD95 = mean surface distance = the
   diagonal of the scan in mm (the largest possible distance; the BraTS convention), so a
   missed or invented lesion is never averaged away as "undefined". When slices are
@@ -42,7 +43,8 @@ SEGMENTATION_METRICS: dict[str, str] = {
     "hd95_mm": "mm",
     "mean_surface_distance_mm": "mm",
     "nsd": "",
-    "volume_error_abs": "ml (mm^2 in 2D)",
+    "volume_error_abs_ml": "ml",
+    "area_error_abs_mm2": "mm^2",
     "volume_error_rel": "",
 }
 
@@ -51,10 +53,16 @@ SEGMENTATION_METRICS: dict[str, str] = {
 class OverlapStats:
     """Sufficient statistics of one (or several pooled) binary mask pairs.
 
+    Sizes carry their unit in their name, as :class:`medres.inference.lesions.Lesion`'s
+    do: the ``*_volume_ml`` fields are set for 3D masks and the ``*_area_mm2`` ones for 2D
+    masks; the others stay None.
+
     Attributes:
         tp: Voxels in both masks. fp: only predicted. fn: only true.
-        predicted_size: Predicted volume in ml (3D) or area in mm^2 (2D).
-        true_size: True volume in ml or area in mm^2.
+        predicted_volume_ml: Predicted volume in ml (3D masks, else None).
+        predicted_area_mm2: Predicted area in mm^2 (2D masks, else None).
+        true_volume_ml: True volume in ml (3D masks, else None).
+        true_area_mm2: True area in mm^2 (2D masks, else None).
         distances_predicted: Distance (mm) of every predicted boundary voxel to the true
             boundary. distances_true: the other way round.
         diagonal_mm: Largest distance in the scan (the penalty for an empty mask).
@@ -64,8 +72,10 @@ class OverlapStats:
     tp: int = 0
     fp: int = 0
     fn: int = 0
-    predicted_size: float = 0.0
-    true_size: float = 0.0
+    predicted_volume_ml: float | None = None
+    predicted_area_mm2: float | None = None
+    true_volume_ml: float | None = None
+    true_area_mm2: float | None = None
     distances_predicted: npt.NDArray[np.float64] = field(
         default_factory=lambda: np.zeros(0, np.float64)
     )
@@ -73,6 +83,12 @@ class OverlapStats:
     diagonal_mm: float = 0.0
     parts: int = 1
     one_empty_parts: int = 0
+
+
+def _sum_or_none(values: Sequence[float | None]) -> float | None:
+    """Sum of the values that are set; None when none is."""
+    present = [v for v in values if v is not None]
+    return sum(present) if present else None
 
 
 def _diagonal_mm(shape: Sequence[int], spacing_mm: Sequence[float]) -> float:
@@ -112,16 +128,20 @@ def overlap_stats(
     if voxel_measure is not None and not 0.0 < voxel_measure < float("inf"):
         raise ValueError(f"voxel_measure must be a positive size (mm^3, mm^2): {voxel_measure}")
     voxel = float(np.prod(spacing)) if voxel_measure is None else float(voxel_measure)
-    unit = 1000.0 if predicted.ndim == 3 else 1.0  # ml in 3D, mm^2 in 2D
+    in_3d = predicted.ndim == 3
+    unit = 1000.0 if in_3d else 1.0  # ml in 3D, mm^2 in 2D
     tp = int(np.count_nonzero(predicted & truth))
     n_pred = int(np.count_nonzero(predicted))
     n_true = int(np.count_nonzero(truth))
+    predicted_size, true_size = n_pred * voxel / unit, n_true * voxel / unit
     stats = OverlapStats(
         tp=tp,
         fp=n_pred - tp,
         fn=n_true - tp,
-        predicted_size=n_pred * voxel / unit,
-        true_size=n_true * voxel / unit,
+        predicted_volume_ml=predicted_size if in_3d else None,
+        predicted_area_mm2=None if in_3d else predicted_size,
+        true_volume_ml=true_size if in_3d else None,
+        true_area_mm2=None if in_3d else true_size,
         diagonal_mm=_diagonal_mm(predicted.shape, spacing),
         one_empty_parts=int((n_pred == 0) != (n_true == 0)),
     )
@@ -160,8 +180,10 @@ def pool_stats(parts: Sequence[OverlapStats]) -> OverlapStats:
         tp=sum(p.tp for p in parts),
         fp=sum(p.fp for p in parts),
         fn=sum(p.fn for p in parts),
-        predicted_size=sum(p.predicted_size for p in parts),
-        true_size=sum(p.true_size for p in parts),
+        predicted_volume_ml=_sum_or_none([p.predicted_volume_ml for p in parts]),
+        predicted_area_mm2=_sum_or_none([p.predicted_area_mm2 for p in parts]),
+        true_volume_ml=_sum_or_none([p.true_volume_ml for p in parts]),
+        true_area_mm2=_sum_or_none([p.true_area_mm2 for p in parts]),
         distances_predicted=np.concatenate([p.distances_predicted for p in parts]),
         distances_true=np.concatenate([p.distances_true for p in parts]),
         diagonal_mm=max(p.diagonal_mm for p in parts),
@@ -170,24 +192,51 @@ def pool_stats(parts: Sequence[OverlapStats]) -> OverlapStats:
     )
 
 
-def segmentation_metrics(stats: OverlapStats, *, tolerance_mm: float) -> dict[str, float]:
+def _size_errors(stats: OverlapStats) -> dict[str, float | None]:
+    """Absolute volume (3D) or area (2D) error, and the signed error over the true size.
+
+    The relative error is NaN when the truth is empty; the absolute error of the other
+    dimension is None.
+    """
+    errors: dict[str, float | None] = {"volume_error_abs_ml": None, "area_error_abs_mm2": None}
+    relative = float("nan")
+    for key, predicted, true in (
+        ("area_error_abs_mm2", stats.predicted_area_mm2, stats.true_area_mm2),
+        ("volume_error_abs_ml", stats.predicted_volume_ml, stats.true_volume_ml),
+    ):
+        if predicted is None or true is None:
+            continue
+        error = predicted - true
+        errors[key] = float(abs(error))
+        relative = float(error / true) if true > 0 else float("nan")
+    return {**errors, "volume_error_rel": relative}
+
+
+def segmentation_metrics(stats: OverlapStats, *, tolerance_mm: float) -> dict[str, float | None]:
     """Dice, IoU, HD95, mean surface distance, NSD and volume errors of pooled statistics.
 
     Surface metrics pool the boundary distances of every part. A boundary voxel of a part
     where the other mask is empty has no counterpart: its distance is the scan's diagonal
     (so it counts against HD95, the mean surface distance and NSD; see the module
     conventions).
+
+    Returns:
+        The figures of :data:`SEGMENTATION_METRICS`, in its order. The absolute size error
+        is ``volume_error_abs_ml`` for 3D masks and ``area_error_abs_mm2`` for 2D masks,
+        the other one None; ``volume_error_rel`` is NaN when the truth is empty.
     """
     n_pred = stats.tp + stats.fp
     n_true = stats.tp + stats.fn
     if n_pred == 0 and n_true == 0:
+        sizes = _size_errors(stats)
         return {
             "dice": 1.0,
             "iou": 1.0,
             "hd95_mm": 0.0,
             "mean_surface_distance_mm": 0.0,
             "nsd": 1.0,
-            "volume_error_abs": 0.0,
+            "volume_error_abs_ml": sizes["volume_error_abs_ml"],
+            "area_error_abs_mm2": sizes["area_error_abs_mm2"],
             "volume_error_rel": 0.0,
         }
     dice = 2.0 * stats.tp / (n_pred + n_true)
@@ -201,16 +250,13 @@ def segmentation_metrics(stats: OverlapStats, *, tolerance_mm: float) -> dict[st
     )
     msd = float(both.mean()) if both.size else 0.0
     nsd = float(np.count_nonzero(both <= tolerance_mm) / both.size) if both.size else 1.0
-    volume_error = stats.predicted_size - stats.true_size
-    relative = volume_error / stats.true_size if stats.true_size > 0 else float("nan")
     return {
         "dice": float(dice),
         "iou": float(iou),
         "hd95_mm": float(hd95),
         "mean_surface_distance_mm": float(msd),
         "nsd": float(nsd),
-        "volume_error_abs": float(abs(volume_error)),
-        "volume_error_rel": float(relative),
+        **_size_errors(stats),
     }
 
 

@@ -13,8 +13,8 @@ between voxel centres plus one voxel (the extent of the edge voxels), in mm.
 
 Example:
     >>> import numpy as np
-    >>> labels = np.zeros((20, 20, 5), np.uint8); labels[5:10, 5:10, 1:4] = 1
-    >>> [round(x.volume_ml, 3) for x in find_lesions(labels, affine=np.eye(4))]
+    >>> label_map = np.zeros((20, 20, 5), np.uint8); label_map[5:10, 5:10, 1:4] = 1
+    >>> [round(x.volume_ml, 3) for x in find_lesions(label_map, affine=np.eye(4))]
     [0.075]
 """
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -114,8 +114,110 @@ def _in_plane_diameter(ij: npt.NDArray[np.int64], columns: npt.NDArray[np.float6
     return float(dist[a, b]) + extent
 
 
+class _VoxelMaps(NamedTuple):
+    """Per-voxel maps measured over each lesion, cropped to the label's box (or None)."""
+
+    probabilities: npt.NDArray[np.floating[Any]] | None
+    member_hits: npt.NDArray[np.unsignedinteger[Any]] | None
+    uncertainty: npt.NDArray[np.floating[Any]] | None
+
+
+def _longest_axial_diameter(
+    ijk: npt.NDArray[np.int64], columns: npt.NDArray[np.float64], axis: int | None
+) -> tuple[float, int | None]:
+    """``(diameter mm, slice index)`` of a lesion's voxel indices ``ijk`` (N, ndim).
+
+    In 2D (``axis`` None) the whole lesion is one plane; in 3D, the longest in-plane extent
+    over the lesion's slices along ``axis`` and the slice where it lies.
+    """
+    if axis is None:
+        return _in_plane_diameter(ijk, columns), None
+    plane_axes = [a for a in range(3) if a != axis]
+    diameter, best_slice = 0.0, None
+    for k in np.unique(ijk[:, axis]):
+        in_slice = ijk[ijk[:, axis] == k][:, plane_axes]
+        d = _in_plane_diameter(in_slice, columns[:, plane_axes])
+        if d > diameter:
+            diameter, best_slice = d, int(k)
+    return diameter, best_slice
+
+
+def _confidence(
+    maps: _VoxelMaps,
+    box: tuple[slice, ...],
+    local: npt.NDArray[np.bool_],
+    n_members: int | None,
+) -> tuple[float | None, float | None, int | None, float | None]:
+    """``(mean probability, max probability, members detecting, uncertainty)`` of the
+    lesion ``local`` in ``box`` (None for each map not given).
+
+    Raises:
+        ValueError: ``member_hits`` without ``n_members``.
+    """
+    mean_p = max_p = spread = None
+    detecting = None
+    if maps.probabilities is not None:
+        values = np.asarray(maps.probabilities)[box][local].astype(np.float64)
+        mean_p, max_p = round(float(values.mean()), 4), round(float(values.max()), 4)
+    if maps.member_hits is not None:
+        if n_members is None:
+            raise ValueError("n_members is needed with member_hits")
+        union = np.bitwise_or.reduce(np.asarray(maps.member_hits)[box][local].ravel())
+        detecting = int(bin(int(union)).count("1"))
+    if maps.uncertainty is not None:
+        spread = round(float(np.asarray(maps.uncertainty)[box][local].astype(np.float64).mean()), 4)
+    return mean_p, max_p, detecting, spread
+
+
+def _measure_lesion(
+    grid: Grid,
+    components: npt.NDArray[np.integer],
+    component: int,
+    box: tuple[slice, ...],
+    origin: npt.NDArray[np.intp],
+    *,
+    lesion_id: int,
+    label_name: str,
+    voxel_count: int,
+    maps: _VoxelMaps,
+    n_members: int | None,
+) -> Lesion:
+    """One component (``component`` inside ``box`` of the cropped ``components``, whose
+    corner is voxel ``origin`` of the grid) measured as a :class:`Lesion`."""
+    ndim = len(grid.shape)
+    affine = grid.affine
+    columns = affine[:3, :ndim]
+    voxel_size = grid.voxel_measure  # |det A| in 3D (right for sheared grids), pixel area in 2D
+    local = components[box] == component
+    offset = np.array([s.start for s in box]) + origin
+    ijk = np.argwhere(local) + offset
+    center = ijk.mean(axis=0)  # exact mean of the voxel indices (``ijk`` is needed below)
+    world = grid.voxel_to_world(center)
+    diameter, best_slice = _longest_axial_diameter(ijk, columns, slice_axis(affine, ndim))
+    mean_p, max_p, detecting, spread = _confidence(maps, box, local, n_members)
+    return Lesion(
+        lesion_id=lesion_id,
+        label=label_name,
+        voxel_count=voxel_count,
+        volume_ml=round(float(voxel_count * voxel_size / 1000.0), 5) if ndim == 3 else None,
+        area_mm2=round(float(voxel_count * voxel_size), 3) if ndim == 2 else None,
+        center_ijk=tuple(round(float(c), 3) for c in center),
+        center_ras_mm=tuple(round(float(c), 3) for c in world),  # type: ignore[arg-type]
+        bbox_ijk=tuple(
+            (int(s.start + o), int(s.stop + o) - 1) for s, o in zip(box, origin, strict=True)
+        ),
+        longest_axial_diameter_mm=round(diameter, 3),
+        axial_slice=best_slice,
+        mean_probability=mean_p,
+        max_probability=max_p,
+        members_detecting=detecting,
+        n_members=n_members if maps.member_hits is not None else None,
+        uncertainty=spread,
+    )
+
+
 def find_lesions(
-    labels: npt.NDArray[np.integer],
+    label_map: npt.NDArray[np.integer],
     *,
     affine: npt.NDArray[np.float64],
     label_index: int = 1,
@@ -126,10 +228,10 @@ def find_lesions(
     uncertainty: npt.NDArray[np.floating[Any]] | None = None,
     min_size: float = 0.0,
 ) -> list[Lesion]:
-    """Connected components of ``labels == label_index`` with their measurements.
+    """Connected components of ``label_map == label_index`` with their measurements.
 
     Args:
-        labels: Label map ``(x, y)`` or ``(x, y, z)``.
+        label_map: Label map ``(x, y)`` or ``(x, y, z)`` (label indices).
         affine: 4x4 voxel -> RAS mm (2D maps use its first two columns).
         label_index: Which label to split into lesions.
         label_name: Name written into each :class:`Lesion`.
@@ -146,95 +248,50 @@ def find_lesions(
         gantry-tilt grids) or pixel area: :attr:`medres.io.grid.Grid.voxel_measure`.
 
     Raises:
-        ValueError: ``labels`` is not 2D or 3D, or ``affine`` is not a valid grid affine
-            (see :class:`~medres.io.grid.Grid`).
+        ValueError: ``label_map`` is not 2D or 3D, ``affine`` is not a valid grid affine
+            (see :class:`~medres.io.grid.Grid`), or ``member_hits`` comes without
+            ``n_members``.
     """
     import cc3d
 
-    labels = np.asarray(labels)
-    ndim = labels.ndim
-    if ndim not in (2, 3):
-        raise ValueError(f"labels must be 2D or 3D, got shape {labels.shape}")
-    grid = Grid(labels.shape, affine)
-    affine = grid.affine
-    columns = affine[:3, :ndim]
-    voxel_size = grid.voxel_measure  # |det A| in 3D (right for sheared grids), pixel area in 2D
-    region = occupied_box(labels == label_index)
+    label_map = np.asarray(label_map)
+    if label_map.ndim not in (2, 3):
+        raise ValueError(f"label_map must be 2D or 3D, got shape {label_map.shape}")
+    grid = Grid(label_map.shape, affine)
+    region = occupied_box(label_map == label_index)
     if region is None:
         return []
     # work inside the box holding every voxel of the label (small, even on a large scan)
     origin = np.array([s.start for s in region])
-    components, _ = label_components(labels[region] == label_index)
-    if probabilities is not None:
-        probabilities = np.asarray(probabilities)[region]
-    if member_hits is not None:
-        member_hits = np.asarray(member_hits)[region]
-    if uncertainty is not None:
-        uncertainty = np.asarray(uncertainty)[region]
+    components, _ = label_components(label_map[region] == label_index)
+    maps = _VoxelMaps(
+        *(
+            None if a is None else np.asarray(a)[region]
+            for a in (probabilities, member_hits, uncertainty)
+        )
+    )
     stats = cc3d.statistics(components)  # voxel counts and boxes, index = component
     sizes = np.asarray(stats["voxel_counts"][1:], dtype=np.int64)
     objects = stats["bounding_boxes"][1:]
-    axis = slice_axis(affine, ndim)
     lesions: list[Lesion] = []
-    order = np.argsort(-sizes, kind="stable")
-    for index in order:
-        component = int(index) + 1
-        if sizes[index] * voxel_size < min_size:
+    for index in np.argsort(-sizes, kind="stable"):
+        if sizes[index] * grid.voxel_measure < min_size:
             continue
         box = objects[index]
         assert box is not None
-        local = components[box] == component
-        offset = np.array([s.start for s in box]) + origin
-        ijk = np.argwhere(local) + offset
-        center = ijk.mean(axis=0)  # exact mean of the voxel indices (``ijk`` is needed below)
-        world = grid.voxel_to_world(center)
-        if axis is None:
-            diameter = _in_plane_diameter(ijk, columns)
-            best_slice = None
-        else:
-            plane_axes = [a for a in range(3) if a != axis]
-            diameter, best_slice = 0.0, None
-            for k in np.unique(ijk[:, axis]):
-                in_slice = ijk[ijk[:, axis] == k][:, plane_axes]
-                d = _in_plane_diameter(in_slice, columns[:, plane_axes])
-                if d > diameter:
-                    diameter, best_slice = d, int(k)
-        mean_p = max_p = spread = None
-        detecting = None
-        if probabilities is not None:
-            values = np.asarray(probabilities)[box][local].astype(np.float64)
-            mean_p, max_p = round(float(values.mean()), 4), round(float(values.max()), 4)
-        if member_hits is not None:
-            if n_members is None:
-                raise ValueError("n_members is needed with member_hits")
-            union = np.bitwise_or.reduce(np.asarray(member_hits)[box][local].ravel())
-            detecting = int(bin(int(union)).count("1"))
-        if uncertainty is not None:
-            spread = round(float(np.asarray(uncertainty)[box][local].astype(np.float64).mean()), 4)
-        lesions.append(
-            Lesion(
-                lesion_id=len(lesions) + 1,
-                label=label_name,
-                voxel_count=int(sizes[index]),
-                volume_ml=round(float(sizes[index] * voxel_size / 1000.0), 5)
-                if ndim == 3
-                else None,
-                area_mm2=round(float(sizes[index] * voxel_size), 3) if ndim == 2 else None,
-                center_ijk=tuple(round(float(c), 3) for c in center),
-                center_ras_mm=tuple(round(float(c), 3) for c in world),  # type: ignore[arg-type]
-                bbox_ijk=tuple(
-                    (int(s.start + o), int(s.stop + o) - 1)
-                    for s, o in zip(box, origin, strict=True)
-                ),
-                longest_axial_diameter_mm=round(diameter, 3),
-                axial_slice=best_slice,
-                mean_probability=mean_p,
-                max_probability=max_p,
-                members_detecting=detecting,
-                n_members=n_members if member_hits is not None else None,
-                uncertainty=spread,
-            )
+        lesion = _measure_lesion(
+            grid,
+            components,
+            int(index) + 1,
+            box,
+            origin,
+            lesion_id=len(lesions) + 1,
+            label_name=label_name,
+            voxel_count=int(sizes[index]),
+            maps=maps,
+            n_members=n_members,
         )
+        lesions.append(lesion)
     return lesions
 
 

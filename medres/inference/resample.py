@@ -158,55 +158,21 @@ def _resample_separable(
             out[:, start:stop] = values.numpy()
 
 
-def resample_to_grid(
+def _resample_general(
     source: npt.NDArray[Any],
-    source_affine: npt.ArrayLike,
-    target_affine: npt.ArrayLike,
-    target_shape: Sequence[int],
+    mapping: npt.NDArray[np.float64],
+    out: npt.NDArray[Any],
     *,
-    nearest: bool = False,
-    dtype: npt.DTypeLike = np.float32,
-    out: npt.NDArray[Any] | None = None,
-) -> npt.NDArray[Any]:
-    """Sample channel-first ``source (K, *src_shape)`` at every voxel of a target grid.
-
-    Args:
-        source: Values on the source grid, 2D ``(K, x, y)`` or 3D ``(K, x, y, z)``.
-        source_affine: 4x4 voxel -> RAS mm of the source grid.
-        target_affine: 4x4 voxel -> RAS mm of the target grid.
-        target_shape: Spatial shape of the target grid.
-        nearest: Nearest-neighbour sampling (labels, bit masks) instead of (bi/tri)linear.
-        dtype: dtype of the returned array (float16 or uint8 keep it compact); integer
-            outputs are rounded.
-        out: Optional preallocated ``(K, *target_shape)`` array to fill.
-
-    Returns:
-        ``(K, *target_shape)`` array; 0 where the target lies outside the source grid.
-    """
+    nearest: bool,
+    integer: bool,
+) -> None:
+    """Fill ``out`` by ``grid_sample`` at the mapped coordinates, a slab of its last axis
+    at a time (any affine mapping, also one that mixes axes)."""
     import torch
     from torch.nn.functional import grid_sample
 
-    source = np.asarray(source)
     ndim = source.ndim - 1
-    if ndim not in (2, 3) or len(target_shape) != ndim:
-        raise ValueError(
-            f"source {source.shape} and target shape {tuple(target_shape)} must both be 2D or 3D"
-        )
-    channels = source.shape[0]
-    target_shape = tuple(int(s) for s in target_shape)
-    if out is None:
-        out = np.empty((channels, *target_shape), dtype=dtype)
-    integer = np.issubdtype(out.dtype, np.integer)
-    mapping = grid_mapping(source_affine, target_affine)
-    if _is_identity(mapping, source.shape[1:], target_shape, ndim):
-        out[...] = np.rint(source) if integer and not nearest else source
-        return out
-
-    axes_map = _separable(mapping, ndim)
-    if axes_map is not None:
-        _resample_separable(source, axes_map, out, nearest=nearest, integer=integer)
-        return out
-
+    target_shape = out.shape[1:]
     # large integers (member bits of > 24 members) lose bits in float32: sample in float64
     work = (
         torch.float64
@@ -245,6 +211,56 @@ def resample_to_grid(
             if integer:
                 values = np.rint(values)
             out[..., start:stop] = values
+
+
+def resample_to_grid(
+    source: npt.NDArray[Any],
+    source_affine: npt.ArrayLike,
+    target_affine: npt.ArrayLike,
+    target_shape: Sequence[int],
+    *,
+    nearest: bool = False,
+    dtype: npt.DTypeLike = np.float32,
+    out: npt.NDArray[Any] | None = None,
+) -> npt.NDArray[Any]:
+    """Sample channel-first ``source (K, *src_shape)`` at every voxel of a target grid.
+
+    Args:
+        source: Values on the source grid, 2D ``(K, x, y)`` or 3D ``(K, x, y, z)``.
+        source_affine: 4x4 voxel -> RAS mm of the source grid.
+        target_affine: 4x4 voxel -> RAS mm of the target grid.
+        target_shape: Spatial shape of the target grid.
+        nearest: Nearest-neighbour sampling (labels, bit masks) instead of (bi/tri)linear.
+        dtype: dtype of the returned array (float16 or uint8 keep it compact); integer
+            outputs are rounded.
+        out: Optional preallocated ``(K, *target_shape)`` array to fill.
+
+    Returns:
+        ``(K, *target_shape)`` array; 0 where the target lies outside the source grid.
+
+    Raises:
+        ValueError: ``source`` and ``target_shape`` are not both 2D or both 3D.
+    """
+    source = np.asarray(source)
+    ndim = source.ndim - 1
+    if ndim not in (2, 3) or len(target_shape) != ndim:
+        raise ValueError(
+            f"source {source.shape} and target shape {tuple(target_shape)} must both be 2D or 3D"
+        )
+    channels = source.shape[0]
+    target_shape = tuple(int(s) for s in target_shape)
+    if out is None:
+        out = np.empty((channels, *target_shape), dtype=dtype)
+    integer = np.issubdtype(out.dtype, np.integer)
+    mapping = grid_mapping(source_affine, target_affine)
+    if _is_identity(mapping, source.shape[1:], target_shape, ndim):
+        out[...] = np.rint(source) if integer and not nearest else source
+        return out
+    axes_map = _separable(mapping, ndim)
+    if axes_map is not None:
+        _resample_separable(source, axes_map, out, nearest=nearest, integer=integer)
+    else:
+        _resample_general(source, mapping, out, nearest=nearest, integer=integer)
     return out
 
 

@@ -175,12 +175,12 @@ def orthogonal_views(
 
 
 def image_view(
-    image: npt.NDArray[Any], labels: npt.NDArray[np.uint8], spacing: Sequence[float]
+    image: npt.NDArray[Any], label_map: npt.NDArray[np.uint8], spacing: Sequence[float]
 ) -> View:
     """A 2D image as stored: ``(x, y)`` arrays shown with ``y`` down the screen."""
     return View(
         image=np.ascontiguousarray(np.asarray(image, dtype=np.float32).T),
-        labels=np.ascontiguousarray(labels.T),
+        labels=np.ascontiguousarray(label_map.T),
         row_mm=float(spacing[1]),
         column_mm=float(spacing[0]),
         title="image",
@@ -193,6 +193,106 @@ def _scale_bar_mm(width_mm: float) -> float:
         if candidate <= width_mm / 4:
             return candidate
     return 1.0
+
+
+def _draw_outlines(axis: Any, label_map: npt.NDArray[np.uint8], view: View) -> None:
+    """Outline every label of ``label_map`` (view pixels): a dark wide line, a bright thin one."""
+    from skimage import measure
+
+    for value in sorted(int(v) for v in np.unique(label_map) if v):
+        colour = OUTLINE_COLOURS[(value - 1) % len(OUTLINE_COLOURS)]
+        padded = np.pad(label_map == value, 1).astype(np.float32)
+        for contour in measure.find_contours(padded, 0.5):  # type: ignore[no-untyped-call]
+            ys = (contour[:, 0] - 1 + 0.5) * view.row_mm
+            xs = (contour[:, 1] - 1 + 0.5) * view.column_mm
+            axis.plot(xs, ys, color="black", linewidth=2.6, alpha=0.8)
+            axis.plot(xs, ys, color=colour, linewidth=1.1)
+
+
+def _draw_lesion_ids(
+    axis: Any,
+    lesions: Sequence[dict[str, Any]],
+    view: View,
+    corner: tuple[int, int],
+    size_mm: tuple[float, float],
+) -> None:
+    """Each lesion's id at its ``(row, column)``, when inside the shown window.
+
+    Args:
+        axis: The matplotlib axes (mm coordinates, rows down).
+        lesions: Dicts with ``lesion_id``, ``row`` and ``column`` in view pixels.
+        view: The view the positions refer to.
+        corner: ``(row, column)`` of the view pixel at the window's top left.
+        size_mm: ``(height, width)`` of the shown window in mm.
+    """
+    height_mm, width_mm = size_mm
+    for lesion in lesions:
+        y = (lesion["row"] - corner[0] + 0.5) * view.row_mm
+        x = (lesion["column"] - corner[1] + 0.5) * view.column_mm
+        if 0 <= y <= height_mm and 0 <= x <= width_mm:
+            axis.text(
+                x,
+                y,
+                str(lesion["lesion_id"]),
+                color="white",
+                fontsize=9,
+                fontweight="bold",
+                ha="center",
+                va="center",
+                bbox={"boxstyle": "round,pad=0.15", "facecolor": "black", "alpha": 0.65, "lw": 0},
+            )
+
+
+def _draw_scale_bar(axis: Any, height_mm: float, width_mm: float, outline: list[Any]) -> None:
+    """A white bar of a round length in mm at the bottom right, with its length above."""
+    from matplotlib.patches import Rectangle
+
+    bar = _scale_bar_mm(width_mm)
+    x0, y0 = width_mm * 0.95 - bar, height_mm * 0.94
+    axis.add_patch(
+        Rectangle(
+            (x0, y0),
+            bar,
+            height_mm * 0.012 + 0.5,
+            facecolor="white",
+            edgecolor="black",
+            linewidth=0.8,
+        )
+    )
+    axis.text(
+        x0 + bar / 2,
+        y0 - height_mm * 0.015,
+        f"{bar:g} mm",
+        color="white",
+        ha="center",
+        va="bottom",
+        fontsize=8,
+        path_effects=outline,
+    )
+
+
+def _draw_orientation(
+    axis: Any, letters: str, height_mm: float, width_mm: float, outline: list[Any]
+) -> None:
+    """The patient-direction letters at the left, right, top and bottom edges."""
+    left, right, top, bottom = (letters[n] for n in range(4))
+    for text, x, y, ha, va in (
+        (left, width_mm * 0.02, height_mm / 2, "left", "center"),
+        (right, width_mm * 0.98, height_mm / 2, "right", "center"),
+        (top, width_mm / 2, height_mm * 0.03, "center", "top"),
+        (bottom, width_mm / 2, height_mm * 0.98, "center", "bottom"),
+    ):
+        axis.text(
+            x,
+            y,
+            text,
+            ha=ha,
+            va=va,
+            color="#ffb000",
+            fontsize=9,
+            fontweight="bold",
+            path_effects=outline,
+        )
 
 
 def render(
@@ -218,13 +318,11 @@ def render(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib import patheffects
-    from matplotlib.patches import Rectangle
-    from skimage import measure
 
-    image, labels = view.image, view.labels
+    image, label_map = view.image, view.labels
     row0 = col0 = 0
     if crop is not None:
-        image, labels = image[crop], labels[crop]
+        image, label_map = image[crop], label_map[crop]
         row0, col0 = crop[0].start or 0, crop[1].start or 0
     height_mm = image.shape[0] * view.row_mm
     width_mm = image.shape[1] * view.column_mm
@@ -239,71 +337,12 @@ def render(
         extent=(0, width_mm, height_mm, 0),
         interpolation="nearest",
     )
-    for value in sorted(int(v) for v in np.unique(labels) if v):
-        colour = OUTLINE_COLOURS[(value - 1) % len(OUTLINE_COLOURS)]
-        padded = np.pad(labels == value, 1).astype(np.float32)
-        for contour in measure.find_contours(padded, 0.5):  # type: ignore[no-untyped-call]
-            ys = (contour[:, 0] - 1 + 0.5) * view.row_mm
-            xs = (contour[:, 1] - 1 + 0.5) * view.column_mm
-            axis.plot(xs, ys, color="black", linewidth=2.6, alpha=0.8)
-            axis.plot(xs, ys, color=colour, linewidth=1.1)
-    for lesion in lesions:
-        y = (lesion["row"] - row0 + 0.5) * view.row_mm
-        x = (lesion["column"] - col0 + 0.5) * view.column_mm
-        if 0 <= y <= height_mm and 0 <= x <= width_mm:
-            axis.text(
-                x,
-                y,
-                str(lesion["lesion_id"]),
-                color="white",
-                fontsize=9,
-                fontweight="bold",
-                ha="center",
-                va="center",
-                bbox={"boxstyle": "round,pad=0.15", "facecolor": "black", "alpha": 0.65, "lw": 0},
-            )
-    bar = _scale_bar_mm(width_mm)
-    x0, y0 = width_mm * 0.95 - bar, height_mm * 0.94
+    _draw_outlines(axis, label_map, view)
+    _draw_lesion_ids(axis, lesions, view, (row0, col0), (height_mm, width_mm))
     outline = [patheffects.withStroke(linewidth=2.2, foreground="black")]  # readable on white
-    axis.add_patch(
-        Rectangle(
-            (x0, y0),
-            bar,
-            height_mm * 0.012 + 0.5,
-            facecolor="white",
-            edgecolor="black",
-            linewidth=0.8,
-        )
-    )
-    axis.text(
-        x0 + bar / 2,
-        y0 - height_mm * 0.015,
-        f"{bar:g} mm",
-        color="white",
-        ha="center",
-        va="bottom",
-        fontsize=8,
-        path_effects=outline,
-    )
+    _draw_scale_bar(axis, height_mm, width_mm, outline)
     if view.orientation:
-        left, right, top, bottom = (view.orientation[n] for n in range(4))
-        for text, x, y, ha, va in (
-            (left, width_mm * 0.02, height_mm / 2, "left", "center"),
-            (right, width_mm * 0.98, height_mm / 2, "right", "center"),
-            (top, width_mm / 2, height_mm * 0.03, "center", "top"),
-            (bottom, width_mm / 2, height_mm * 0.98, "center", "bottom"),
-        ):
-            axis.text(
-                x,
-                y,
-                text,
-                ha=ha,
-                va=va,
-                color="#ffb000",
-                fontsize=9,
-                fontweight="bold",
-                path_effects=outline,
-            )
+        _draw_orientation(axis, view.orientation, height_mm, width_mm, outline)
     axis.set_title(view.title, fontsize=9)
     axis.set_axis_off()
     buffer = io.BytesIO()

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from medres.errors import DatasetError, MedresError
 from medres.io.discover import iter_files
@@ -285,6 +286,66 @@ def _header_shape(path: Path) -> tuple[tuple[int, ...], int]:
         return (img.size[0], img.size[1]), channels.get(img.mode, len(img.getbands()))
 
 
+def _checked_label_map(case: TrainingCase, cfg: PipelineConfig) -> npt.NDArray[np.uint8]:
+    """One case's mask as label indices, after checking the case against the pipeline.
+
+    Checks that its files exist, the image is ``cfg.dims``-D with ``cfg.channels``, the
+    mask has the image's shape and every mask value maps to a label.
+
+    Raises:
+        MedresError: The first problem found (a :class:`DatasetError`, or the reader's own
+            error for a file that cannot be read).
+    """
+    from medres.transforms.presets import map_labels, read_channels, read_label
+
+    missing = [p for p in (*case.image_paths, case.label_path) if not p.is_file()]
+    if missing:
+        what = "mask" if case.label_path in missing else "image"
+        raise DatasetError(f"{missing[0]}: {what} file is missing (case {case.case_id})")
+    channels = 0
+    shape: tuple[int, ...] = ()
+    for path in case.image_paths:
+        shape, n = _header_shape(path)
+        channels += n
+    spatial = squeeze_single_slice_shape(shape) if cfg.dims == 2 else shape
+    if len(spatial) != cfg.dims:
+        raise DatasetError(
+            f"{case.image_paths[0]}: {len(spatial)}D image {shape} but the pipeline is {cfg.dims}D"
+        )
+    if channels != len(cfg.channels):
+        raise DatasetError(
+            f"{case.image_paths[0]}: {channels} channel(s) but the pipeline expects "
+            f"{len(cfg.channels)} ({', '.join(cfg.channels)})"
+        )
+    if len(case.image_paths) == 1 and is_image2d_path(case.image_paths[0]):
+        from medres.io.images2d import read_mask2d
+
+        label_array = read_mask2d(case.label_path).array
+        if label_array.shape[1:] != spatial:
+            raise DatasetError(
+                f"{case.label_path}: mask is {label_array.shape[1:]} but its image "
+                f"{case.image_paths[0].name} is {spatial}"
+            )
+    else:
+        image = read_channels(case.image_paths[:1], dims=cfg.dims)
+        label_array = read_label(case.label_path, image).array
+    return map_labels(label_array, cfg, source=str(case.label_path))
+
+
+def _count_labels(
+    result: DatasetCheck,
+    case: TrainingCase,
+    label_map: npt.NDArray[np.uint8],
+    cfg: PipelineConfig,
+) -> None:
+    """Add one case's voxels per label to ``result`` (and the case, if it has a lesion)."""
+    counts = np.bincount(label_map.ravel(), minlength=len(cfg.labels))
+    for index_label, name in enumerate(cfg.labels):
+        result.label_voxels[name] = result.label_voxels.get(name, 0) + int(counts[index_label])
+    if any(counts[i] > 0 for i in cfg.lesion_indices):
+        result.lesion_cases.add(case.case_id)
+
+
 def check_cases(
     cases: Sequence[TrainingCase],
     cfg: PipelineConfig,
@@ -300,8 +361,6 @@ def check_cases(
     Raises:
         DatasetError: Listing each problem with the file it concerns.
     """
-    from medres.transforms.presets import map_labels, read_channels, read_label
-
     if not cases:
         raise DatasetError("empty data set: no training cases")
     problems: list[str] = []
@@ -309,52 +368,12 @@ def check_cases(
     for index, case in enumerate(cases):
         if on_progress:
             on_progress(index, len(cases))
-        missing = [p for p in (*case.image_paths, case.label_path) if not p.is_file()]
-        if missing:
-            what = "mask" if case.label_path in missing else "image"
-            problems.append(f"{missing[0]}: {what} file is missing (case {case.case_id})")
-            continue
         try:
-            channels = 0
-            shape: tuple[int, ...] = ()
-            for path in case.image_paths:
-                shape, n = _header_shape(path)
-                channels += n
-            spatial = squeeze_single_slice_shape(shape) if cfg.dims == 2 else shape
-            if len(spatial) != cfg.dims:
-                problems.append(
-                    f"{case.image_paths[0]}: {len(spatial)}D image {shape} but the pipeline is "
-                    f"{cfg.dims}D"
-                )
-                continue
-            if channels != len(cfg.channels):
-                problems.append(
-                    f"{case.image_paths[0]}: {channels} channel(s) but the pipeline expects "
-                    f"{len(cfg.channels)} ({', '.join(cfg.channels)})"
-                )
-                continue
-            if len(case.image_paths) == 1 and is_image2d_path(case.image_paths[0]):
-                from medres.io.images2d import read_mask2d
-
-                label_array = read_mask2d(case.label_path).array
-                if label_array.shape[1:] != spatial:
-                    problems.append(
-                        f"{case.label_path}: mask is {label_array.shape[1:]} but its image "
-                        f"{case.image_paths[0].name} is {spatial}"
-                    )
-                    continue
-            else:
-                image = read_channels(case.image_paths[:1], dims=cfg.dims)
-                label_array = read_label(case.label_path, image).array
-            mapped = map_labels(label_array, cfg, source=str(case.label_path))
+            label_map = _checked_label_map(case, cfg)
         except MedresError as exc:
             problems.append(str(exc))
             continue
-        counts = np.bincount(mapped.ravel(), minlength=len(cfg.labels))
-        for index_label, name in enumerate(cfg.labels):
-            result.label_voxels[name] = result.label_voxels.get(name, 0) + int(counts[index_label])
-        if any(counts[i] > 0 for i in cfg.lesion_indices):
-            result.lesion_cases.add(case.case_id)
+        _count_labels(result, case, label_map, cfg)
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""

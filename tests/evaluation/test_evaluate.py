@@ -63,6 +63,13 @@ def test_members_and_ensemble_on_the_training_phantoms(
     with (tmp_path / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 6 * 4  # 6 cases x (3 members + ensemble)
+    # sizes name their unit: volumes on these 3D phantoms, the area columns stay empty
+    assert all(r["volume_error_abs_ml"] != "" and r["area_error_abs_mm2"] == "" for r in rows)
+    with (tmp_path / "lesions.csv").open() as handle:
+        lesions = list(csv.DictReader(handle))
+    assert {x["kind"] for x in lesions} <= {"tp", "fp", "fn"}
+    assert all(x["true_volume_ml"] != "" for x in lesions if x["kind"] == "tp")
+    assert all(x["true_area_mm2"] == "" for x in lesions)
     # a figure in the table equals a direct computation from the files
     row = next(r for r in rows if r["case"] == "phantom_001" and r["model"] == "ensemble")
     seg = np.asarray(nib.load(phantom_predictions / "phantom_001" / "seg.nii.gz").dataobj) == 1
@@ -159,7 +166,6 @@ def test_lgg_patients_pool_their_slices(tmp_path: Path) -> None:
     from medres.io import discover
     from medres.io.images2d import read_image2d, read_mask2d
     from medres.io.nifti import write_nifti
-
     from medres.predictions import records as rec
     from medres.predictions.layout import RunFolder
 

@@ -57,7 +57,7 @@ def test_two_boxes_with_known_overlap(spacing: tuple[float, float, float]) -> No
     metrics = segmentation_metrics(overlap_stats(a, b, spacing_mm=spacing), tolerance_mm=0.5)
     assert metrics["dice"] == pytest.approx(0.7)
     assert metrics["iou"] == pytest.approx(700 / 1300)
-    assert metrics["volume_error_abs"] == pytest.approx(0.0)
+    assert metrics["volume_error_abs_ml"] == pytest.approx(0.0)
     stats = overlap_stats(a, b, spacing_mm=spacing)
     # the largest boundary distance is the shift, in mm
     assert max(stats.distances_predicted.max(), stats.distances_true.max()) == pytest.approx(
@@ -88,7 +88,7 @@ def test_shifted_disc_in_2d_and_volume_errors() -> None:
     areas = overlap_stats(c, a, spacing_mm=spacing)
     m = segmentation_metrics(areas, tolerance_mm=1.0)
     expected = (np.count_nonzero(a) - np.count_nonzero(c)) * 0.75  # mm^2 in 2D
-    assert m["volume_error_abs"] == pytest.approx(expected)
+    assert m["area_error_abs_mm2"] == pytest.approx(expected)
     assert m["volume_error_rel"] == pytest.approx(-expected / (np.count_nonzero(a) * 0.75))
 
 
@@ -103,7 +103,8 @@ def test_empty_mask_conventions() -> None:
         "hd95_mm": 0.0,
         "mean_surface_distance_mm": 0.0,
         "nsd": 1.0,
-        "volume_error_abs": 0.0,
+        "volume_error_abs_ml": 0.0,
+        "area_error_abs_mm2": None,
         "volume_error_rel": 0.0,
     }
     diagonal = math.sqrt(10**2 + 24**2 + 24**2)
@@ -149,14 +150,14 @@ def test_lesion_matching_counts_and_iou_threshold() -> None:
     pred[20:21, 20:21, 2:3] = 1  # touches B: IoU 1/144
     pred[34:38, 30:34, 14:16] = 1  # nothing there
     matches = match_lesions(pred, truth, spacing_mm=spacing, iou_threshold=0.1)
-    counts = summarise(matches, n_scans=1)
+    counts = summarise(matches, n_cases=1)
     assert (counts.tp, counts.fp, counts.fn) == (1, 2, 2)
     assert counts.sensitivity == pytest.approx(1 / 3) and counts.precision == pytest.approx(1 / 3)
     assert counts.f1 == pytest.approx(1 / 3)
     loose = summarise(match_lesions(pred, truth, spacing_mm=spacing, iou_threshold=0.005), 1)
     assert (loose.tp, loose.fp, loose.fn) == (2, 1, 1)
     tp = next(m for m in matches if m.kind == "tp")
-    assert tp.iou == pytest.approx(120 / 144) and tp.true_size == pytest.approx(0.288)
+    assert tp.iou == pytest.approx(120 / 144) and tp.true_volume_ml == pytest.approx(0.288)
     by_size = sensitivity_by_size(matches)
     assert by_size["< 5 mm"]["true_lesions"] == 1 and by_size["< 5 mm"]["detected"] == 0
     # scores come from lesions.json entries keyed by voxel count and bounding box
@@ -171,19 +172,21 @@ def test_froc_and_cpm_by_hand() -> None:
 
     def m(kind: str, score: float | None) -> LesionMatch:
         return LesionMatch(
-            kind,
-            1 if kind != "fn" else None,
-            1 if kind != "fp" else None,
-            score,
-            0.5,
-            1.0,
-            1.0,
-            10.0,
+            kind=kind,
+            predicted_id=1 if kind != "fn" else None,
+            truth_id=1 if kind != "fp" else None,
+            score=score,
+            iou=0.5,
+            true_volume_ml=1.0,
+            true_area_mm2=None,
+            predicted_volume_ml=1.0,
+            predicted_area_mm2=None,
+            true_diameter_mm=10.0,
         )
 
     # 4 true lesions in 2 scans: found at scores 0.9 and 0.6, one fp at 0.8, one at 0.3
     matches = [m("tp", 0.9), m("fp", 0.8), m("tp", 0.6), m("fp", 0.3), m("fn", None), m("fn", None)]
-    fps, sens, thresholds = froc(matches, n_scans=2)
+    fps, sens, thresholds = froc(matches, n_cases=2)
     np.testing.assert_allclose(fps, [0, 0, 0.5, 0.5, 1.0])
     np.testing.assert_allclose(sens, [0, 0.25, 0.25, 0.5, 0.5])
     score, at_rate = cpm(fps, sens)
@@ -232,16 +235,58 @@ def test_sheared_grid_sizes_agree_with_lesions_json() -> None:
     stats = overlap_stats(
         predicted, truth, spacing_mm=grid.spacing_mm, voxel_measure=grid.voxel_measure
     )
-    assert stats.predicted_size == pytest.approx(lesion.volume_ml, abs=1e-5)
-    assert stats.true_size == pytest.approx(180 * 1.6 / 1000)
+    assert stats.predicted_volume_ml == pytest.approx(lesion.volume_ml, abs=1e-5)
+    assert stats.true_volume_ml == pytest.approx(180 * 1.6 / 1000)
     metrics = segmentation_metrics(stats, tolerance_mm=1.0)
-    assert metrics["volume_error_abs"] == pytest.approx(30 * 1.6 / 1000)
+    assert metrics["volume_error_abs_ml"] == pytest.approx(30 * 1.6 / 1000)
     (match,) = match_lesions(
         predicted, truth, spacing_mm=grid.spacing_mm, voxel_measure=grid.voxel_measure
     )
     assert match.kind == "tp"
-    assert match.predicted_size == pytest.approx(lesion.volume_ml, abs=1e-5)
-    assert match.true_size == pytest.approx(180 * 1.6 / 1000)
+    assert match.predicted_volume_ml == pytest.approx(lesion.volume_ml, abs=1e-5)
+    assert match.true_volume_ml == pytest.approx(180 * 1.6 / 1000)
     # without the grid's voxel volume the old default (product of spacings) is kept
     plain = overlap_stats(predicted, truth, spacing_mm=grid.spacing_mm)
-    assert plain.predicted_size == pytest.approx(210 * 1.7005 / 1000, abs=1e-5)
+    assert plain.predicted_volume_ml == pytest.approx(210 * 1.7005 / 1000, abs=1e-5)
+
+
+def test_sizes_name_their_unit_in_2d_and_3d() -> None:
+    """3D grids fill the ``*_volume_ml`` fields, 2D grids the ``*_area_mm2`` ones."""
+    flat = _box((20, 16), (2, 2), (6, 5))  # 12 pixels of 0.5 x 1.5 mm
+    (match,) = match_lesions(flat, flat, spacing_mm=(0.5, 1.5))
+    assert (match.true_area_mm2, match.predicted_area_mm2) == (9.0, 9.0)
+    assert (match.true_volume_ml, match.predicted_volume_ml) == (None, None)
+    stats = overlap_stats(flat, flat, spacing_mm=(0.5, 1.5))
+    assert (stats.true_area_mm2, stats.true_volume_ml) == (9.0, None)
+    metrics = segmentation_metrics(stats, tolerance_mm=1.0)
+    assert (metrics["area_error_abs_mm2"], metrics["volume_error_abs_ml"]) == (0.0, None)
+    pooled = pool_stats([stats, stats])
+    assert (pooled.true_area_mm2, pooled.true_volume_ml) == (18.0, None)
+
+
+def test_match_kind_accepts_plain_strings_and_writes_them() -> None:
+    from medres.evaluation.detection import LesionMatch, MatchKind
+
+    fields = {
+        "predicted_id": None,
+        "truth_id": 1,
+        "score": None,
+        "iou": 0.0,
+        "true_volume_ml": 0.5,
+        "true_area_mm2": None,
+        "predicted_volume_ml": None,
+        "predicted_area_mm2": None,
+        "true_diameter_mm": 9.8,
+    }
+    missed = LesionMatch(kind="fn", **fields)
+    assert missed.kind is MatchKind.FN and missed.kind == "fn"
+    row = missed.to_row()
+    assert type(row["kind"]) is str and row["kind"] == "fn"
+    assert list(row)[5:9] == [
+        "true_volume_ml",
+        "true_area_mm2",
+        "predicted_volume_ml",
+        "predicted_area_mm2",
+    ]
+    with pytest.raises(ValueError, match="lesion match kind 'hit': use tp, fp or fn"):
+        LesionMatch(kind="hit", **fields)
