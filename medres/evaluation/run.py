@@ -39,23 +39,13 @@ from medres._version import __version__
 from medres.errors import EvaluationError, MedresError
 from medres.evaluation.calibration import ReliabilityBins
 from medres.evaluation.detection import (
-    DETECTION_METRICS,
-    LesionMatch,
-    cpm,
-    froc,
     lesion_key,
     match_lesions,
-    sensitivity_by_size,
-    summarise,
 )
 from medres.evaluation.segmentation import (
-    SEGMENTATION_METRICS,
-    OverlapStats,
     overlap_stats,
-    pool_stats,
-    segmentation_metrics,
 )
-from medres.evaluation.statistics import bootstrap_cases_ci, describe, paired_comparison
+from medres.evaluation.summary import ENSEMBLE, ModelCase, case_rows, summarise_models
 from medres.evaluation.truth import TruthIndex, read_truth
 from medres.io.atomic import write_text_atomic
 from medres.io.grid import squeeze_single_slice_array
@@ -67,7 +57,6 @@ from medres.types import StrEnum
 
 logger = logging.getLogger(__name__)
 
-ENSEMBLE = "ensemble"
 METRICS_CSV = "metrics.csv"
 LESIONS_CSV = "lesions.csv"
 SUMMARY_JSON = "summary.json"
@@ -110,16 +99,6 @@ class EvaluateOptions:
         if self.group_by not in {g.value for g in CaseGrouping}:
             raise EvaluationError(f"group_by {self.group_by!r}: use scan or folder")
         object.__setattr__(self, "group_by", CaseGrouping(self.group_by))
-
-
-@dataclass
-class _ModelCase:
-    """Accumulated statistics of one model on one case and label."""
-
-    parts: list[OverlapStats] = field(default_factory=list)
-    matches: list[LesionMatch] = field(default_factory=list)
-    match_scans: list[str] = field(default_factory=list)  # the scan of each match
-    n_scans: int = 0
 
 
 @dataclass
@@ -182,7 +161,7 @@ class _Scoring:
     options: EvaluateOptions
     configs: dict[str, PipelineConfig]
     index: TruthIndex
-    cases: dict[str, dict[str, dict[str, _ModelCase]]] = field(default_factory=dict)
+    cases: dict[str, dict[str, dict[str, ModelCase]]] = field(default_factory=dict)
     calibration: dict[str, dict[str, ReliabilityBins]] = field(default_factory=dict)
     failed: list[dict[str, str]] = field(default_factory=list)
     without_truth: list[str] = field(default_factory=list)
@@ -275,7 +254,7 @@ class _Scoring:
         if label not in self.labels_seen:
             self.labels_seen.append(label)
         per_model = self.cases.setdefault(case_id, {})
-        stats = per_model.setdefault(model, {}).setdefault(label, _ModelCase())
+        stats = per_model.setdefault(model, {}).setdefault(label, ModelCase())
         stats.parts.append(
             overlap_stats(pred_mask, true_mask, spacing_mm=spacing_mm, voxel_measure=voxel_measure)
         )
@@ -302,9 +281,7 @@ def _finished_scans(folder: RunFolder, run: RunRecord) -> list[ScanFolder]:
         EvaluationError: There is none.
     """
     finished = run.finished_scans()
-    scan_dirs = [
-        scan for scan in folder.scans() if finished is None or scan.scan_id in finished
-    ]
+    scan_dirs = [scan for scan in folder.scans() if finished is None or scan.scan_id in finished]
     if not scan_dirs:
         raise EvaluationError(f"{folder.path}: no predicted scan (no scan folder with a record)")
     return scan_dirs
@@ -358,8 +335,8 @@ def evaluate_predictions(
         )
     models = sorted({m for per in cases.values() for m in per}, key=lambda m: (m != ENSEMBLE, m))
     models = models[1:] + models[:1]  # members first, the ensemble last
-    rows = _case_rows(cases, models, labels_seen, options, spacing_of_case)
-    summary = _summarise(rows, cases, models, labels_seen, calibration)
+    rows = case_rows(cases, models, labels_seen, options.tolerance_mm, spacing_of_case)
+    summary = summarise_models(rows, cases, models, labels_seen, calibration)
     seconds = time.perf_counter() - start
     summary.update(
         {
@@ -387,134 +364,6 @@ def evaluate_predictions(
     return evaluation
 
 
-def _case_rows(
-    cases: dict[str, dict[str, dict[str, _ModelCase]]],
-    models: Sequence[str],
-    labels: Sequence[str],
-    options: EvaluateOptions,
-    spacing_of_case: dict[str, float],
-) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for case_id in sorted(cases):
-        for model in models:
-            for label in labels:
-                stats = cases[case_id].get(model, {}).get(label)
-                if stats is None:
-                    continue
-                tolerance = options.tolerance_mm or spacing_of_case[case_id]
-                seg = segmentation_metrics(pool_stats(stats.parts), tolerance_mm=tolerance)
-                det = summarise(stats.matches, 1)
-                rows.append(
-                    {
-                        "case": case_id,
-                        "model": model,
-                        "label": label,
-                        "scans": stats.n_scans,
-                        **seg,
-                        "nsd_tolerance_mm": tolerance,
-                        "true_lesions": det.tp + det.fn,
-                        "tp": det.tp,
-                        "fp": det.fp,
-                        "fn": det.fn,
-                        "sensitivity": det.sensitivity,
-                        "precision": det.precision,
-                        "f1": det.f1,
-                    }
-                )
-    return rows
-
-
-def _detection_figures(
-    per_case: Sequence[Sequence[LesionMatch]],
-) -> dict[str, float]:
-    matches = [m for case in per_case for m in case]
-    counts = summarise(matches, len(per_case))
-    fps, sens, _ = froc(matches, len(per_case))
-    score, _ = cpm(fps, sens)
-    return {
-        "sensitivity": counts.sensitivity,
-        "precision": counts.precision,
-        "f1": counts.f1,
-        "fp_per_case": counts.fp_per_case,
-        "cpm": score,
-    }
-
-
-def _detection_ci(
-    per_case: Sequence[Sequence[LesionMatch]], *, seed: int = 0
-) -> dict[str, tuple[float, float]]:
-    """Bootstrap (over cases) intervals of the pooled detection figures."""
-
-    def figures(indices: npt.NDArray[np.intp]) -> list[float]:
-        found = _detection_figures([per_case[i] for i in indices])
-        return [found[k] for k in DETECTION_METRICS]
-
-    intervals = bootstrap_cases_ci(len(per_case), figures, seed=seed)
-    return dict(zip(DETECTION_METRICS, intervals, strict=True))
-
-
-def _summarise(
-    rows: Sequence[dict[str, Any]],
-    cases: dict[str, dict[str, dict[str, _ModelCase]]],
-    models: Sequence[str],
-    labels: Sequence[str],
-    calibration: dict[str, dict[str, ReliabilityBins]],
-) -> dict[str, Any]:
-    out: dict[str, Any] = {"models": list(models), "labels": list(labels), "results": {}}
-    for label in labels:
-        by_model: dict[str, Any] = {}
-        ensemble_rows = {
-            r["case"]: r for r in rows if r["model"] == ENSEMBLE and r["label"] == label
-        }
-        for model in models:
-            model_rows = [r for r in rows if r["model"] == model and r["label"] == label]
-            if not model_rows:
-                continue
-            case_ids = [r["case"] for r in model_rows]
-            per_case = [cases[c][model][label].matches for c in case_ids]
-            entry: dict[str, Any] = {
-                "segmentation": {
-                    metric: describe([r[metric] for r in model_rows])
-                    for metric in SEGMENTATION_METRICS
-                },
-                "per_case_f1": describe([r["f1"] for r in model_rows]),
-            }
-            figures = _detection_figures(per_case)
-            intervals = _detection_ci(per_case)
-            entry["detection"] = {
-                k: {"value": figures[k], "ci_low": intervals[k][0], "ci_high": intervals[k][1]}
-                for k in DETECTION_METRICS
-            }
-            all_matches = [m for case in per_case for m in case]
-            counts = summarise(all_matches, len(per_case))
-            entry["detection_counts"] = {"tp": counts.tp, "fp": counts.fp, "fn": counts.fn}
-            fps, sens, thresholds = froc(all_matches, len(per_case))
-            entry["froc"] = {
-                "fp_per_case": fps.tolist(),
-                "sensitivity": sens.tolist(),
-                "threshold": [t if math.isfinite(t) else None for t in thresholds.tolist()],
-                "cpm_by_rate": dict(
-                    zip(["1/8", "1/4", "1/2", "1", "2", "4", "8"], cpm(fps, sens)[1], strict=True)
-                ),
-            }
-            entry["sensitivity_by_size"] = sensitivity_by_size(all_matches)
-            bins = calibration.get(model, {}).get(label)
-            if bins is not None:
-                entry["calibration"] = {"ece": bins.ece(), "bins": bins.table()}
-            if model != ENSEMBLE and ensemble_rows:
-                paired = [r for r in model_rows if r["case"] in ensemble_rows]
-                entry["vs_ensemble"] = {
-                    metric: paired_comparison(
-                        [r[metric] for r in paired],
-                        [ensemble_rows[r["case"]][metric] for r in paired],
-                    )
-                    for metric in ("dice", "hd95_mm", "nsd", "f1")
-                }
-            by_model[model] = entry
-        out["results"][label] = by_model
-    return out
-
-
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
@@ -538,7 +387,7 @@ def _csv(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def write_outputs(
-    evaluation: EvaluationRun, cases: dict[str, dict[str, dict[str, _ModelCase]]]
+    evaluation: EvaluationRun, cases: dict[str, dict[str, dict[str, ModelCase]]]
 ) -> None:
     """``metrics.csv``, ``lesions.csv``, ``summary.json``, plots and ``evaluation.html``."""
     from medres.evaluation.report import write_html, write_plots
