@@ -272,4 +272,6 @@ class PostprocessingConfig(_Strict):
             pipelines, mm^2 for 2D ones.
     """
 
-    min_lesion_size: float = Field(default=0.0, ge=0)
+    min_lesion_size: float = Field(
+        default=0.0, ge=0, description="smallest kept lesion: mm^3 in 3D pipelines, mm^2 in 2D ones"
+    )
