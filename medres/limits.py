@@ -20,6 +20,9 @@ import os
 
 #: Largest pipeline.yaml / model.json / datalist accepted (bytes). Real ones are a few KiB.
 MAX_CONFIG_BYTES = 1 << 20
+#: Largest record of a prediction folder accepted (lesions.json, run.json; bytes). A run of
+#: 10,000 scans writes a run.json of about 10 MB.
+MAX_RECORD_BYTES = 512 << 20
 #: Largest number of YAML nodes (scalars, lists, mappings, aliases counted as expanded) in a
 #: config file; defeats "billion laughs" alias bombs before anything is built from them.
 MAX_CONFIG_NODES = 100_000
@@ -84,6 +87,7 @@ __all__ = [
     "MAX_CONFIG_NODES",
     "MAX_DICOM_FILE_BYTES",
     "MAX_GZIP_RATIO",
+    "MAX_RECORD_BYTES",
     "MAX_SLICES",
     "MAX_VOXELS",
     "check_allocation",

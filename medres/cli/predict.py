@@ -111,13 +111,14 @@ def predict_command(
             skip_unmatched=skip_unmatched,
             report=report,
             report_pdf=report and pdf,
+            report_phi=report and show_phi,
         )
-        run, index = _run(scans, model, out, options, show_phi=show_phi)
+        run, index = _run(scans, model, out, options)
     _print_run(run, scans=scans, out=out, device=options.device, index=index)
 
 
 def _run(
-    scans: Path, model: list[Path], out: Path, options: PredictOptions, *, show_phi: bool
+    scans: Path, model: list[Path], out: Path, options: PredictOptions
 ) -> tuple[BatchRun, Path | None]:
     """Open the models, predict with a progress bar, write the index; Ctrl-C exits 130."""
     from medres.cli.console import err_console, progress_bar
@@ -137,7 +138,7 @@ def _run(
     if options.report:
         from medres.report.build import report_hook
 
-        after_scan = report_hook(opened, show_phi=show_phi, pdf=options.report_pdf)
+        after_scan = report_hook(opened, show_phi=options.report_phi, pdf=options.report_pdf)
     with progress_bar(transient=False) as progress:
         task = progress.add_task("scans", total=None, item="")
 

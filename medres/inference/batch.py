@@ -42,7 +42,7 @@ import numpy.typing as npt
 from medres.errors import MedresError, ModelError
 from medres.inference.inputs import ScanInput, assemble_inputs, load_input
 from medres.inference.predictor import Ensemble
-from medres.inference.resume import fingerprint, is_complete, output_sizes
+from medres.inference.resume import fingerprint, is_complete, output_sizes, source_key
 from medres.inference.writer import (
     ensemble_name,
     models_provenance,
@@ -76,6 +76,7 @@ class PredictOptions:
         skip_unmatched: Scans no model takes are "skipped", not "failed".
         report: An after-scan step writes reports (part of what "complete" means).
         report_pdf: That step also writes ``report.pdf``.
+        report_phi: The reports show patient fields (``--show-phi``).
 
     Raises:
         ConfigError: ``ensemble`` is not a known mode.
@@ -91,6 +92,7 @@ class PredictOptions:
     skip_unmatched: bool = False
     report: bool = False
     report_pdf: bool = False
+    report_phi: bool = False
 
     def __post_init__(self) -> None:
         if self.ensemble is not None and not isinstance(self.ensemble, EnsembleMode):
@@ -335,9 +337,10 @@ class _ScanStep:
 
     def _resumed(self) -> bool:
         """Fill the row from a complete earlier record of the same models and options."""
+        key = source_key(self.item, self.root)
         for ensemble in self.ensembles:
             expected = fingerprint(ensemble, self.options, self.item.paths)
-            previous = is_complete(self.folder, expected)
+            previous = is_complete(self.folder, expected, source=key)
             if previous is None:
                 continue
             result = self.result

@@ -56,6 +56,7 @@ def fingerprint(ensemble: Ensemble, options: PredictOptions, sources: Sequence[s
         str(options.save_probabilities),
         str(options.report),
         str(options.report_pdf),
+        str(options.report_phi),
     ]
     parts += _file_states(sources)
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
@@ -87,12 +88,16 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def is_complete(folder: ScanFolder | Path, expected: str) -> ScanRecord | None:
+def is_complete(
+    folder: ScanFolder | Path, expected: str, *, source: str | None = None
+) -> ScanRecord | None:
     """The scan's record when every output of the scan is there for ``expected``.
 
-    Complete means: the record says ``complete``, its fingerprint is ``expected``, and
-    every output it lists exists (inside the scan folder) with the size it had when
-    written. An unreadable or foreign record is "not complete", never an error.
+    Complete means: the record says ``complete``, its fingerprint is ``expected``, its
+    source key is ``source`` (when given: the same scan, not another series whose files
+    share names, sizes and times), and every output it lists exists (inside the scan
+    folder) with the size it had when written. An unreadable or foreign record is "not
+    complete", never an error.
     """
     folder = folder if isinstance(folder, ScanFolder) else ScanFolder(folder)
     if not folder.lesions_json.is_file() or not folder.seg.is_file():
@@ -102,6 +107,8 @@ def is_complete(folder: ScanFolder | Path, expected: str) -> ScanRecord | None:
     except OutputError:
         return None
     if record.fingerprint != expected or not record.complete or not record.outputs:
+        return None
+    if source is not None and record.source.key != source:
         return None
     for name, size in record.outputs.items():
         output = folder.path / name

@@ -37,11 +37,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from medres.errors import OutputError
 from medres.io.atomic import write_text_atomic
+from medres.io.files import read_regular_bytes
 from medres.io.grid import Grid
+from medres.limits import MAX_RECORD_BYTES
 from medres.predictions.layout import MemberFolder, RunFolder, ScanFolder
 from medres.types import StrEnum
 
@@ -70,14 +72,10 @@ class _Record(BaseModel):
 
 
 def _read_json_record(path: Path, record: type[Any], what: str) -> Any:
+    """Read a record through medres's bounded opener (regular files only, capped size)."""
+    data = read_regular_bytes(path, limit=MAX_RECORD_BYTES, error=OutputError, what=what)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise OutputError(f"{path}: no {what} (file missing)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise OutputError(f"{path}: cannot read the {what}: {exc}") from None
-    try:
-        return record.model_validate_json(text)
+        return record.model_validate_json(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "top level"
@@ -166,6 +164,11 @@ class GridRecord(_Record):
     spacing_mm: tuple[float, ...]
     orientation: str
     affine: tuple[tuple[float, float, float, float], ...]
+
+    @model_validator(mode="after")
+    def _a_real_grid(self) -> GridRecord:
+        Grid(self.shape, self.affine_ras)  # shape and affine describe a usable grid
+        return self
 
     @property
     def affine_ras(self) -> npt.NDArray[np.float64]:

@@ -10,6 +10,8 @@ drawn from it; the other scans go on. Then ``index.html`` is written.
 
 from __future__ import annotations
 
+import logging
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,10 @@ from medres.pipeline import PipelineConfig
 from medres.predictions.layout import RunFolder, ScanFolder
 from medres.predictions.records import RunRecord, ScanRecord
 from medres.report.build import ScanReport, report_scan, write_index
+
+logger = logging.getLogger(__name__)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,7 +56,7 @@ def _source_of(
     if not source.key:
         raise OutputError(
             f"{folder.scan_id}: its record does not say which source it came from (written "
-            f"by medres {record.medres_version}); run medres predict again to report it"
+            "by an earlier medres); run medres predict again, without --resume, to report it"
         )
     item = by_key.get(source.key)
     if item is None:
@@ -120,13 +126,18 @@ def report_predictions(
             item = _source_of(folder, record, by_key, root)
             scan = _scan_prediction(folder, record, item, cfg)
             written = report_scan(scan, models=run.models, show_phi=show_phi, pdf=pdf, dicom=dicom)
-            refresh_outputs(folder, written.files)
+            if not show_phi:  # a report with patient fields is never "complete" for resume
+                refresh_outputs(folder, written.files)
             result.reports.append(written)
-        except (MedresError, OSError, ValueError) as exc:
-            message = (
-                str(exc) if str(exc).startswith(folder.scan_id) else f"{folder.scan_id}: {exc}"
-            )
+        except MedresError as exc:
+            message = str(exc)
+            if not message.startswith(folder.scan_id):
+                message = f"{folder.scan_id}: {message}"
             result.failed.append({"scan_id": folder.scan_id, "error": message})
+        except Exception as exc:  # one scan's unexpected failure must not end the run
+            message = f"{folder.scan_id}: {type(exc).__name__}: {exc}"
+            result.failed.append({"scan_id": folder.scan_id, "error": message})
+            logger.debug("%s report failed:\n%s", folder.scan_id, traceback.format_exc())
     if run_folder.summary_csv.is_file():
         result.index = write_index(run_folder.path)
     return result

@@ -98,3 +98,23 @@ def test_a_folder_without_a_source_record_says_to_predict_again(
     result = runner.invoke(app, ["report", str(run.path), "--no-pdf"])
     assert result.exit_code == 1, result.output
     assert "x_scan: its record does not say which source it came from" in _said(result.output)
+
+
+def test_an_unexpected_failure_of_one_report_does_not_end_the_run(
+    two_same_named_scans: tuple[Path, RunFolder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medres.report import run as report_run
+
+    _, run = two_same_named_scans
+    real = report_run.report_scan
+
+    def flaky(scan: object, **options: object) -> object:
+        if scan.folder.scan_id == "x_scan":  # type: ignore[attr-defined]
+            raise KeyError(0)
+        return real(scan, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(report_run, "report_scan", flaky)
+    result = runner.invoke(app, ["report", str(run.path), "--no-pdf"])
+    assert result.exit_code == 1, result.output
+    assert "x_scan: KeyError: 0" in _said(result.output)
+    assert run.scan("x_scan_2").report_html.is_file()
