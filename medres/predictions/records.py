@@ -10,6 +10,9 @@
 * :class:`ScanResult`: one row of ``OUT/summary.csv`` (:func:`write_summary`,
   :func:`read_summary`).
 
+The run's records live in :mod:`~medres.predictions.run_records` and are re-exported here,
+so ``from medres.predictions.records import X`` finds every record.
+
 Coordinates: ``*_ijk`` are voxel indices in the array order ``(x, y[, z])`` of the scan's
 own grid; ``*_ras_mm`` are RAS+ millimetres; ``GridRecord.affine`` maps the first to the
 second. Unknown keys in files written by other medres versions are ignored; a file that
@@ -27,64 +30,38 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from medres.errors import OutputError
 from medres.io.atomic import write_text_atomic
-from medres.io.files import read_regular_bytes
 from medres.io.grid import Grid
-from medres.limits import MAX_RECORD_BYTES
-from medres.predictions.layout import MemberFolder, RunFolder, ScanFolder
-from medres.types import StrEnum
+from medres.predictions._base import Record, compact_json, read_json_record
+from medres.predictions.layout import MemberFolder, ScanFolder
+from medres.predictions.run_records import (
+    SUMMARY_COLUMNS,
+    FolderProvenance,
+    InputKindRecord,
+    MemberProvenance,
+    ModelProvenance,
+    RunRecord,
+    RunScanEntry,
+    ScanResult,
+    ScanStatus,
+    SkippedRecord,
+    read_summary,
+    write_summary,
+)
 
 if TYPE_CHECKING:
     from medres.inference.lesions import Lesion
-    from medres.pipeline import PipelineConfig
 
 
-def compact_json(data: Any) -> str:
-    """Indented JSON with short lists of numbers or strings kept on one line."""
-    text = json.dumps(data, indent=2)
-    return (
-        re.sub(
-            r"\[\s+([^\[\]{}]*?)\s+\]",
-            lambda m: "[" + re.sub(r",\s*\n\s*", ", ", m.group(1)) + "]",
-            text,
-        )
-        + "\n"
-    )
-
-
-class _Record(BaseModel):
-    """Frozen, ignores keys it does not know (files of other medres versions)."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-
-def _read_json_record(path: Path, record: type[Any], what: str) -> Any:
-    """Read a record through medres's bounded opener (regular files only, capped size)."""
-    data = read_regular_bytes(path, limit=MAX_RECORD_BYTES, error=OutputError, what=what)
-    try:
-        return record.model_validate_json(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "top level"
-        raise OutputError(
-            f"{path}: not a medres {what} ({where}: {first['msg']}); re-run medres predict"
-        ) from None
-
-
-class LesionRecord(_Record):
+class LesionRecord(Record):
     """One lesion as stored (see :class:`~medres.inference.lesions.Lesion` for the fields).
 
     ``volume_ml`` is set on 3D grids and ``area_mm2`` on 2D ones; the other is ``None``.
@@ -117,7 +94,7 @@ class LesionRecord(_Record):
         return None if self.volume_ml is None else self.volume_ml * 1000.0
 
 
-class SourceRecord(_Record):
+class SourceRecord(Record):
     """Where the scan came from, and how to find it again.
 
     Attributes:
@@ -150,7 +127,7 @@ class SourceRecord(_Record):
     description: str = ""
 
 
-class GridRecord(_Record):
+class GridRecord(Record):
     """The scan's own grid, which ``seg.nii.gz`` and every map share.
 
     Attributes:
@@ -181,7 +158,7 @@ class GridRecord(_Record):
         return Grid(self.shape, self.affine_ras)
 
 
-class EnsembleRecord(_Record):
+class EnsembleRecord(Record):
     """Which models predicted the scan and how they were combined."""
 
     pipelines: list[str]
@@ -190,7 +167,7 @@ class EnsembleRecord(_Record):
     tta: list[bool]
 
 
-class ScanRecord(_Record):
+class ScanRecord(Record):
     """``OUT/<scan_id>/lesions.json``.
 
     Attributes:
@@ -223,10 +200,10 @@ class ScanRecord(_Record):
     total_volume_ml: float | None
     total_area_mm2: float | None
     lesions: list[LesionRecord]
-    seconds: dict[str, float] = {}
-    notes: list[str] = []
+    seconds: dict[str, float] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)
     complete: bool = False
-    outputs: dict[str, int] = {}
+    outputs: dict[str, int] = Field(default_factory=dict)
 
     @classmethod
     def read(cls, folder: ScanFolder) -> ScanRecord:
@@ -235,7 +212,7 @@ class ScanRecord(_Record):
         Raises:
             OutputError: Missing, unreadable or not a scan record.
         """
-        record: ScanRecord = _read_json_record(folder.lesions_json, cls, "scan record")
+        record: ScanRecord = read_json_record(folder.lesions_json, cls, "scan record")
         return record
 
     def write(self, folder: ScanFolder) -> Path:
@@ -248,7 +225,7 @@ class ScanRecord(_Record):
         return len(self.grid.shape) == 3
 
 
-class MemberLesionsRecord(_Record):
+class MemberLesionsRecord(Record):
     """``members/<member>/lesions.json``: one member's own lesions (no ensemble scores)."""
 
     member: str
@@ -262,7 +239,7 @@ class MemberLesionsRecord(_Record):
         Raises:
             OutputError: Missing, unreadable or not a member record.
         """
-        record: MemberLesionsRecord = _read_json_record(
+        record: MemberLesionsRecord = read_json_record(
             folder.lesions_json, cls, "member lesion record"
         )
         return record
@@ -270,213 +247,6 @@ class MemberLesionsRecord(_Record):
     def write(self, folder: MemberFolder) -> Path:
         """Write the member's ``lesions.json`` atomically."""
         return write_text_atomic(folder.lesions_json, compact_json(self.model_dump(mode="json")))
-
-
-class MemberProvenance(_Record):
-    """One member of a model folder: its name and weight checksum."""
-
-    name: str
-    weights_sha256: str
-
-
-class FolderProvenance(_Record):
-    """One model folder of an ensemble, with its resolved pipeline."""
-
-    path: str
-    pipeline: str
-    unverified: list[str] = []
-    members: list[MemberProvenance]
-    config: dict[str, Any]
-
-
-class InputKindRecord(_Record):
-    """What an ensemble takes: dimensions and channel names."""
-
-    dims: int
-    channels: list[str]
-
-
-class ModelProvenance(_Record):
-    """One ensemble of a run: its input, labels and folders (``run.json`` ``models``)."""
-
-    ensemble: str
-    mode: str
-    takes: InputKindRecord
-    labels: list[str]
-    folders: list[FolderProvenance]
-
-
-class ScanStatus(StrEnum):
-    """What happened to a scan in a batch."""
-
-    OK = "ok"
-    RESUMED = "resumed"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-
-
-#: Columns of ``summary.csv``, in order; units in the names.
-SUMMARY_COLUMNS = (
-    "scan_id",
-    "status",
-    "model",
-    "kind",
-    "modality",
-    "shape",
-    "spacing_mm",
-    "n_lesions",
-    "lesion_volume_ml",
-    "lesion_area_mm2",
-    "seconds",
-    "error",
-    "notes",
-    "source",
-)
-
-
-@dataclass
-class ScanResult:
-    """One scan of a batch: a row of ``summary.csv`` and an entry of ``run.json``.
-
-    Mutable: the batch fills it in as the scan goes through the stages.
-    """
-
-    scan_id: str
-    status: ScanStatus | str
-    model: str = ""
-    kind: str = ""
-    modality: str = ""
-    shape: str = ""
-    spacing_mm: str = ""
-    n_lesions: int | None = None
-    lesion_volume_ml: float | None = None
-    lesion_area_mm2: float | None = None
-    seconds: float = 0.0
-    error: str = ""
-    notes: str = ""
-    source: str = ""
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.status = ScanStatus(self.status)
-
-    def row(self) -> dict[str, Any]:
-        """The ``summary.csv`` row (fixed columns; ``None`` as empty)."""
-        data = asdict(self)
-        data["status"] = str(self.status)
-        return {k: "" if data[k] is None else data[k] for k in SUMMARY_COLUMNS}
-
-
-def write_summary(folder: RunFolder, results: list[ScanResult]) -> Path:
-    """Write ``summary.csv`` atomically."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(SUMMARY_COLUMNS), lineterminator="\n")
-    writer.writeheader()
-    for result in results:
-        writer.writerow(result.row())
-    return write_text_atomic(folder.summary_csv, buffer.getvalue())
-
-
-def read_summary(folder: RunFolder) -> list[dict[str, str]]:
-    """The rows of ``summary.csv`` as written (strings; empty for ``None``).
-
-    Raises:
-        OutputError: No readable ``summary.csv``.
-    """
-    try:
-        with folder.summary_csv.open(encoding="utf-8", newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise OutputError(f"{folder.summary_csv}: cannot read the scan table: {exc}") from None
-    missing = [c for c in SUMMARY_COLUMNS if rows and c not in rows[0]]
-    if missing:
-        raise OutputError(f"{folder.summary_csv}: not a medres scan table (no {missing[0]})")
-    return rows
-
-
-class SkippedRecord(_Record):
-    """A file the run left out, and why."""
-
-    path: str
-    reason: str
-
-
-class RunScanEntry(_Record):
-    """One scan in ``run.json``: the summary row plus seconds per stage."""
-
-    model_config = ConfigDict(frozen=True, extra="allow")
-
-    scan_id: str
-    status: ScanStatus
-    stage_seconds: dict[str, float] = {}
-
-
-class RunRecord(_Record):
-    """``OUT/run.json``: what the run was and what it did.
-
-    Attributes:
-        medres_version: The medres that wrote it.
-        software: Versions of the libraries that matter (torch, monai, ...).
-        started: ISO start time (UTC).
-        finished: Every scan was attempted (False after an interruption).
-        seconds_total: Wall seconds of the run.
-        peak_memory_mib: Peak resident memory of the process.
-        input: The scans folder (or file) as given.
-        options: The predict options (see ``PredictOptions``).
-        models: One entry per ensemble.
-        counts: Scans per status.
-        scans: One entry per scan, in processing order.
-        skipped: Files left out, with the reason.
-    """
-
-    medres_version: str
-    software: dict[str, str] = {}
-    started: str = ""
-    finished: bool = False
-    seconds_total: float = 0.0
-    peak_memory_mib: float = 0.0
-    input: str
-    options: dict[str, Any] = {}
-    models: list[ModelProvenance]
-    counts: dict[str, int] = {}
-    scans: list[RunScanEntry] = []
-    skipped: list[SkippedRecord] = []
-
-    @classmethod
-    def read(cls, folder: RunFolder) -> RunRecord:
-        """Read and validate ``run.json``.
-
-        Raises:
-            OutputError: Missing, unreadable or not a run record (not a predict folder).
-        """
-        record: RunRecord = _read_json_record(folder.run_json, cls, "predict run record")
-        return record
-
-    def write(self, folder: RunFolder) -> Path:
-        """Write ``run.json`` atomically."""
-        return write_text_atomic(folder.run_json, compact_json(self.model_dump(mode="json")))
-
-    def pipelines(self) -> dict[str, PipelineConfig]:
-        """The resolved pipelines of the run's models, by pipeline name (parsed once).
-
-        Raises:
-            ConfigError: A recorded pipeline does not validate.
-        """
-        from medres.pipeline import parse_pipeline
-
-        out: dict[str, PipelineConfig] = {}
-        for model in self.models:
-            for folder in model.folders:
-                cfg = parse_pipeline(folder.config, source="run.json")
-                out[cfg.name] = cfg
-        return out
-
-    def finished_scans(self) -> set[str] | None:
-        """Scan ids marked ok or resumed (``None`` when the run lists no scan)."""
-        if not self.scans:
-            return None
-        done = (ScanStatus.OK, ScanStatus.RESUMED)
-        return {s.scan_id for s in self.scans if s.status in done}
 
 
 __all__ = [
@@ -496,7 +266,6 @@ __all__ = [
     "ScanStatus",
     "SkippedRecord",
     "SourceRecord",
-    "compact_json",
     "read_summary",
     "write_summary",
 ]
