@@ -52,7 +52,7 @@ from medres.io.grid import squeeze_single_slice_array
 from medres.io.nifti import read_nifti
 from medres.pipeline import PipelineConfig
 from medres.predictions.layout import MemberFolder, RunFolder, ScanFolder
-from medres.predictions.records import LesionRecord, MemberLesionsRecord, RunRecord, ScanRecord
+from medres.predictions.records import Lesion, MemberLesionsRecord, RunRecord, ScanRecord
 from medres.types import StrEnum
 
 logger = logging.getLogger(__name__)
@@ -128,20 +128,20 @@ def _read_run(folder: RunFolder) -> tuple[dict[str, PipelineConfig], RunRecord]:
 
 def _model_outputs(
     folder: ScanFolder, record: ScanRecord, *, members: bool
-) -> dict[str, tuple[ScanFolder | MemberFolder, list[LesionRecord]]]:
+) -> dict[str, tuple[ScanFolder | MemberFolder, list[Lesion]]]:
     """Model name -> (folder with its seg/probabilities, its lesions) for one scan."""
-    found: dict[str, tuple[ScanFolder | MemberFolder, list[LesionRecord]]] = {
+    found: dict[str, tuple[ScanFolder | MemberFolder, list[Lesion]]] = {
         ENSEMBLE: (folder, record.lesions)
     }
     for member in folder.members() if members else []:
-        lesions: list[LesionRecord] = []
+        lesions: list[Lesion] = []
         if member.lesions_json.is_file():
             lesions = MemberLesionsRecord.read(member).lesions
         found[member.name] = (member, lesions)
     return found
 
 
-def _scores(lesions: Sequence[LesionRecord], label: str) -> dict[Any, float]:
+def _scores(lesions: Sequence[Lesion], label: str) -> dict[Any, float]:
     return {
         lesion_key(x.voxel_count, x.bbox_ijk): float(x.max_probability)
         for x in lesions

@@ -21,7 +21,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -29,50 +28,7 @@ import numpy.typing as npt
 
 from medres.inference.postprocess import label_components, occupied_box
 from medres.io.grid import Grid
-
-
-@dataclass(frozen=True)
-class Lesion:
-    """One connected lesion.
-
-    Attributes:
-        lesion_id: 1-based, ordered by decreasing size.
-        label: Label name (e.g. ``tumour``).
-        voxel_count: Voxels (pixels in 2D) in the component.
-        volume_ml: Volume in millilitres (3D maps; ``None`` for 2D).
-        area_mm2: Area in mm^2 (2D maps; ``None`` for 3D).
-        center_ijk: Mean voxel index ``(i, j[, k])``.
-        center_ras_mm: Centre in RAS millimetres.
-        bbox_ijk: Inclusive ``(first, last)`` voxel index per axis.
-        longest_axial_diameter_mm: Longest in-plane extent over the lesion's axial slices.
-        axial_slice: Voxel index (along the slice axis) where that diameter lies (3D).
-        mean_probability: Mean ensemble probability of the label over the lesion.
-        max_probability: Maximum of it: the detection score.
-        members_detecting: Members whose own prediction overlaps the lesion.
-        n_members: Members in the ensemble.
-        uncertainty: Mean over the lesion of the members' probability standard deviation
-            (0 when all members agree; ``None`` without member probabilities).
-    """
-
-    lesion_id: int
-    label: str
-    voxel_count: int
-    volume_ml: float | None
-    area_mm2: float | None
-    center_ijk: tuple[float, ...]
-    center_ras_mm: tuple[float, float, float]
-    bbox_ijk: tuple[tuple[int, int], ...]
-    longest_axial_diameter_mm: float
-    axial_slice: int | None
-    mean_probability: float | None
-    max_probability: float | None
-    members_detecting: int | None
-    n_members: int | None
-    uncertainty: float | None
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples become lists)."""
-        return asdict(self)
+from medres.predictions.records import Lesion
 
 
 def slice_axis(affine: npt.NDArray[np.float64], ndim: int) -> int | None:

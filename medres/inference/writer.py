@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medres._version import __version__
-from medres.inference.lesions import Lesion, find_lesions
+from medres.inference.lesions import find_lesions
 from medres.inference.predictor import Ensemble, EnsemblePrediction
 from medres.inference.resume import fingerprint, source_key, source_state
 from medres.io.atomic import write_bytes_atomic
@@ -33,7 +33,7 @@ from medres.predictions.records import (
     FolderProvenance,
     GridRecord,
     InputKindRecord,
-    LesionRecord,
+    Lesion,
     MemberLesionsRecord,
     MemberProvenance,
     ModelProvenance,
@@ -82,7 +82,7 @@ def scan_lesions(ensemble: Ensemble, prediction: EnsemblePrediction) -> list[Les
         )
     if len(ensemble.cfg.lesion_indices) > 1:
         lesions.sort(key=lambda x: -x.voxel_count)
-        lesions = [Lesion(**{**asdict(x), "lesion_id": n + 1}) for n, x in enumerate(lesions)]
+        lesions = [x.model_copy(update={"lesion_id": n + 1}) for n, x in enumerate(lesions)]
     return lesions
 
 
@@ -131,7 +131,7 @@ def write_masks(
         MemberLesionsRecord(
             member=name,
             n_lesions=len(lesions),
-            lesions=[LesionRecord.from_lesion(x) for x in lesions],
+            lesions=[x for x in lesions],
         ).write(member)
         written.append(member.lesions_json)
     return [folder.relative(p) for p in written]
@@ -201,7 +201,7 @@ def scan_record(
         total_area_mm2=None
         if three_d
         else round(sum((x.area_mm2 or 0.0 for x in lesions), 0.0), 3),
-        lesions=[LesionRecord.from_lesion(x) for x in lesions],
+        lesions=[x for x in lesions],
         seconds={k: round(v, 3) for k, v in seconds.items()},
         notes=list(notes),
         complete=False,

@@ -8,7 +8,7 @@ else spells a file name of the folder or reads its JSON by string key.
 
 from medres.predictions.layout import MemberFolder, RunFolder, ScanFolder, member_folder_name
 from medres.predictions.records import (
-    LesionRecord,
+    Lesion,
     MemberLesionsRecord,
     ModelProvenance,
     RunRecord,
@@ -18,7 +18,7 @@ from medres.predictions.records import (
 )
 
 __all__ = [
-    "LesionRecord",
+    "Lesion",
     "MemberFolder",
     "MemberLesionsRecord",
     "ModelProvenance",

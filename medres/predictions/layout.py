@@ -78,43 +78,8 @@ def relative_to_input(path: str | Path, root: str | Path) -> str:
 
 
 @dataclass(frozen=True)
-class MemberFolder:
-    """``OUT/<scan_id>/members/<member>/``: one ensemble member's own outputs.
-
-    Attributes:
-        path: The member's folder.
-    """
-
-    path: Path
-
-    @property
-    def name(self) -> str:
-        """The folder's name (``<pipeline>.<fold>``)."""
-        return self.path.name
-
-    @property
-    def seg(self) -> Path:
-        """The member's label map (``seg.nii.gz``)."""
-        return self.path / _SEG
-
-    @property
-    def probabilities(self) -> Path:
-        """The member's 1-byte probability map (``probabilities.nii.gz``)."""
-        return self.path / _PROBABILITIES
-
-    @property
-    def lesions_json(self) -> Path:
-        """The member's lesion list (``lesions.json``, a MemberLesionsRecord)."""
-        return self.path / _LESIONS
-
-
-@dataclass(frozen=True)
-class ScanFolder:
-    """``OUT/<scan_id>/``: every output path of one scan.
-
-    Attributes:
-        path: The scan's folder.
-    """
+class _MapsFolder:
+    """A folder holding one model's maps: a label map, probabilities, lesions."""
 
     path: Path
 
@@ -122,24 +87,41 @@ class ScanFolder:
         object.__setattr__(self, "path", Path(self.path))
 
     @property
-    def scan_id(self) -> str:
-        """The scan id (the folder's name)."""
-        return self.path.name
-
-    @property
     def seg(self) -> Path:
-        """The ensemble's label map on the scan's own grid."""
+        """The label map on the scan's own grid (``seg.nii.gz``)."""
         return self.path / _SEG
 
     @property
     def probabilities(self) -> Path:
-        """The ensemble's 1-byte probability map."""
+        """The 1-byte probability map (``probabilities.nii.gz``)."""
         return self.path / _PROBABILITIES
 
     @property
     def lesions_json(self) -> Path:
-        """The scan's record (ScanRecord): lesions, grid, source, models, completeness."""
+        """The lesion record (``lesions.json``): a ScanRecord in a scan folder, a
+        MemberLesionsRecord in a member folder."""
         return self.path / _LESIONS
+
+
+@dataclass(frozen=True)
+class MemberFolder(_MapsFolder):
+    """``OUT/<scan_id>/members/<member>/``: one ensemble member's own outputs."""
+
+    @property
+    def name(self) -> str:
+        """The folder's name (``<pipeline>.<fold>``)."""
+        return self.path.name
+
+
+@dataclass(frozen=True)
+class ScanFolder(_MapsFolder):
+    """``OUT/<scan_id>/``: every output path of one scan (the ensemble's maps, the
+    members, the report files)."""
+
+    @property
+    def scan_id(self) -> str:
+        """The scan id (the folder's name)."""
+        return self.path.name
 
     @property
     def members_dir(self) -> Path:

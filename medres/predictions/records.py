@@ -1,7 +1,7 @@
 """The typed records of a prediction folder, each with one read and one write.
 
 * :class:`ScanRecord`: ``OUT/<scan_id>/lesions.json``: the scan's source, grid, models,
-  lesions (:class:`LesionRecord`), timings, notes and, once every output is written,
+  lesions (:class:`Lesion`), timings, notes and, once every output is written,
   ``complete`` with the size of each output (what ``--resume`` trusts).
 * :class:`MemberLesionsRecord`: ``members/<member>/lesions.json``: one member's lesions.
 * :class:`RunRecord`: ``OUT/run.json``: versions, options, the models
@@ -19,7 +19,7 @@ second. Unknown keys in files written by other medres versions are ignored; a fi
 does not validate raises :class:`~medres.errors.OutputError` naming it.
 
 Example:
-    >>> lesion = LesionRecord(lesion_id=1, label="tumour", voxel_count=8, volume_ml=0.008,
+    >>> lesion = Lesion(lesion_id=1, label="tumour", voxel_count=8, volume_ml=0.008,
     ...     area_mm2=None, center_ijk=(1.5, 1.5, 1.5), center_ras_mm=(1.5, 1.5, 1.5),
     ...     bbox_ijk=((1, 2), (1, 2), (1, 2)), longest_axial_diameter_mm=2.0, axial_slice=1,
     ...     mean_probability=0.9, max_probability=0.95, members_detecting=3, n_members=3,
@@ -30,9 +30,8 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -57,14 +56,30 @@ from medres.predictions.run_records import (
     write_summary,
 )
 
-if TYPE_CHECKING:
-    from medres.inference.lesions import Lesion
 
+class Lesion(Record):
+    """One connected lesion of a label map, as found and as stored.
 
-class LesionRecord(Record):
-    """One lesion as stored (see :class:`~medres.inference.lesions.Lesion` for the fields).
+    :func:`~medres.inference.lesions.find_lesions` builds it; ``lesions.json`` stores it
+    as it is, and the report, the DICOM SR and ``medres evaluate`` read it back.
 
-    ``volume_ml`` is set on 3D grids and ``area_mm2`` on 2D ones; the other is ``None``.
+    Attributes:
+        lesion_id: 1-based, ordered by decreasing size.
+        label: Label name (e.g. ``tumour``).
+        voxel_count: Voxels (pixels in 2D) in the component.
+        volume_ml: Volume in millilitres (3D maps; ``None`` for 2D).
+        area_mm2: Area in mm^2 (2D maps; ``None`` for 3D).
+        center_ijk: Mean voxel index ``(i, j[, k])``.
+        center_ras_mm: Centre in RAS millimetres.
+        bbox_ijk: Inclusive ``(first, last)`` voxel index per axis.
+        longest_axial_diameter_mm: Longest in-plane extent over the lesion's axial slices.
+        axial_slice: Voxel index (along the slice axis) where that diameter lies (3D).
+        mean_probability: Mean ensemble probability of the label over the lesion.
+        max_probability: Maximum of it: the detection score.
+        members_detecting: Members whose own prediction overlaps the lesion.
+        n_members: Members in the ensemble.
+        uncertainty: Mean over the lesion of the members' probability standard deviation
+            (0 when all members agree; ``None`` without member probabilities).
     """
 
     lesion_id: int
@@ -83,15 +98,14 @@ class LesionRecord(Record):
     n_members: int | None
     uncertainty: float | None
 
-    @classmethod
-    def from_lesion(cls, lesion: Lesion) -> LesionRecord:
-        """The record of a lesion found by :func:`~medres.inference.lesions.find_lesions`."""
-        return cls.model_validate(asdict(lesion))
-
     @property
     def size_mm3(self) -> float | None:
         """Volume in mm^3 (3D lesions), else ``None``."""
         return None if self.volume_ml is None else self.volume_ml * 1000.0
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists), as ``lesions.json`` stores it."""
+        return self.model_dump(mode="json")
 
 
 class SourceRecord(Record):
@@ -199,7 +213,7 @@ class ScanRecord(Record):
     n_lesions: int
     total_volume_ml: float | None
     total_area_mm2: float | None
-    lesions: list[LesionRecord]
+    lesions: list[Lesion]
     seconds: dict[str, float] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
     complete: bool = False
@@ -230,7 +244,7 @@ class MemberLesionsRecord(Record):
 
     member: str
     n_lesions: int
-    lesions: list[LesionRecord]
+    lesions: list[Lesion]
 
     @classmethod
     def read(cls, folder: MemberFolder) -> MemberLesionsRecord:
@@ -255,7 +269,7 @@ __all__ = [
     "FolderProvenance",
     "GridRecord",
     "InputKindRecord",
-    "LesionRecord",
+    "Lesion",
     "MemberLesionsRecord",
     "MemberProvenance",
     "ModelProvenance",

@@ -29,7 +29,7 @@ import numpy.typing as npt
 from medres._version import __version__
 from medres.errors import OutputError
 from medres.io.atomic import write_bytes_atomic
-from medres.predictions.records import LesionRecord
+from medres.predictions.records import Lesion
 
 
 def _dicom_bytes(dataset: Any) -> bytes:
@@ -149,7 +149,7 @@ def write_seg(
     return seg
 
 
-def _measurements(lesion: LesionRecord) -> list[Any]:
+def _measurements(lesion: Lesion) -> list[Any]:
     """The TID 1500 measurements of one lesion: volume (or area), long axis, probability."""
     import highdicom as hd
     from highdicom.sr.coding import CodedConcept
@@ -188,7 +188,7 @@ def _measurements(lesion: LesionRecord) -> list[Any]:
 def write_sr(
     path: Path,
     seg: Any,
-    lesions: Sequence[LesionRecord],
+    lesions: Sequence[Lesion],
     *,
     source_paths: Sequence[str],
     lesion_indices: Sequence[int],

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medres._version import __version__
-from medres.predictions.records import LesionRecord, ModelProvenance, ScanRecord
+from medres.predictions.records import Lesion, ModelProvenance, ScanRecord
 
 if TYPE_CHECKING:
     import jinja2
@@ -55,7 +55,7 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
-def _centre(lesion: LesionRecord) -> str:
+def _centre(lesion: Lesion) -> str:
     return ", ".join(f"{v:.1f}" for v in lesion.center_ras_mm)
 
 

@@ -2,7 +2,7 @@
 
 3D scans are turned to RAS once and shown in the radiological convention (patient right
 on the image left); 2D images as stored (first row at the top). Lesion centres come from
-the scan's :class:`~medres.predictions.records.LesionRecord` (``center_ijk`` in array
+the scan's :class:`~medres.predictions.records.Lesion` (``center_ijk`` in array
 order ``(x, y[, z])``, ``center_ras_mm`` in RAS+ mm).
 """
 
@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from medres.io.volume import ScanKind, Volume
 from medres.pipeline import IntensityKind, PipelineConfig
-from medres.predictions.records import LesionRecord
+from medres.predictions.records import Lesion
 from medres.report.images import (
     View,
     display_channel,
@@ -42,7 +42,7 @@ def _ct_window(cfg: PipelineConfig | None) -> tuple[float, float] | None:
 def key_images(
     volume: Volume,
     labels: npt.NDArray[np.uint8],
-    lesions: Sequence[LesionRecord],
+    lesions: Sequence[Lesion],
     cfg: PipelineConfig | None,
 ) -> tuple[list[tuple[str, bytes]], str]:
     """Overview and per-lesion PNGs: ``[(file name, png)]`` and the orientation note."""
@@ -109,7 +109,7 @@ def key_images(
 
 
 def _mark(
-    view: View, lesion: LesionRecord, ras_affine: npt.NDArray[np.float64], shape: Sequence[int]
+    view: View, lesion: Lesion, ras_affine: npt.NDArray[np.float64], shape: Sequence[int]
 ) -> dict[str, int] | None:
     """Where a lesion's centre falls in a view (None when it is not near that plane)."""
     i, j, k = ras_index(ras_affine, lesion.center_ras_mm)
