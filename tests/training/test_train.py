@@ -257,7 +257,9 @@ def test_cli_ctrl_c_then_resume(tmp_path: Path) -> None:
 
     pipeline = tmp_path / "tiny.yaml"
     pipeline.write_text(
-        yaml.safe_dump(_cfg(TINY_3D, epochs=40, iterations_per_epoch=4).model_dump(mode="json"))
+        # long enough epochs that the SIGINT lands mid-run even on a loaded machine (40 x 4
+        # iterations took 2 s and could end before a starved poll saw the first checkpoint)
+        yaml.safe_dump(_cfg(TINY_3D, epochs=40, iterations_per_epoch=40).model_dump(mode="json"))
     )
     out = tmp_path / "model"
     args = ["train", str(pipeline), "--data", str(SAMPLE_DATA / "ct_train"), "--out", str(out)]
