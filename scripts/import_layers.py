@@ -6,8 +6,9 @@ Prints one line per layer (top to bottom) with its modules and their line counts
 every import that runs upward (a lower layer importing a higher one), every cycle of
 imports between modules, every module over :data:`MAX_MODULE_LINES` lines and every
 function over :data:`MAX_FUNCTION_LINES` lines whose docstring gives no ``Long:``
-reason. Imports inside functions count; imports under ``if TYPE_CHECKING:`` do not (they
-never run). ``--check`` exits 1 when any of those lists is not empty (the tests run it).
+reason. Every import counts: inside functions and under ``if TYPE_CHECKING:`` too (a type
+that runs upward is still a design that does). ``--check`` exits 1 when any of those
+lists is not empty (the tests run it).
 """
 
 from __future__ import annotations
@@ -53,25 +54,13 @@ def layer_of(module: str) -> int:
     return index
 
 
-def _type_checking_lines(tree: ast.AST) -> set[int]:
-    lines: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for child in node.body:
-                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
-    return lines
-
-
 def imports_of(path: Path, modules: set[str]) -> set[str]:
     """The medres modules a file imports (resolved to existing modules)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    skip = _type_checking_lines(tree)
     this = module_name(path)
     package = this if path.name == "__init__.py" else this.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(tree):
-        if getattr(node, "lineno", None) in skip:
-            continue
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]

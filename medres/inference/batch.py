@@ -41,6 +41,7 @@ import numpy.typing as npt
 
 from medres.errors import MedresError, ModelError
 from medres.inference.inputs import ScanInput, assemble_inputs, load_input
+from medres.inference.options import PredictOptions
 from medres.inference.predictor import Ensemble
 from medres.inference.resume import fingerprint, is_complete, output_sizes, source_key
 from medres.inference.writer import (
@@ -54,54 +55,11 @@ from medres.inference.writer import (
 from medres.io.discover import SkippedFile, discover, safe_name
 from medres.io.volume import Volume
 from medres.models.folder import ModelFolder
-from medres.pipeline import EnsembleMode, PipelineConfig
+from medres.pipeline import PipelineConfig
 from medres.predictions.layout import RunFolder, ScanFolder, relative_to_input
 from medres.predictions.records import ScanRecord, ScanResult, ScanStatus, write_summary
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PredictOptions:
-    """What ``medres predict`` was asked for (None: the pipeline's own setting).
-
-    Attributes:
-        device: ``cpu`` or ``cuda[:N]`` (resolved, not ``auto``).
-        tta: Flip test-time augmentation.
-        ensemble: ``mean`` or ``vote`` (a string is accepted and checked).
-        overlap: Sliding-window overlap.
-        keep_members: Also write each member's label map (for ``medres evaluate``).
-        save_probabilities: Also write the compact probability map.
-        resume: Skip scans whose outputs are complete.
-        skip_unmatched: Scans no model takes are "skipped", not "failed".
-        report: An after-scan step writes reports (part of what "complete" means).
-        report_pdf: That step also writes ``report.pdf``.
-        report_phi: The reports show patient fields (``--show-phi``).
-
-    Raises:
-        ConfigError: ``ensemble`` is not a known mode.
-    """
-
-    device: str = "cpu"
-    tta: bool | None = None
-    ensemble: EnsembleMode | str | None = None
-    overlap: float | None = None
-    keep_members: bool = False
-    save_probabilities: bool = False
-    resume: bool = False
-    skip_unmatched: bool = False
-    report: bool = False
-    report_pdf: bool = False
-    report_phi: bool = False
-
-    def __post_init__(self) -> None:
-        if self.ensemble is not None and not isinstance(self.ensemble, EnsembleMode):
-            from medres.errors import ConfigError
-
-            modes = [m.value for m in EnsembleMode]
-            if self.ensemble not in modes:
-                raise ConfigError(f"ensemble {self.ensemble!r}: use {' or '.join(modes)}")
-            object.__setattr__(self, "ensemble", EnsembleMode(self.ensemble))
 
 
 class NoModelForScanError(MedresError):

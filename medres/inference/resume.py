@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 
 from medres._version import __version__
 from medres.errors import OutputError
+from medres.inference.options import PredictOptions
 from medres.predictions.layout import ScanFolder, relative_to_input
 from medres.predictions.records import ScanRecord
 
 if TYPE_CHECKING:
-    from medres.inference.batch import PredictOptions
     from medres.inference.inputs import ScanInput
     from medres.inference.predictor import Ensemble
 

@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from medres._version import __version__
 from medres.inference.lesions import find_lesions
+from medres.inference.options import PredictOptions
 from medres.inference.predictor import Ensemble, EnsemblePrediction
 from medres.inference.resume import fingerprint, source_key, source_state
 from medres.io.atomic import write_bytes_atomic
@@ -47,7 +48,6 @@ from medres.predictions.records import (
 from medres.runtime import peak_rss_bytes
 
 if TYPE_CHECKING:
-    from medres.inference.batch import PredictOptions
     from medres.inference.inputs import ScanInput
 
 

@@ -10,6 +10,7 @@ from medres.io.atomic import atomic_write, write_bytes_atomic, write_text_atomic
 from medres.io.convert import ConvertedScan, convert_scan, sidecar
 from medres.io.dicom import load_dicom_series, plan_series, read_slice_headers, split_volumes
 from medres.io.discover import DiscoveryResult, ScanRef, SkippedFile, discover, safe_name
+from medres.io.grid import GRID_TOLERANCE_MM, Grid, voxel_to_world, world_to_voxel
 from medres.io.images2d import read_image2d, read_mask2d
 from medres.io.load import load_mask, load_scan
 from medres.io.nifti import read_nifti, write_nifti
@@ -19,13 +20,13 @@ from medres.io.volume import (
     SourceInfo,
     Volume,
     orientation_codes,
-    voxel_to_world,
-    world_to_voxel,
 )
 
 __all__ = [
+    "GRID_TOLERANCE_MM",
     "ConvertedScan",
     "DiscoveryResult",
+    "Grid",
     "PatientInfo",
     "ScanKind",
     "ScanRef",

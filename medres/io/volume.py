@@ -13,8 +13,8 @@ Conventions (used throughout medres):
   affine.
 
 The geometry itself (voxel <-> world, voxel volume, same-grid checks, the single-slice
-rule) belongs to :class:`medres.io.grid.Grid`; ``voxel_to_world`` and ``world_to_voxel``
-are importable from here as before and are :mod:`medres.io.grid`'s functions.
+rule) belongs to :class:`medres.io.grid.Grid` and the functions ``voxel_to_world`` and
+``world_to_voxel`` of :mod:`medres.io.grid`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from medres.io.grid import voxel_to_world as voxel_to_world
-from medres.io.grid import world_to_voxel as world_to_voxel
 from medres.types import AffineRAS, ChannelImage
 
 logger = logging.getLogger(__name__)

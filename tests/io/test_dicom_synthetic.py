@@ -19,8 +19,9 @@ from medres.errors import (
 from medres.io.dicom import load_dicom_series
 from medres.io.dicom_write import DicomSeriesInfo, write_dicom_series
 from medres.io.discover import discover, safe_name
+from medres.io.grid import voxel_to_world
 from medres.io.load import load_scan
-from medres.io.volume import Volume, voxel_to_world
+from medres.io.volume import Volume
 from tests.conftest import oblique_affine, on_world_grid, random_volume
 
 GEOMETRIES = {

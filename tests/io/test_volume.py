@@ -1,13 +1,8 @@
 import numpy as np
 import pytest
 
-from medres.io.volume import (
-    Volume,
-    affine_from_dicom,
-    orientation_codes,
-    voxel_to_world,
-    world_to_voxel,
-)
+from medres.io.grid import voxel_to_world, world_to_voxel
+from medres.io.volume import Volume, affine_from_dicom, orientation_codes
 
 
 def test_dicom_axial_affine_maps_first_pixel_and_axes_to_ras():

@@ -71,7 +71,6 @@ from medres.io.dicom.fields import (
 )
 from medres.io.dicom.headers import PIXEL_SPACING_ASSUMED, read_slice_headers
 from medres.io.dicom.loader import load_dicom_series
-from medres.io.dicom.mosaic import MosaicGeometry
 from medres.io.dicom.pixels import decode_pixels
 from medres.io.dicom.plan import (
     MAX_SLICE_THICKNESS_MM,
@@ -81,7 +80,7 @@ from medres.io.dicom.plan import (
     series_folder,
     slice_normal,
 )
-from medres.io.dicom.records import SeriesPlan, SliceHeader
+from medres.io.dicom.records import MosaicGeometry, SeriesPlan, SliceHeader
 from medres.io.dicom.split import split_volumes
 
 __all__ = [

@@ -48,8 +48,8 @@ from medres.io.dicom.fields import (
     _text,
     _values,
 )
-from medres.io.dicom.mosaic import MosaicGeometry, read_mosaic_geometry
-from medres.io.dicom.records import SliceHeader
+from medres.io.dicom.mosaic import read_mosaic_geometry
+from medres.io.dicom.records import MosaicGeometry, SliceHeader
 from medres.io.volume import PatientInfo
 from medres.limits import MAX_VOXELS
 

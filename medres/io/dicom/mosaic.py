@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,53 +24,13 @@ from medres.errors import CorruptFileError, PixelDecodeError, UnsupportedDicomEr
 from medres.io.dicom.dataset import read_dataset
 from medres.io.dicom.fields import _describe
 from medres.io.dicom.pixels import _fix_bits
-from medres.io.volume import LPS_TO_RAS
+from medres.io.dicom.records import MosaicGeometry
 from medres.limits import MAX_VOXELS
-from medres.types import AffineRAS
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from medres.io.dicom.records import SliceHeader
-
-
-@dataclass(frozen=True)
-class MosaicGeometry:
-    """The untiled grid of a Siemens mosaic and where it lies in the patient.
-
-    Attributes:
-        shape_ijk: ``(rows of a tile, columns of a tile, number of images)``, the shape of
-            the untiled volume in nibabel's index order ``(i, j, k)``.
-        affine_lps: 4 x 4 matrix (rows of 4 floats) mapping ``(i, j, k, 1)`` to DICOM
-            patient coordinates (LPS, mm).
-
-    Example:
-        >>> g = MosaicGeometry(shape_ijk=(64, 64, 35), affine_lps=((3.0, 0, 0, 0),
-        ...     (0, 3.0, 0, 0), (0, 0, 3.6, 0), (0, 0, 0, 1.0)))
-        >>> g.n_images
-        35
-    """
-
-    shape_ijk: tuple[int, int, int]
-    affine_lps: tuple[tuple[float, float, float, float], ...]
-
-    @property
-    def n_images(self) -> int:
-        """How many images (slices) the mosaic tiles."""
-        return self.shape_ijk[2]
-
-    def affine_ras(self) -> AffineRAS:
-        """The affine mapping ``(i, j, k)`` indices to RAS+ mm."""
-        ras: AffineRAS = LPS_TO_RAS @ np.asarray(self.affine_lps, dtype=np.float64)
-        return ras
-
-    def as_json(self) -> dict[str, Any]:
-        """The JSON-ready record kept in ``SliceHeader.extra["mosaic"]`` for sidecars."""
-        return {
-            "shape": self.shape_ijk,
-            "affine_lps": [list(row) for row in self.affine_lps],
-            "n_images": self.n_images,
-        }
 
 
 def read_mosaic_geometry(ds: Any, path: Path) -> MosaicGeometry:

@@ -34,8 +34,7 @@ from medres.errors import (
     UnsupportedDicomError,
 )
 from medres.io.dicom.fields import ORIENTATION_TOL, POSITION_TOL_MM, one_line
-from medres.io.dicom.mosaic import MosaicGeometry
-from medres.io.dicom.records import SeriesPlan, SliceHeader
+from medres.io.dicom.records import MosaicGeometry, SeriesPlan, SliceHeader
 from medres.io.volume import affine_from_dicom
 from medres.limits import MAX_SLICES, MAX_VOXELS, check_allocation
 

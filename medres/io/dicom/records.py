@@ -1,4 +1,5 @@
-"""The typed records a DICOM series passes through: one slice's header, one volume's plan.
+"""The typed records a DICOM series passes through: one slice's header, one volume's plan,
+and a Siemens mosaic's untiled geometry (:class:`MosaicGeometry`).
 
 :class:`SliceHeader` is what :mod:`medres.io.dicom.headers` reads from one file (or one
 frame); :class:`SeriesPlan` is what :mod:`medres.io.dicom.plan` makes of the slices of one
@@ -16,9 +17,47 @@ from typing import Any
 import numpy as np
 
 from medres.io.dicom.fields import ORIENTATION_TOL
-from medres.io.dicom.mosaic import MosaicGeometry
-from medres.io.volume import PatientInfo
+from medres.io.volume import LPS_TO_RAS, PatientInfo
 from medres.types import AffineRAS
+
+
+@dataclass(frozen=True)
+class MosaicGeometry:
+    """The untiled grid of a Siemens mosaic and where it lies in the patient.
+
+    Attributes:
+        shape_ijk: ``(rows of a tile, columns of a tile, number of images)``, the shape of
+            the untiled volume in nibabel's index order ``(i, j, k)``.
+        affine_lps: 4 x 4 matrix (rows of 4 floats) mapping ``(i, j, k, 1)`` to DICOM
+            patient coordinates (LPS, mm).
+
+    Example:
+        >>> g = MosaicGeometry(shape_ijk=(64, 64, 35), affine_lps=((3.0, 0, 0, 0),
+        ...     (0, 3.0, 0, 0), (0, 0, 3.6, 0), (0, 0, 0, 1.0)))
+        >>> g.n_images
+        35
+    """
+
+    shape_ijk: tuple[int, int, int]
+    affine_lps: tuple[tuple[float, float, float, float], ...]
+
+    @property
+    def n_images(self) -> int:
+        """How many images (slices) the mosaic tiles."""
+        return self.shape_ijk[2]
+
+    def affine_ras(self) -> AffineRAS:
+        """The affine mapping ``(i, j, k)`` indices to RAS+ mm."""
+        ras: AffineRAS = LPS_TO_RAS @ np.asarray(self.affine_lps, dtype=np.float64)
+        return ras
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON-ready record kept in ``SliceHeader.extra["mosaic"]`` for sidecars."""
+        return {
+            "shape": self.shape_ijk,
+            "affine_lps": [list(row) for row in self.affine_lps],
+            "n_images": self.n_images,
+        }
 
 
 @dataclass(frozen=True)
