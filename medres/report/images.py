@@ -38,14 +38,14 @@ class View:
 
     Attributes:
         image: Display-ordered pixels (rows top to bottom, columns left to right).
-        labels: The label map on the same pixels.
+        label_map: The label map on the same pixels.
         row_mm / column_mm: Pixel size along rows and columns on screen (mm).
         title: e.g. ``axial, z -16.0 mm`` (the plane's RAS coordinate).
         orientation: Letters at the left, right, top and bottom edges (e.g. ``"RLAP"``).
     """
 
     image: npt.NDArray[np.float32]
-    labels: npt.NDArray[np.uint8]
+    label_map: npt.NDArray[np.uint8]
     row_mm: float
     column_mm: float
     title: str
@@ -164,7 +164,7 @@ def orthogonal_views(
         views.append(
             View(
                 image=np.ascontiguousarray(plane[::-1, ::-1].T),
-                labels=np.ascontiguousarray(plane_labels[::-1, ::-1].T),
+                label_map=np.ascontiguousarray(plane_labels[::-1, ::-1].T),
                 row_mm=float(row_mm),
                 column_mm=float(col_mm),
                 title=title,
@@ -180,7 +180,7 @@ def image_view(
     """A 2D image as stored: ``(x, y)`` arrays shown with ``y`` down the screen."""
     return View(
         image=np.ascontiguousarray(np.asarray(image, dtype=np.float32).T),
-        labels=np.ascontiguousarray(label_map.T),
+        label_map=np.ascontiguousarray(label_map.T),
         row_mm=float(spacing[1]),
         column_mm=float(spacing[0]),
         title="image",
@@ -319,7 +319,7 @@ def render(
     import matplotlib.pyplot as plt
     from matplotlib import patheffects
 
-    image, label_map = view.image, view.labels
+    image, label_map = view.image, view.label_map
     row0 = col0 = 0
     if crop is not None:
         image, label_map = image[crop], label_map[crop]

@@ -121,10 +121,10 @@ def _mark(
         row, column = nk - 1 - k, ni - 1 - i
     else:
         row, column = nk - 1 - k, nj - 1 - j
-    rows, columns = view.labels.shape
+    rows, columns = view.label_map.shape
     if not (0 <= row < rows and 0 <= column < columns):
         return None
-    near = view.labels[max(row - 3, 0) : row + 4, max(column - 3, 0) : column + 4]
+    near = view.label_map[max(row - 3, 0) : row + 4, max(column - 3, 0) : column + 4]
     if not near.any():
         return None
     return {"lesion_id": lesion.lesion_id, "row": int(row), "column": int(column)}
