@@ -109,10 +109,9 @@ def read_nifti(path: str | Path, *, channel_axis_from: int = 3) -> Volume:
     with contextlib.ExitStack() as stack:
         stream, file_bytes, compressed = _open(stack, path, notes)
         try:
-            header = _read_header(stream, path)
-            layout = _data_layout(header, path, notes)
-            affine = _header_affine(header, layout, path, notes)
-            _check_sizes(layout, path, file_bytes=file_bytes, compressed=compressed)
+            header, layout, affine = _checked_header(
+                stream, path, notes, file_bytes=file_bytes, compressed=compressed
+            )
             _skip(stream, layout.offset - header.n_bytes, path, layout)
             array, n_bad = _read_data(stream, layout, path, chunk_bytes=_CHUNK_BYTES)
             if compressed:  # reading on to the end of the stream checks its CRC and length
@@ -152,13 +151,28 @@ def read_nifti_grid(path: str | Path) -> tuple[tuple[int, ...], npt.NDArray[np.f
     with contextlib.ExitStack() as stack:
         stream, file_bytes, compressed = _open(stack, path, notes)
         try:
-            header = _read_header(stream, path)
+            _, layout, affine = _checked_header(
+                stream, path, notes, file_bytes=file_bytes, compressed=compressed
+            )
         except (EOFError, OSError, zlib.error) as exc:
             raise NiftiError(f"{path}: cannot read the NIfTI header: {exc}") from exc
+    return layout.spatial, affine
+
+
+def _checked_header(
+    stream: io.BufferedIOBase, path: Path, notes: list[str], *, file_bytes: int, compressed: bool
+) -> tuple[_Header, _Layout, npt.NDArray[np.float64]]:
+    """The header, its data layout and affine, every size checked against the file.
+
+    Raises:
+        NiftiError: Anything the header gets wrong (EOFError/OSError/zlib.error while
+            reading the header itself pass through, for the caller to word).
+    """
+    header = _read_header(stream, path)
     layout = _data_layout(header, path, notes)
     affine = _header_affine(header, layout, path, notes)
     _check_sizes(layout, path, file_bytes=file_bytes, compressed=compressed)
-    return layout.spatial, affine
+    return header, layout, affine
 
 
 def _open(
