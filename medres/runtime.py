@@ -17,6 +17,7 @@ import ctypes
 import ctypes.util
 import logging
 import sys
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,22 @@ def resolve_device(device: str) -> str:
     raise ConfigError(f"unknown device {device!r}; use auto, cpu or cuda")
 
 
+def amp_dtype(device: str) -> Any:
+    """The autocast dtype for mixed precision on ``device``; None where AMP is off (CPU).
+
+    bfloat16 on CUDA GPUs that support it (Ampere and later: same range as float32, so
+    training needs no gradient scaler), float16 on older ones. CPU runs in float32: bf16
+    autocast is slower on CPUs without AMX (see docs/user-guide.md).
+    """
+    import torch
+
+    if not device.startswith("cuda"):
+        return None
+    if torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.bfloat16
+    return torch.float16
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process's own memory.
 
@@ -97,4 +114,4 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-__all__ = ["peak_rss_bytes", "resolve_device", "tune_allocator"]
+__all__ = ["amp_dtype", "peak_rss_bytes", "resolve_device", "tune_allocator"]

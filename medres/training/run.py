@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +28,20 @@ from medres.pipeline import PipelineConfig, load_pipeline
 from medres.training.datasets import (
     DatasetCheck,
     Fold,
+    TrainingCase,
     check_cases,
     exclude_groups,
     find_training_cases,
     make_folds,
     split_to_json,
 )
-from medres.training.loop import TrainingProgress, member_is_complete, resolve_device, train_member
+from medres.training.loop import (
+    MemberResult,
+    TrainingProgress,
+    member_is_complete,
+    resolve_device,
+    train_member,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +54,61 @@ class TrainingRun:
     device: str
     check: DatasetCheck
     members: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class MemberJob:
+    """Everything one member's training needs: a unit of work that can run anywhere.
+
+    Members are independent (own fold, own seeds, own folder), so a runner may train them
+    one after the other in this process or side by side elsewhere (:mod:`medres.cluster`)
+    and get the same members.
+    """
+
+    cfg: PipelineConfig
+    cases: tuple[TrainingCase, ...]
+    train_groups: tuple[str, ...]
+    val_groups: tuple[str, ...]
+    lesion_cases: frozenset[str]
+    member_dir: Path
+    fold: int
+    device: str
+    max_minutes: float | None
+    resume: bool
+
+    def train(
+        self, *, on_progress: Callable[[TrainingProgress], None] | None = None
+    ) -> MemberResult:
+        """Train this member into ``member_dir`` (see :func:`train_member`)."""
+        return train_member(
+            self.cfg,
+            cases=self.cases,
+            train_groups=self.train_groups,
+            val_groups=self.val_groups,
+            lesion_cases=set(self.lesion_cases),
+            member_dir=self.member_dir,
+            fold=self.fold,
+            device=self.device,
+            max_minutes=self.max_minutes,
+            resume=self.resume,
+            on_progress=on_progress,
+        )
+
+
+#: Trains members and yields each one's result as it finishes (in any order).
+MemberRunner = Callable[[Sequence[MemberJob]], Iterator[MemberResult]]
+
+
+def train_in_process(
+    on_progress: Callable[[TrainingProgress], None] | None = None,
+) -> MemberRunner:
+    """The default runner: the members one after the other, in this process."""
+
+    def run(jobs: Sequence[MemberJob]) -> Iterator[MemberResult]:
+        for job in jobs:
+            yield job.train(on_progress=on_progress)
+
+    return run
 
 
 def _prepare_folder(out: Path, cfg: PipelineConfig, *, resume: bool) -> None:
@@ -88,6 +150,7 @@ def train_pipeline(
     data_root: str | Path | None = None,
     on_progress: Callable[[TrainingProgress], None] | None = None,
     on_check: Callable[[int, int], None] | None = None,
+    runner: MemberRunner | None = None,
 ) -> TrainingRun:
     """Check the data, then train the requested folds into ``out``.
 
@@ -104,6 +167,8 @@ def train_pipeline(
         data_root: Base folder for relative paths of a datalist.
         on_progress: Progress callback (see :class:`TrainingProgress`).
         on_check: Progress callback of the data check ``(done, total)``.
+        runner: Trains the members (default :func:`train_in_process` with
+            ``on_progress``; :func:`medres.cluster.train_on_cluster` side by side).
 
     Raises:
         DatasetError: Bad or empty data (before anything is trained).
@@ -125,25 +190,23 @@ def train_pipeline(
     _prepare_folder(out, cfg, resume=resume)
     _write_pipeline_and_split(out, cfg, split)
     provenance = _provenance(data, check, resolved_device)
-    members: list[dict[str, Any]] = []
-    for index in wanted:
-        fold = fold_list[index]
-        member_dir = out / f"fold_{index}"
-        if not _needs_training(member_dir, index, resume=resume):
-            continue
-        train_member(
-            cfg,
-            cases=cases,
-            train_groups=fold.train_groups,
-            val_groups=fold.val_groups,
-            lesion_cases=check.lesion_cases,
-            member_dir=member_dir,
+    jobs = [
+        MemberJob(
+            cfg=cfg,
+            cases=tuple(cases),
+            train_groups=tuple(fold_list[index].train_groups),
+            val_groups=tuple(fold_list[index].val_groups),
+            lesion_cases=frozenset(check.lesion_cases),
+            member_dir=out / f"fold_{index}",
             fold=index,
             device=resolved_device,
             max_minutes=max_minutes,
             resume=resume,
-            on_progress=on_progress,
         )
+        for index in wanted
+        if _needs_training(out / f"fold_{index}", index, resume=resume)
+    ]
+    for _result in (runner or train_in_process(on_progress))(jobs):
         members = _completed_members(out, fold_list)
         write_manifest(out, cfg, members, extra={"training": provenance})
     members = _completed_members(out, fold_list)
@@ -232,4 +295,10 @@ def _completed_members(out: Path, fold_list: Sequence[Fold]) -> list[dict[str, A
     return done
 
 
-__all__ = ["TrainingRun", "train_pipeline"]
+__all__ = [
+    "MemberJob",
+    "MemberRunner",
+    "TrainingRun",
+    "train_in_process",
+    "train_pipeline",
+]
