@@ -94,11 +94,16 @@ class EvaluationError(MedresError):
 # --- writing outputs ---------------------------------------------------------------
 
 
+class ClusterError(MedresError):
+    """A Dask cluster could not be started, reached or used (workers, shared files)."""
+
+
 class OutputError(MedresError):
     """An output file could not be written."""
 
 
 __all__ = [
+    "ClusterError",
     "ConfigError",
     "CorruptFileError",
     "DatasetError",

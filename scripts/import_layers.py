@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("medres.models", "medres.transforms", "medres.predictions"),
     ("medres.inference",),
     ("medres.training", "medres.evaluation", "medres.report"),
-    ("medres.demo", "medres.doctor"),
+    ("medres.demo", "medres.doctor", "medres.cluster"),
     ("medres.cli",),
 )
 

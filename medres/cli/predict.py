@@ -8,8 +8,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from medres.cli.cluster import SchedulerOption, WorkersOption
+
 if TYPE_CHECKING:
-    from medres.inference.batch import BatchRun, PredictOptions
+    from medres.cluster.client import ClusterSpec
+    from medres.inference.batch import BatchRun, PredictOptions, ScanExecutor
+    from medres.inference.predictor import Ensemble
 
 #: Scans listed on the console (all of them are in summary.csv).
 MAX_ROWS = 40
@@ -85,6 +89,8 @@ def predict_command(
             "instead of failed, e.g. for a mixed PACS export.",
         ),
     ] = False,
+    workers: WorkersOption = None,
+    scheduler: SchedulerOption = None,
 ) -> None:
     """Segment every scan with an ensemble; masks on each scan's own grid, plus lesions.
 
@@ -94,14 +100,18 @@ def predict_command(
     \f
     Long: one typer option per flag; the work is in _run and _print_run.
     """
+    from medres.cli.cluster import cluster_spec
     from medres.cli.console import fail_cleanly
     from medres.inference.batch import PredictOptions
     from medres.runtime import resolve_device, tune_allocator
 
     tune_allocator()
     with fail_cleanly():
+        spec = cluster_spec(workers, scheduler)
+        if spec.scheduler:  # the workers resolve the device: they may have GPUs, we none
+            scans, out, model = scans.resolve(), out.resolve(), [m.resolve() for m in model]
         options = PredictOptions(
-            device=resolve_device(device),
+            device=device if spec.scheduler else resolve_device(device),
             tta=tta,
             ensemble=ensemble,
             overlap=overlap,
@@ -113,18 +123,24 @@ def predict_command(
             report_pdf=report and pdf,
             report_phi=report and show_phi,
         )
-        run, index = _run(scans, model, out, options)
+        run, index = _run(scans, model, out, options, spec)
     _print_run(run, scans=scans, out=out, device=options.device, index=index)
 
 
 def _run(
-    scans: Path, model: list[Path], out: Path, options: PredictOptions
+    scans: Path, model: list[Path], out: Path, options: PredictOptions, spec: ClusterSpec
 ) -> tuple[BatchRun, Path | None]:
     """Open the models, predict with a progress bar, write the index; Ctrl-C exits 130."""
-    from medres.cli.console import err_console, progress_bar
-    from medres.inference.batch import open_ensembles, predict_batch
+    from dataclasses import replace
 
-    opened = open_ensembles(model, options=options)
+    from medres.cli.cluster import describe_spec
+    from medres.cli.console import err_console
+    from medres.inference.batch import open_ensembles
+
+    # on a cluster the workers hold the models; the driver's copy only names them
+    opened = open_ensembles(
+        model, options=replace(options, device="cpu") if spec.wanted else options
+    )
     for item in opened:
         names = ", ".join(f.pipeline.name for f in item.folders)
         err_console.print(
@@ -134,8 +150,43 @@ def _run(
         for folder in item.folders:
             for note in folder.unverified:
                 err_console.print(f"[yellow]warning:[/] {note}", highlight=False)
-    after_scan = None
+    try:
+        if spec.wanted:
+            from medres.cluster import ClusterExecutor, open_client
+
+            err_console.print(describe_spec(spec), highlight=False)
+            with open_client(spec) as client:
+                executor = ClusterExecutor(client, spec, model, options)
+                run = _predict_with_progress(scans, out, options, opened, executor=executor)
+        else:
+            run = _predict_with_progress(scans, out, options, opened, executor=None)
+    except KeyboardInterrupt:
+        err_console.print(
+            "interrupted: finished scans are saved; run the same command with --resume to continue"
+        )
+        raise typer.Exit(130) from None
+    index = None
     if options.report:
+        from medres.report.build import write_index
+
+        index = write_index(out)
+    return run, index
+
+
+def _predict_with_progress(
+    scans: Path,
+    out: Path,
+    options: PredictOptions,
+    opened: list[Ensemble],
+    *,
+    executor: ScanExecutor | None,
+) -> BatchRun:
+    """predict_batch under a progress bar (reports in this process unless an executor)."""
+    from medres.cli.console import progress_bar
+    from medres.inference.batch import predict_batch
+
+    after_scan = None
+    if options.report and executor is None:
         from medres.report.build import report_hook
 
         after_scan = report_hook(opened, show_phi=options.report_phi, pdf=options.report_pdf)
@@ -145,28 +196,16 @@ def _run(
         def on_progress(done: int, total: int, scan_id: str, stage: str) -> None:
             progress.update(task, completed=done, total=total, item=f"{scan_id} {stage}")
 
-        try:
-            run = predict_batch(
-                scans,
-                model,
-                out,
-                options=options,
-                ensembles=opened,
-                on_progress=on_progress,
-                after_scan=after_scan,
-            )
-        except KeyboardInterrupt:
-            err_console.print(
-                "interrupted: finished scans are saved; run the same command with --resume "
-                "to continue"
-            )
-            raise typer.Exit(130) from None
-    index = None
-    if options.report:
-        from medres.report.build import write_index
-
-        index = write_index(out)
-    return run, index
+        return predict_batch(
+            scans,
+            [],
+            out,
+            options=options,
+            ensembles=opened,
+            on_progress=on_progress,
+            after_scan=after_scan,
+            executor=executor,
+        )
 
 
 def _print_table(run: BatchRun, *, out: Path, device: str) -> None:

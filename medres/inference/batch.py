@@ -30,11 +30,11 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -121,6 +121,105 @@ ProgressCallback = Callable[[int, int, str, str], None]
 AfterScanCallback = Callable[[ScanPrediction], AfterScanResult]
 
 
+@dataclass(frozen=True)
+class ScanJob:
+    """What every scan of a run shares: where the outputs go, what was asked for.
+
+    Attributes:
+        run_folder: The prediction folder (``OUT``).
+        root: The scans folder (or file) as given; sources are recorded relative to it.
+        options: The run options.
+    """
+
+    run_folder: RunFolder
+    root: Path
+    options: PredictOptions
+
+
+class ScanExecutor(Protocol):
+    """Predicts the scans of a run, here or elsewhere, and hands back their rows.
+
+    :class:`InProcess` is the default; :class:`medres.cluster.ClusterExecutor` runs the
+    scans as tasks on a Dask cluster. Either way a scan's folder is written by whoever
+    predicts it, and the caller alone writes the run's files (summary, run.json).
+    """
+
+    def results(
+        self, inputs: Sequence[ScanInput], job: ScanJob
+    ) -> Iterator[tuple[int, ScanResult]]:
+        """Predict every input; yield ``(position in inputs, row)`` as each finishes."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Where the scans ran, for ``run.json`` (``{}`` for this process)."""
+        ...
+
+
+def predict_scan(
+    item: ScanInput,
+    ensembles: Sequence[Ensemble],
+    job: ScanJob,
+    *,
+    after_scan: AfterScanCallback | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> ScanResult:
+    """One scan through resume check, load, routing, prediction, outputs and report.
+
+    Never raises for a bad scan: every failure becomes the row's error.
+    """
+    step = _ScanStep(item, ensembles, job.run_folder, job.root, job.options, after_scan)
+    return step.run(on_stage or (lambda stage: None))
+
+
+def failed_result(item: ScanInput, root: Path, error: str) -> ScanResult:
+    """The row of a scan that could not be predicted at all (e.g. its worker died)."""
+    return ScanResult(
+        scan_id=item.scan_id,
+        status=ScanStatus.FAILED,
+        kind=str(item.kind),
+        source=relative_to_input(item.name, root),
+        error=error,
+    )
+
+
+class InProcess:
+    """The default executor: the scans one after the other, in this process."""
+
+    def __init__(
+        self,
+        ensembles: Sequence[Ensemble],
+        *,
+        after_scan: AfterScanCallback | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        self.ensembles = ensembles
+        self.after_scan = after_scan
+        self.on_progress = on_progress
+
+    def results(
+        self, inputs: Sequence[ScanInput], job: ScanJob
+    ) -> Iterator[tuple[int, ScanResult]]:
+        """Predict the inputs in order, reporting each stage to ``on_progress``."""
+        total = len(inputs)
+        for index, item in enumerate(inputs):
+
+            def on_stage(stage: str, index: int = index, scan_id: str = item.scan_id) -> None:
+                if self.on_progress is not None:
+                    self.on_progress(index, total, scan_id, stage)
+
+            on_stage("load")
+            yield (
+                index,
+                predict_scan(
+                    item, self.ensembles, job, after_scan=self.after_scan, on_stage=on_stage
+                ),
+            )
+
+    def describe(self) -> dict[str, Any]:
+        """Nothing to record: the run's own process did the work."""
+        return {}
+
+
 def open_ensembles(model_dirs: Sequence[str | Path], *, options: PredictOptions) -> list[Ensemble]:
     """Open model folders and join those with the same kind of input into ensembles.
 
@@ -171,6 +270,7 @@ def predict_batch(
     ensembles: Sequence[Ensemble] | None = None,
     on_progress: ProgressCallback | None = None,
     after_scan: AfterScanCallback | None = None,
+    executor: ScanExecutor | None = None,
 ) -> BatchRun:
     """Predict every scan under ``input_dir`` and write the outputs under ``out``.
 
@@ -182,6 +282,9 @@ def predict_batch(
         ensembles: Already opened ensembles (then ``model_dirs`` is ignored).
         on_progress: ``(done, total, scan_id, stage)`` as work proceeds.
         after_scan: Extra work per finished scan (the CLI writes the reports with it).
+        executor: Who predicts the scans (default :class:`InProcess` with ``opened``
+            ensembles and ``after_scan``; :class:`medres.cluster.ClusterExecutor` brings
+            its own). ``on_progress`` gets ``stage == "done"`` after every finished scan.
 
     Returns:
         Results per scan. Failed scans are in ``results`` with their errors.
@@ -215,17 +318,20 @@ def predict_batch(
     total = len(inputs)
     finished = False
     models = models_provenance(opened)
+    executor = executor or InProcess(opened, after_scan=after_scan, on_progress=on_progress)
+    job = ScanJob(run_folder=run_folder, root=root, options=options)
+    first_rows = list(run.results)
+    rows: list[ScanResult | None] = [None] * total
     try:
-        for done, item in enumerate(inputs):
-            if on_progress is not None:
-                on_progress(done, total, item.scan_id, "load")
-            step = _ScanStep(item, opened, run_folder, root, options, after_scan)
-            run.results.append(step.run(partial(_tell, on_progress, done, total, item)))
+        for done, (index, result) in enumerate(executor.results(inputs, job), start=1):
+            rows[index] = result
+            run.results = first_rows + [r for r in rows if r is not None]
             write_summary(run_folder, run.results)
+            if on_progress is not None:
+                on_progress(done, total, result.scan_id, "done")
         finished = True
-        if on_progress is not None:
-            on_progress(total, total, "", "done")
     finally:
+        run.results = first_rows + [r for r in rows if r is not None]
         write_summary(run_folder, run.results)
         run_record(
             root=root,
@@ -236,15 +342,9 @@ def predict_batch(
             started=started,
             seconds=time.perf_counter() - clock,
             finished=finished,
+            execution=executor.describe(),
         ).write(run_folder)
     return run
-
-
-def _tell(
-    on_progress: ProgressCallback | None, done: int, total: int, item: ScanInput, stage: str
-) -> None:
-    if on_progress is not None:
-        on_progress(done, total, item.scan_id, stage)
 
 
 class _ScanStep:
@@ -265,12 +365,7 @@ class _ScanStep:
         self.root = root
         self.options = options
         self.after_scan = after_scan
-        self.result = ScanResult(
-            scan_id=item.scan_id,
-            status=ScanStatus.FAILED,
-            kind=str(item.kind),
-            source=relative_to_input(item.name, root),
-        )
+        self.result = failed_result(item, root, "")
 
     def run(self, on_stage: Callable[[str], None]) -> ScanResult:
         """Do the scan; every failure becomes the row's error, never an exception."""
@@ -396,10 +491,15 @@ __all__ = [
     "AfterScanCallback",
     "AfterScanResult",
     "BatchRun",
+    "InProcess",
     "NoModelForScanError",
     "PredictOptions",
     "ProgressCallback",
+    "ScanExecutor",
+    "ScanJob",
     "ScanPrediction",
+    "failed_result",
     "open_ensembles",
     "predict_batch",
+    "predict_scan",
 ]

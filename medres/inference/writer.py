@@ -245,8 +245,9 @@ def run_record(
     started: datetime,
     seconds: float,
     finished: bool,
+    execution: dict[str, Any] | None = None,
 ) -> RunRecord:
-    """The run's record for ``run.json``."""
+    """The run's record for ``run.json`` (``execution``: where the scans ran)."""
     counts: dict[str, int] = {}
     for result in results:
         counts[str(result.status)] = counts.get(str(result.status), 0) + 1
@@ -259,6 +260,7 @@ def run_record(
         peak_memory_mib=round(peak_rss_bytes() / 2**20, 1),
         input=str(root),
         options=asdict(options),
+        execution=execution or {},
         models=list(models),
         counts=counts,
         scans=[

@@ -172,6 +172,8 @@ class RunRecord(Record):
         peak_memory_mib: Peak resident memory of the process.
         input: The scans folder (or file) as given.
         options: The predict options (see ``PredictOptions``).
+        execution: Where the scans ran: empty for this process; for a Dask cluster its
+            scheduler, workers, threads and each worker's peak memory.
         models: One entry per ensemble.
         counts: Scans per status.
         scans: One entry per scan, in processing order.
@@ -186,6 +188,7 @@ class RunRecord(Record):
     peak_memory_mib: float = 0.0
     input: str
     options: dict[str, Any] = Field(default_factory=dict)
+    execution: dict[str, Any] = Field(default_factory=dict)
     models: list[ModelProvenance]
     counts: dict[str, int] = Field(default_factory=dict)
     scans: list[RunScanEntry] = Field(default_factory=list)
