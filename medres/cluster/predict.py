@@ -34,16 +34,11 @@ from medres.cluster.client import (
     worker_device,
     worker_share,
 )
-from medres.inference.batch import (
-    AfterScanCallback,
-    ScanJob,
-    failed_result,
-    open_ensembles,
-    predict_scan,
-)
+from medres.inference.batch import open_ensembles
 from medres.inference.inputs import ScanInput
 from medres.inference.options import PredictOptions
 from medres.inference.predictor import Ensemble
+from medres.inference.scan_step import AfterScanCallback, ScanJob, failed_result, predict_scan
 from medres.predictions.records import ScanResult
 
 if TYPE_CHECKING:

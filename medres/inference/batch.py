@@ -19,51 +19,36 @@ records are :mod:`medres.predictions`'):
 and for the run ``summary.csv`` (one row per scan, rewritten after every scan) and
 ``run.json`` (versions, model checksums, options, device, inputs, timings, peak memory).
 
-The after-scan step gets the prediction in memory (:class:`ScanPrediction`: the volume,
-the label map, the record), so the report never reads back what was just written.
-A scan that fails is recorded with its error and the batch goes on. A requested output
-that could not be written (a failed report) fails the scan; its masks are kept.
+One scan's work is :func:`~medres.inference.scan_step.predict_scan`; an executor decides
+where it runs (:class:`InProcess` here, :class:`medres.cluster.ClusterExecutor` on a Dask
+cluster). The after-scan step gets the prediction in memory
+(:class:`~medres.inference.scan_step.ScanPrediction`: the volume, the label map, the
+record), so the report never reads back what was just written. A scan that fails is
+recorded with its error and the batch goes on.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-import numpy.typing as npt
-
-from medres.errors import MedresError, ModelError
-from medres.inference.inputs import ScanInput, assemble_inputs, load_input
+from medres.errors import ModelError
+from medres.inference.inputs import ScanInput, assemble_inputs
 from medres.inference.options import PredictOptions
 from medres.inference.predictor import Ensemble
-from medres.inference.resume import fingerprint, is_complete, output_sizes, source_key
-from medres.inference.writer import (
-    ensemble_name,
-    models_provenance,
-    run_record,
-    scan_lesions,
-    scan_record,
-    write_masks,
-)
+from medres.inference.scan_step import AfterScanCallback, ScanJob, predict_scan
+from medres.inference.writer import models_provenance, run_record
 from medres.io.discover import SkippedFile, discover, safe_name
-from medres.io.volume import Volume
 from medres.models.folder import ModelFolder
-from medres.pipeline import PipelineConfig
-from medres.predictions.layout import RunFolder, ScanFolder, relative_to_input
-from medres.predictions.records import ScanRecord, ScanResult, ScanStatus, write_summary
+from medres.predictions.layout import RunFolder, relative_to_input
+from medres.predictions.records import ScanResult, ScanStatus, write_summary
 
 logger = logging.getLogger(__name__)
-
-
-class NoModelForScanError(MedresError):
-    """No ensemble of the run takes this scan (dimensions or channel count differ)."""
 
 
 @dataclass
@@ -81,59 +66,8 @@ class BatchRun:
         return [r for r in self.results if r.status == ScanStatus.FAILED]
 
 
-@dataclass(frozen=True)
-class ScanPrediction:
-    """One predicted scan, in memory, as the after-scan step (the report) gets it.
-
-    Attributes:
-        folder: The scan's output folder (masks and an incomplete record written).
-        volume: The scan as loaded for prediction (its own grid).
-        label_map: The ensemble's label map on that grid (what ``seg.nii.gz`` holds).
-        record: The scan's record (lesions, grid, source, models).
-        cfg: The pipeline of the ensemble that predicted it.
-    """
-
-    folder: ScanFolder
-    volume: Volume
-    label_map: npt.NDArray[np.uint8]
-    record: ScanRecord
-    cfg: PipelineConfig
-
-
-@dataclass(frozen=True)
-class AfterScanResult:
-    """What an after-scan step (the report) wrote for one scan.
-
-    Attributes:
-        files: Written files, relative to the scan folder (``overlays/lesion_01.png``).
-        notes: Notes for the scan's row (``DICOM SEG/SR skipped: ...``).
-    """
-
-    files: tuple[str, ...] = ()
-    notes: tuple[str, ...] = ()
-
-
 #: Progress callback: ``(scans_done, scans_total, scan_id, stage)``.
 ProgressCallback = Callable[[int, int, str, str], None]
-#: Called after a scan's masks are written, with the prediction in memory; returns what
-#: it wrote and notes for the scan's row. What it raises fails the scan, keeping the
-#: masks already written (e.g. the report step).
-AfterScanCallback = Callable[[ScanPrediction], AfterScanResult]
-
-
-@dataclass(frozen=True)
-class ScanJob:
-    """What every scan of a run shares: where the outputs go, what was asked for.
-
-    Attributes:
-        run_folder: The prediction folder (``OUT``).
-        root: The scans folder (or file) as given; sources are recorded relative to it.
-        options: The run options.
-    """
-
-    run_folder: RunFolder
-    root: Path
-    options: PredictOptions
 
 
 class ScanExecutor(Protocol):
@@ -153,33 +87,6 @@ class ScanExecutor(Protocol):
     def describe(self) -> dict[str, Any]:
         """Where the scans ran, for ``run.json`` (``{}`` for this process)."""
         ...
-
-
-def predict_scan(
-    item: ScanInput,
-    ensembles: Sequence[Ensemble],
-    job: ScanJob,
-    *,
-    after_scan: AfterScanCallback | None = None,
-    on_stage: Callable[[str], None] | None = None,
-) -> ScanResult:
-    """One scan through resume check, load, routing, prediction, outputs and report.
-
-    Never raises for a bad scan: every failure becomes the row's error.
-    """
-    step = _ScanStep(item, ensembles, job.run_folder, job.root, job.options, after_scan)
-    return step.run(on_stage or (lambda stage: None))
-
-
-def failed_result(item: ScanInput, root: Path, error: str) -> ScanResult:
-    """The row of a scan that could not be predicted at all (e.g. its worker died)."""
-    return ScanResult(
-        scan_id=item.scan_id,
-        status=ScanStatus.FAILED,
-        kind=str(item.kind),
-        source=relative_to_input(item.name, root),
-        error=error,
-    )
 
 
 class InProcess:
@@ -255,10 +162,17 @@ def open_ensembles(model_dirs: Sequence[str | Path], *, options: PredictOptions)
     ]
 
 
-def _describe(volume: Volume) -> tuple[str, str]:
-    shape = "x".join(str(s) for s in volume.spatial_shape)
-    spacing = "x".join(f"{s:.3g}" for s in volume.spacing_mm)
-    return shape, spacing
+def _unreadable_rows(failed: Sequence[SkippedFile], root: Path) -> list[ScanResult]:
+    """Failed rows for the files discovery could not read."""
+    return [
+        ScanResult(
+            scan_id=safe_name(Path(bad.path).name),
+            status=ScanStatus.FAILED,
+            error=f"{bad.path}: {bad.reason}" if bad.path not in bad.reason else bad.reason,
+            source=relative_to_input(bad.path, root),
+        )
+        for bad in failed
+    ]
 
 
 def predict_batch(
@@ -306,15 +220,7 @@ def predict_batch(
     skipped = [s for s in found.skipped if not s.failed] + unused
     run_folder.path.mkdir(parents=True, exist_ok=True)
     run = BatchRun(out=run_folder.path, results=[], skipped=skipped, ensembles=opened)
-    for bad in found.failed:
-        run.results.append(
-            ScanResult(
-                scan_id=safe_name(Path(bad.path).name),
-                status=ScanStatus.FAILED,
-                error=f"{bad.path}: {bad.reason}" if bad.path not in bad.reason else bad.reason,
-                source=relative_to_input(bad.path, root),
-            )
-        )
+    run.results += _unreadable_rows(found.failed, root)
     total = len(inputs)
     finished = False
     models = models_provenance(opened)
@@ -347,159 +253,12 @@ def predict_batch(
     return run
 
 
-class _ScanStep:
-    """One scan through resume check, load, routing, prediction, outputs and report."""
-
-    def __init__(
-        self,
-        item: ScanInput,
-        ensembles: Sequence[Ensemble],
-        run_folder: RunFolder,
-        root: Path,
-        options: PredictOptions,
-        after_scan: AfterScanCallback | None,
-    ) -> None:
-        self.item = item
-        self.ensembles = ensembles
-        self.folder = run_folder.scan(item.scan_id)
-        self.root = root
-        self.options = options
-        self.after_scan = after_scan
-        self.result = failed_result(item, root, "")
-
-    def run(self, on_stage: Callable[[str], None]) -> ScanResult:
-        """Do the scan; every failure becomes the row's error, never an exception."""
-        start = time.perf_counter()
-        result = self.result
-        try:
-            if not (self.options.resume and self._resumed()):
-                self._predict(on_stage, start)
-        except NoModelForScanError as exc:
-            result.error = str(exc)
-            if self.options.skip_unmatched:
-                result.status = ScanStatus.SKIPPED
-        except MedresError as exc:
-            result.error = str(exc)
-            logger.info("%s failed: %s", self.item.scan_id, exc)
-        except Exception as exc:  # one scan's unexpected failure must not end the batch
-            result.error = f"{self.item.name}: {type(exc).__name__}: {exc}"
-            logger.debug("%s failed:\n%s", self.item.scan_id, traceback.format_exc())
-        if result.status != ScanStatus.RESUMED:
-            result.seconds = round(time.perf_counter() - start, 3)
-        return result
-
-    def _resumed(self) -> bool:
-        """Fill the row from a complete earlier record of the same models and options."""
-        key = source_key(self.item, self.root)
-        for ensemble in self.ensembles:
-            expected = fingerprint(ensemble, self.options, self.item.paths)
-            previous = is_complete(self.folder, expected, source=key)
-            if previous is None:
-                continue
-            result = self.result
-            result.status = ScanStatus.RESUMED
-            result.model = ensemble_name(ensemble)
-            result.n_lesions = previous.n_lesions
-            result.lesion_volume_ml = previous.total_volume_ml
-            result.lesion_area_mm2 = previous.total_area_mm2
-            result.notes = "; ".join(previous.notes)
-            result.shape = "x".join(str(s) for s in previous.grid.shape)
-            result.spacing_mm = "x".join(f"{s:.3g}" for s in previous.grid.spacing_mm)
-            result.modality = previous.source.modality
-            return True
-        return False
-
-    def _choose(self, volume: Volume) -> Ensemble:
-        problems = []
-        for ensemble in self.ensembles:
-            problem = ensemble.input_problem(volume)
-            if problem is None:
-                return ensemble
-            problems.append(problem)
-        raise NoModelForScanError(
-            f"{self.item.name}: no model takes this scan: {'; '.join(problems)}"
-        )
-
-    def _predict(self, on_stage: Callable[[str], None], start: float) -> None:
-        item, result, folder = self.item, self.result, self.folder
-        folder.clear()
-        volume = load_input(item)
-        result.modality = volume.modality
-        result.shape, result.spacing_mm = _describe(volume)
-        chosen = self._choose(volume)
-        result.model = ensemble_name(chosen)
-        prediction = chosen.predict(
-            volume, source=item.name, keep_members=self.options.keep_members, on_stage=on_stage
-        )
-        on_stage("lesions")
-        lesion_start = time.perf_counter()
-        lesions = scan_lesions(chosen, prediction)
-        seconds = dict(prediction.seconds)
-        seconds["lesions"] = time.perf_counter() - lesion_start
-        on_stage("write")
-        write_start = time.perf_counter()
-        written = write_masks(
-            folder, prediction, chosen, save_probabilities=self.options.save_probabilities
-        )
-        seconds["write"] = time.perf_counter() - write_start
-        notes = ([item.note] if item.note else []) + list(volume.warnings)
-        record = scan_record(
-            item,
-            volume,
-            chosen,
-            prediction,
-            lesions,
-            root=self.root,
-            options=self.options,
-            seconds=seconds,
-            notes=notes,
-        )
-        result.n_lesions = record.n_lesions
-        result.lesion_volume_ml = record.total_volume_ml
-        result.lesion_area_mm2 = record.total_area_mm2
-        result.notes = "; ".join(notes)
-        if self.after_scan is not None:
-            record.write(folder)  # masks are kept if the report fails; not complete yet
-            on_stage("report")
-            report_start = time.perf_counter()
-            scan = ScanPrediction(folder, volume, prediction.label_map, record, chosen.cfg)
-            try:
-                extra = self.after_scan(scan)
-            except Exception as exc:  # the masks stay; the scan is not complete
-                result.error = f"{item.name}: report not written: {type(exc).__name__}: {exc}"
-                result.stage_seconds = {k: round(v, 3) for k, v in seconds.items()}
-                logger.debug("%s report failed:\n%s", item.scan_id, traceback.format_exc())
-                return
-            seconds["report"] = time.perf_counter() - report_start
-            written += list(extra.files)
-            notes += list(extra.notes)
-        seconds["total"] = time.perf_counter() - start
-        record.model_copy(
-            update={
-                "seconds": {k: round(v, 3) for k, v in seconds.items()},
-                "notes": notes,
-                "outputs": output_sizes(folder, written),
-                "complete": True,
-            }
-        ).write(folder)
-        result.status = ScanStatus.OK
-        result.notes = "; ".join(notes)
-        result.stage_seconds = {k: round(v, 3) for k, v in seconds.items()}
-
-
 __all__ = [
-    "AfterScanCallback",
-    "AfterScanResult",
     "BatchRun",
     "InProcess",
-    "NoModelForScanError",
     "PredictOptions",
     "ProgressCallback",
     "ScanExecutor",
-    "ScanJob",
-    "ScanPrediction",
-    "failed_result",
     "open_ensembles",
     "predict_batch",
-    "predict_scan",
 ]

@@ -1,7 +1,7 @@
 """Per-scan reports (HTML, PDF, overlay PNGs, DICOM SEG/SR) and the batch index page.
 
 :func:`report_scan` turns one predicted scan, in memory (a
-:class:`~medres.inference.batch.ScanPrediction`: the loaded scan, its label map and its
+:class:`~medres.inference.scan_step.ScanPrediction`: the loaded scan, its label map and its
 record), into ``report.html`` (self-contained: images embedded), ``report.pdf``
 (weasyprint), ``overlays/*.png`` and, for DICOM input, ``seg.dcm`` and ``sr.dcm``, in the
 scan's folder. :func:`write_index` writes ``OUT/index.html`` listing every scan of
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from medres.errors import MedresError
-from medres.inference.batch import AfterScanCallback, AfterScanResult, ScanPrediction
 from medres.inference.predictor import Ensemble
+from medres.inference.scan_step import AfterScanCallback, AfterScanResult, ScanPrediction
 from medres.inference.writer import models_provenance
 from medres.io.atomic import write_bytes_atomic, write_text_atomic
 from medres.io.grid import (

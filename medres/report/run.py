@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from medres.errors import MedresError, OutputError
-from medres.inference.batch import ScanPrediction
 from medres.inference.inputs import ScanInput, assemble_inputs, load_input
 from medres.inference.resume import refresh_outputs, source_key, source_state
+from medres.inference.scan_step import ScanPrediction
 from medres.io import discover
 from medres.io.nifti import read_nifti
 from medres.pipeline import PipelineConfig

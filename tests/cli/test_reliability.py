@@ -13,13 +13,8 @@ from typer.testing import CliRunner
 from medres import doctor
 from medres.cli.app import app
 from medres.cli.console import PlainProgress
-from medres.inference.batch import (
-    AfterScanResult,
-    PredictOptions,
-    ScanPrediction,
-    open_ensembles,
-    predict_batch,
-)
+from medres.inference.batch import PredictOptions, open_ensembles, predict_batch
+from medres.inference.scan_step import AfterScanResult, ScanPrediction
 from tests.conftest import SAMPLE_DATA
 
 runner = CliRunner()

@@ -139,9 +139,11 @@ def test_a_worker_killed_mid_scan_loses_nothing(
 
 
 def test_workers_that_do_not_see_the_files_are_named(tmp_path: Path) -> None:
-    with open_client(ClusterSpec(workers=1)) as client:
-        with pytest.raises(ClusterError, match=r"does not see .*nowhere.*shares"):
-            check_shared_paths(client, [str(tmp_path), str(tmp_path / "nowhere")])
+    with (
+        open_client(ClusterSpec(workers=1)) as client,
+        pytest.raises(ClusterError, match=r"does not see .*nowhere.*shares"),
+    ):
+        check_shared_paths(client, [str(tmp_path), str(tmp_path / "nowhere")])
 
 
 def test_cluster_options_are_checked() -> None:

@@ -1,0 +1,274 @@
+"""One scan of ``medres predict``: resume check, load, routing to an ensemble, prediction,
+masks, lesion record and the after-scan step (the report), written atomically into the
+scan's own folder (:mod:`medres.predictions`). :func:`predict_scan` is what every executor
+of :mod:`medres.inference.batch` runs per scan, in this process or on a cluster worker.
+
+A scan that fails is a row with its error, never an exception. A requested output that
+could not be written (a failed report) fails the scan; its masks are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from medres.errors import MedresError
+from medres.inference.inputs import ScanInput, load_input
+from medres.inference.options import PredictOptions
+from medres.inference.predictor import Ensemble
+from medres.inference.resume import fingerprint, is_complete, output_sizes, source_key
+from medres.inference.writer import ensemble_name, scan_lesions, scan_record, write_masks
+from medres.io.volume import Volume
+from medres.pipeline import PipelineConfig
+from medres.predictions.layout import RunFolder, ScanFolder, relative_to_input
+from medres.predictions.records import ScanRecord, ScanResult, ScanStatus
+
+logger = logging.getLogger(__name__)
+
+
+class NoModelForScanError(MedresError):
+    """No ensemble of the run takes this scan (dimensions or channel count differ)."""
+
+
+@dataclass(frozen=True)
+class ScanPrediction:
+    """One predicted scan, in memory, as the after-scan step (the report) gets it.
+
+    Attributes:
+        folder: The scan's output folder (masks and an incomplete record written).
+        volume: The scan as loaded for prediction (its own grid).
+        label_map: The ensemble's label map on that grid (what ``seg.nii.gz`` holds).
+        record: The scan's record (lesions, grid, source, models).
+        cfg: The pipeline of the ensemble that predicted it.
+    """
+
+    folder: ScanFolder
+    volume: Volume
+    label_map: npt.NDArray[np.uint8]
+    record: ScanRecord
+    cfg: PipelineConfig
+
+
+@dataclass(frozen=True)
+class AfterScanResult:
+    """What an after-scan step (the report) wrote for one scan.
+
+    Attributes:
+        files: Written files, relative to the scan folder (``overlays/lesion_01.png``).
+        notes: Notes for the scan's row (``DICOM SEG/SR skipped: ...``).
+    """
+
+    files: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+#: Called after a scan's masks are written, with the prediction in memory; returns what
+#: it wrote and notes for the scan's row. What it raises fails the scan, keeping the
+#: masks already written (e.g. the report step).
+AfterScanCallback = Callable[[ScanPrediction], AfterScanResult]
+
+
+@dataclass(frozen=True)
+class ScanJob:
+    """What every scan of a run shares: where the outputs go, what was asked for.
+
+    Attributes:
+        run_folder: The prediction folder (``OUT``).
+        root: The scans folder (or file) as given; sources are recorded relative to it.
+        options: The run options.
+    """
+
+    run_folder: RunFolder
+    root: Path
+    options: PredictOptions
+
+
+def predict_scan(
+    item: ScanInput,
+    ensembles: Sequence[Ensemble],
+    job: ScanJob,
+    *,
+    after_scan: AfterScanCallback | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> ScanResult:
+    """One scan through resume check, load, routing, prediction, outputs and report.
+
+    Never raises for a bad scan: every failure becomes the row's error.
+    """
+    step = _ScanStep(item, ensembles, job.run_folder, job.root, job.options, after_scan)
+    return step.run(on_stage or (lambda stage: None))
+
+
+def failed_result(item: ScanInput, root: Path, error: str) -> ScanResult:
+    """The row of a scan that could not be predicted at all (e.g. its worker died)."""
+    return ScanResult(
+        scan_id=item.scan_id,
+        status=ScanStatus.FAILED,
+        kind=str(item.kind),
+        source=relative_to_input(item.name, root),
+        error=error,
+    )
+
+
+def _describe(volume: Volume) -> tuple[str, str]:
+    shape = "x".join(str(s) for s in volume.spatial_shape)
+    spacing = "x".join(f"{s:.3g}" for s in volume.spacing_mm)
+    return shape, spacing
+
+
+class _ScanStep:
+    """One scan through resume check, load, routing, prediction, outputs and report."""
+
+    def __init__(
+        self,
+        item: ScanInput,
+        ensembles: Sequence[Ensemble],
+        run_folder: RunFolder,
+        root: Path,
+        options: PredictOptions,
+        after_scan: AfterScanCallback | None,
+    ) -> None:
+        self.item = item
+        self.ensembles = ensembles
+        self.folder = run_folder.scan(item.scan_id)
+        self.root = root
+        self.options = options
+        self.after_scan = after_scan
+        self.result = failed_result(item, root, "")
+
+    def run(self, on_stage: Callable[[str], None]) -> ScanResult:
+        """Do the scan; every failure becomes the row's error, never an exception."""
+        start = time.perf_counter()
+        result = self.result
+        try:
+            if not (self.options.resume and self._resumed()):
+                self._predict(on_stage, start)
+        except NoModelForScanError as exc:
+            result.error = str(exc)
+            if self.options.skip_unmatched:
+                result.status = ScanStatus.SKIPPED
+        except MedresError as exc:
+            result.error = str(exc)
+            logger.info("%s failed: %s", self.item.scan_id, exc)
+        except Exception as exc:  # one scan's unexpected failure must not end the batch
+            result.error = f"{self.item.name}: {type(exc).__name__}: {exc}"
+            logger.debug("%s failed:\n%s", self.item.scan_id, traceback.format_exc())
+        if result.status != ScanStatus.RESUMED:
+            result.seconds = round(time.perf_counter() - start, 3)
+        return result
+
+    def _resumed(self) -> bool:
+        """Fill the row from a complete earlier record of the same models and options."""
+        key = source_key(self.item, self.root)
+        for ensemble in self.ensembles:
+            expected = fingerprint(ensemble, self.options, self.item.paths)
+            previous = is_complete(self.folder, expected, source=key)
+            if previous is None:
+                continue
+            result = self.result
+            result.status = ScanStatus.RESUMED
+            result.model = ensemble_name(ensemble)
+            result.n_lesions = previous.n_lesions
+            result.lesion_volume_ml = previous.total_volume_ml
+            result.lesion_area_mm2 = previous.total_area_mm2
+            result.notes = "; ".join(previous.notes)
+            result.shape = "x".join(str(s) for s in previous.grid.shape)
+            result.spacing_mm = "x".join(f"{s:.3g}" for s in previous.grid.spacing_mm)
+            result.modality = previous.source.modality
+            return True
+        return False
+
+    def _choose(self, volume: Volume) -> Ensemble:
+        problems = []
+        for ensemble in self.ensembles:
+            problem = ensemble.input_problem(volume)
+            if problem is None:
+                return ensemble
+            problems.append(problem)
+        raise NoModelForScanError(
+            f"{self.item.name}: no model takes this scan: {'; '.join(problems)}"
+        )
+
+    def _predict(self, on_stage: Callable[[str], None], start: float) -> None:
+        item, result, folder = self.item, self.result, self.folder
+        folder.clear()
+        volume = load_input(item)
+        result.modality = volume.modality
+        result.shape, result.spacing_mm = _describe(volume)
+        chosen = self._choose(volume)
+        result.model = ensemble_name(chosen)
+        prediction = chosen.predict(
+            volume, source=item.name, keep_members=self.options.keep_members, on_stage=on_stage
+        )
+        on_stage("lesions")
+        lesion_start = time.perf_counter()
+        lesions = scan_lesions(chosen, prediction)
+        seconds = dict(prediction.seconds)
+        seconds["lesions"] = time.perf_counter() - lesion_start
+        on_stage("write")
+        write_start = time.perf_counter()
+        written = write_masks(
+            folder, prediction, chosen, save_probabilities=self.options.save_probabilities
+        )
+        seconds["write"] = time.perf_counter() - write_start
+        notes = ([item.note] if item.note else []) + list(volume.warnings)
+        record = scan_record(
+            item,
+            volume,
+            chosen,
+            prediction,
+            lesions,
+            root=self.root,
+            options=self.options,
+            seconds=seconds,
+            notes=notes,
+        )
+        result.n_lesions = record.n_lesions
+        result.lesion_volume_ml = record.total_volume_ml
+        result.lesion_area_mm2 = record.total_area_mm2
+        result.notes = "; ".join(notes)
+        if self.after_scan is not None:
+            record.write(folder)  # masks are kept if the report fails; not complete yet
+            on_stage("report")
+            report_start = time.perf_counter()
+            scan = ScanPrediction(folder, volume, prediction.label_map, record, chosen.cfg)
+            try:
+                extra = self.after_scan(scan)
+            except Exception as exc:  # the masks stay; the scan is not complete
+                result.error = f"{item.name}: report not written: {type(exc).__name__}: {exc}"
+                result.stage_seconds = {k: round(v, 3) for k, v in seconds.items()}
+                logger.debug("%s report failed:\n%s", item.scan_id, traceback.format_exc())
+                return
+            seconds["report"] = time.perf_counter() - report_start
+            written += list(extra.files)
+            notes += list(extra.notes)
+        seconds["total"] = time.perf_counter() - start
+        record.model_copy(
+            update={
+                "seconds": {k: round(v, 3) for k, v in seconds.items()},
+                "notes": notes,
+                "outputs": output_sizes(folder, written),
+                "complete": True,
+            }
+        ).write(folder)
+        result.status = ScanStatus.OK
+        result.notes = "; ".join(notes)
+        result.stage_seconds = {k: round(v, 3) for k, v in seconds.items()}
+
+
+__all__ = [
+    "AfterScanCallback",
+    "AfterScanResult",
+    "NoModelForScanError",
+    "ScanJob",
+    "ScanPrediction",
+    "failed_result",
+    "predict_scan",
+]
