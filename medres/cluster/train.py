@@ -79,9 +79,11 @@ def train_on_cluster(
         topic = f"medres-train-{uuid.uuid4().hex[:12]}"
         if on_progress is not None:
 
+            fields = {f.name for f in dataclasses.fields(TrainingProgress)}
+
             def forward(event: Any) -> None:
-                _, message = event
-                on_progress(TrainingProgress(**message))
+                _, message = event  # Dask adds the sending worker to the message
+                on_progress(TrainingProgress(**{k: message[k] for k in fields}))
 
             client.subscribe_topic(topic, forward)
         share = worker_share(client, spec)
