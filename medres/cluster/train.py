@@ -78,7 +78,6 @@ def train_on_cluster(
             return
         topic = f"medres-train-{uuid.uuid4().hex[:12]}"
         if on_progress is not None:
-
             fields = {f.name for f in dataclasses.fields(TrainingProgress)}
 
             def forward(event: Any) -> None:

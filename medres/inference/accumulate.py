@@ -90,21 +90,25 @@ class ScanGridSums:
         *,
         model_affine: npt.NDArray[np.float64],
         scan_affine: npt.NDArray[np.float64],
+        device: str = "cpu",
     ) -> None:
-        """Map one folder's sums from its model grid onto the scan grid."""
+        """Map one folder's sums from its model grid onto the scan grid (on a CUDA
+        ``device`` when the scan grid is large, see
+        :func:`~medres.inference.resample.mapping_device`)."""
         assert sums.total is not None and sums.squares is not None
         assert sums.member_bits is not None
         shape = self.shape
+        model, scan = model_affine, scan_affine
         if self.several_folders:  # sums on the scan grid; mean and spread at the end
-            self.mean += resample_to_grid(sums.total, model_affine, scan_affine, shape)
-            self.spread += resample_to_grid(sums.squares, model_affine, scan_affine, shape)
+            self.mean += resample_to_grid(sums.total, model, scan, shape, device=device)
+            self.spread += resample_to_grid(sums.squares, model, scan, shape, device=device)
         else:
             folder_mean = sums.total / sums.count
             folder_std = np.sqrt(np.maximum(sums.squares / sums.count - folder_mean**2, 0.0))
-            resample_to_grid(folder_mean, model_affine, scan_affine, shape, out=self.mean)
-            resample_to_grid(folder_std, model_affine, scan_affine, shape, out=self.spread)
+            resample_to_grid(folder_mean, model, scan, shape, out=self.mean, device=device)
+            resample_to_grid(folder_std, model, scan, shape, out=self.spread, device=device)
         self.hits |= resample_to_grid(
-            sums.member_bits, model_affine, scan_affine, shape, nearest=True, dtype=self.bits
+            sums.member_bits, model, scan, shape, nearest=True, dtype=self.bits, device=device
         )
 
     def finish(self) -> tuple[npt.NDArray[np.float16], npt.NDArray[np.float16]]:

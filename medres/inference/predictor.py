@@ -7,6 +7,8 @@ channel count) and the same labels; every member of every folder votes. For one 
    crop, intensity) into its "model grid";
 2. each member predicts class probabilities there with Gaussian-blended sliding windows,
    optionally averaged over mirrored copies (flip TTA along the axes it was trained with);
+   on CUDA the image, flips and softmax stay on the GPU and a folder's members share passes
+   of windows as far as its memory allows (:func:`~medres.inference.sliding.member_groups`);
 3. on the model grid we keep running sums only: the sum and the sum of squares of the
    members' foreground probabilities, and a bit mask of which member predicts which label;
 4. those are mapped onto the scan's grid once per folder
@@ -41,7 +43,7 @@ from medres.errors import ConfigError, ModelError
 from medres.inference.accumulate import FolderSums, ScanGridSums
 from medres.inference.postprocess import remove_small_lesions
 from medres.inference.resample import resample_to_grid
-from medres.inference.sliding import predict_logits
+from medres.inference.sliding import member_groups, to_device, window_logits
 from medres.inference.tta import FlipTTA
 from medres.io.grid import Grid, squeeze_single_slice_shape
 from medres.io.volume import Volume
@@ -125,6 +127,9 @@ def majority_vote(
     return out
 
 
+_Group = list[tuple[MemberInfo, Any]]
+
+
 @dataclass
 class _FolderRunner:
     folder: ModelFolder
@@ -161,6 +166,7 @@ class _MemberMaps:
 
     keep: bool
     vote: bool
+    device: str = "cpu"
     label_maps: list[npt.NDArray[np.uint8]] = field(default_factory=list)
     probabilities: list[npt.NDArray[np.float16]] = field(default_factory=list)
 
@@ -174,8 +180,9 @@ class _MemberMaps:
         """Map one member's probabilities onto the scan grid and decide its labels."""
         if not (self.keep or self.vote):
             return
+        shape = volume.spatial_shape
         native = resample_to_grid(
-            foreground, model_affine, volume.affine, volume.spatial_shape, dtype=np.float16
+            foreground, model_affine, volume.affine, shape, dtype=np.float16, device=self.device
         )
         self.label_maps.append(decide_labels(native, threshold=threshold))
         if self.keep:
@@ -263,17 +270,23 @@ class Ensemble:
             )
         return None
 
-    def _tta(self, runner: _FolderRunner, net: Any) -> FlipTTA:
-        """The flip-TTA inference of one member (the model grid's sliding windows)."""
+    def _flips(self, runner: _FolderRunner) -> tuple[int, ...]:
+        """The axes flip TTA mirrors along: those the model saw mirrored in training."""
         cfg = runner.folder.pipeline
         tta = cfg.inference.tta if self.tta is None else self.tta
+        return tuple(cfg.augmentation.flip_axes) if tta else ()
+
+    def _tta(self, runner: _FolderRunner, nets: Sequence[Any]) -> FlipTTA:
+        """Flip-TTA inference of members sharing one pass of windows over the model grid:
+        logits ``(K, ...)`` for one member (the CPU path), ``(M, K, ...)`` for several."""
+        cfg = runner.folder.pipeline
         overlap = cfg.inference.overlap if self.overlap is None else self.overlap
 
         def infer(x: Any) -> Any:
-            return predict_logits(net, x, cfg, device=self.device, overlap=overlap)
+            logits = window_logits(nets, x, cfg, device=self.device, overlap=overlap)
+            return logits[0] if len(nets) == 1 else logits
 
-        # mirror only along the axes the model saw mirrored in training
-        return FlipTTA(infer, spatial_axes=cfg.augmentation.flip_axes if tta else ())
+        return FlipTTA(infer, spatial_axes=self._flips(runner))
 
     def _preprocess(
         self, runner: _FolderRunner, volume: Volume, source: str
@@ -304,24 +317,31 @@ class Ensemble:
             )
         return tensor, model_affine
 
-    def _member_foreground(
-        self, runner: _FolderRunner, member: MemberInfo, net: Any, tensor: Any, source: str
-    ) -> npt.NDArray[np.float32]:
-        """One member's foreground probabilities ``(C-1, ...)`` on the model grid.
+    def _group_foregrounds(
+        self, runner: _FolderRunner, group: _Group, tensor: Any, source: str
+    ) -> list[npt.NDArray[np.float32]]:
+        """Each member's foreground probabilities ``(C-1, ...)`` on the model grid, float32
+        on the host, for members sharing one pass of windows.
 
         Raises:
-            ModelError: The member gave NaN or infinite probabilities (damaged weights).
+            ModelError: A member gave NaN or infinite probabilities (damaged weights).
         """
-        probs = self._tta(runner, net)(tensor)
-        foreground = probs[1:].cpu().numpy().astype(np.float32, copy=False)
-        if not np.isfinite(foreground).all():
-            bad = int((~np.isfinite(foreground)).sum())
-            raise ModelError(
-                f"{runner.folder.path / member.name}: the member gave {bad} NaN or "
-                f"infinite probabilities on {source}; its weights are damaged "
-                "(retrain it or restore the model folder)"
-            )
-        return foreground
+        import torch
+
+        with torch.inference_mode():
+            probs = self._tta(runner, [net for _, net in group])(tensor)
+            by_member = probs[None] if len(group) == 1 else probs
+            # a blocking copy: the host reads it at once (and the timing covers the GPU)
+            foregrounds = [p[1:].cpu().numpy().astype(np.float32, copy=False) for p in by_member]
+        for (member, _), foreground in zip(group, foregrounds, strict=True):
+            if not np.isfinite(foreground).all():
+                bad = int((~np.isfinite(foreground)).sum())
+                raise ModelError(
+                    f"{runner.folder.path / member.name}: the member gave {bad} NaN or "
+                    f"infinite probabilities on {source}; its weights are damaged "
+                    "(retrain it or restore the model folder)"
+                )
+        return foregrounds
 
     def predict(
         self,
@@ -363,36 +383,63 @@ class Ensemble:
             n_members=self.n_members,
             several_folders=len(self.runners) > 1,
         )
-        member_maps = _MemberMaps(keep=keep_members, vote=self.mode == EnsembleMode.VOTE)
+        vote = self.mode == EnsembleMode.VOTE
+        member_maps = _MemberMaps(keep=keep_members, vote=vote, device=self.device)
         seconds = {"preprocess": 0.0, "inference": 0.0, "to_scan_grid": 0.0}
         bit = 0
         for runner in self.runners:
-            cfg = runner.folder.pipeline
-            start = time.perf_counter()
-            stage(f"preprocess ({cfg.name})")
-            tensor, model_affine = self._preprocess(runner, volume, source)
-            seconds["preprocess"] += time.perf_counter() - start
-            sums = FolderSums(bits=scan_sums.bits)
-            for member, net in zip(runner.members, runner.networks, strict=True):
-                stage(f"predict {cfg.name}/{member.name}")
-                start = time.perf_counter()
-                foreground = self._member_foreground(runner, member, net, tensor, source)
-                own = decide_labels(foreground, threshold=cfg.inference.threshold)
-                seconds["inference"] += time.perf_counter() - start
-                start = time.perf_counter()
-                sums.add(foreground, own, bit=bit)
-                member_maps.add(foreground, model_affine, volume, cfg.inference.threshold)
-                bit += 1
-                seconds["to_scan_grid"] += time.perf_counter() - start
-            start = time.perf_counter()
-            scan_sums.add_folder(sums, model_affine=model_affine, scan_affine=volume.affine)
-            seconds["to_scan_grid"] += time.perf_counter() - start
-            del sums, tensor
-            self._release_device_memory()
+            bit = self._predict_folder(
+                runner, volume, source, scan_sums, member_maps, seconds, bit=bit, stage=stage
+            )
         start = time.perf_counter()
         prediction = self._decide(scan_sums, member_maps, volume, seconds)
         seconds["to_scan_grid"] += time.perf_counter() - start
         return prediction
+
+    def _predict_folder(
+        self,
+        runner: _FolderRunner,
+        volume: Volume,
+        source: str,
+        scan_sums: ScanGridSums,
+        member_maps: _MemberMaps,
+        seconds: dict[str, float],
+        *,
+        bit: int,
+        stage: Callable[[str], None],
+    ) -> int:
+        """Preprocess, run every member of one folder, map its sums onto the scan grid;
+        returns the next member bit. Times add to ``seconds``."""
+        cfg = runner.folder.pipeline
+        start = time.perf_counter()
+        stage(f"preprocess ({cfg.name})")
+        tensor, model_affine = self._preprocess(runner, volume, source)
+        pairs = list(zip(runner.members, runner.networks, strict=True))
+        shape, tta = tuple(tensor.shape), bool(self._flips(runner))
+        home, groups = member_groups(
+            pairs, self.device, image_shape=shape, n_classes=len(cfg.labels), tta=tta
+        )
+        tensor = to_device(tensor, home)  # once: flips and softmax run where the logits are
+        seconds["preprocess"] += time.perf_counter() - start
+        sums = FolderSums(bits=scan_sums.bits)
+        for group in groups:
+            stage(f"predict {cfg.name}/{'+'.join(member.name for member, _ in group)}")
+            start = time.perf_counter()
+            foregrounds = self._group_foregrounds(runner, group, tensor, source)
+            owns = [decide_labels(f, threshold=cfg.inference.threshold) for f in foregrounds]
+            seconds["inference"] += time.perf_counter() - start
+            start = time.perf_counter()
+            for foreground, own in zip(foregrounds, owns, strict=True):
+                sums.add(foreground, own, bit=bit)
+                member_maps.add(foreground, model_affine, volume, cfg.inference.threshold)
+                bit += 1
+            seconds["to_scan_grid"] += time.perf_counter() - start
+        start = time.perf_counter()
+        scan_sums.add_folder(
+            sums, model_affine=model_affine, scan_affine=volume.affine, device=self.device
+        )
+        seconds["to_scan_grid"] += time.perf_counter() - start
+        return bit
 
     def _decide(
         self,
@@ -420,12 +467,6 @@ class Ensemble:
             affine=volume.affine.copy(),
             seconds=seconds,
         )
-
-    def _release_device_memory(self) -> None:
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
 
     def postprocess(
         self, label_map: npt.NDArray[np.uint8], volume: Volume

@@ -12,6 +12,13 @@ extra memory is one slab, whatever the scan's size.
 Native voxels outside the model grid (cropped away) get 0, which for class probabilities
 means background.
 
+With a CUDA ``device`` and a large target (:func:`mapping_device`: at least
+:data:`GPU_MAPPING_MIN_VALUES` values, e.g. a 512x512x300 CT) the sampling runs on the
+GPU, in larger slabs; each slab comes back to the host already in the output's dtype
+(float16 halves the copy). Coordinates are computed with element-wise float32 (a float32
+matrix product may run in TF32 on a GPU, about 3 significant digits: half a voxel off at
+index 500). When the GPU runs out of memory the same mapping runs on the CPU.
+
 Example:
     >>> import numpy as np
     >>> src = np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2)
@@ -22,14 +29,38 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+logger = logging.getLogger(__name__)
+
 #: Native voxels per slab (about 2 M: a 512x512 image times 8 slices).
 SLAB_VOXELS = 1 << 21
+#: Slabs on a GPU are this many times larger (fewer, larger kernels and copies).
+GPU_SLAB_FACTOR = 8
+#: Output values (channels x voxels) from which a CUDA device maps on the GPU; smaller
+#: outputs (a 2D slice) map on the CPU, where the copies would cost more than they save.
+GPU_MAPPING_MIN_VALUES = 1 << 22
+#: Unsigned types with little CUDA support, sampled (exactly) as a wider signed type.
+_GPU_SIGNED = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64}
+
+
+def mapping_device(device: str, n_values: int) -> str:
+    """Where an output of ``n_values`` values is mapped: the CUDA ``device`` for outputs of
+    at least :data:`GPU_MAPPING_MIN_VALUES` values, else ``cpu``."""
+    from medres.inference.sliding import is_cuda
+
+    return device if is_cuda(device) and n_values >= GPU_MAPPING_MIN_VALUES else "cpu"
+
+
+def _slab_step(per_slice: int, device: str) -> int:
+    """Slices per slab: :data:`SLAB_VOXELS` native voxels (times the GPU factor)."""
+    voxels = SLAB_VOXELS * (GPU_SLAB_FACTOR if device != "cpu" else 1)
+    return max(1, voxels // max(per_slice, 1))
 
 
 def grid_mapping(
@@ -107,11 +138,16 @@ def _resample_separable(
     *,
     nearest: bool,
     integer: bool,
+    device: str = "cpu",
 ) -> None:
+    """Fill ``out`` axis by axis (gathers and linear blends), a slab of its first axis at
+    a time; on a GPU, uint16/uint32 member bits are gathered as a wider signed type."""
     ndim = len(axes_map)
     # put the source axes in target order, with one zero voxel of padding on each side
     order = [0] + [source_axis + 1 for source_axis, _, _ in axes_map]
-    work_dtype = source.dtype if nearest else np.float32
+    work_dtype: Any = source.dtype if nearest else np.float32
+    if device != "cpu":
+        work_dtype = _GPU_SIGNED.get(np.dtype(work_dtype), work_dtype)
     padded = np.pad(
         np.transpose(source, order).astype(work_dtype, copy=False),
         [(0, 0)] + [(1, 1)] * ndim,
@@ -123,14 +159,15 @@ def _resample_separable(
     # slabs along the first axis: each output slab is one contiguous block of memory
     import torch
 
-    tensor = torch.from_numpy(np.ascontiguousarray(padded))
+    from medres.inference.sliding import to_device
+
+    tensor = to_device(torch.from_numpy(np.ascontiguousarray(padded)), device)
     torch_plans = [
-        (torch.from_numpy(first), torch.from_numpy(second), torch.from_numpy(weight))
-        for first, second, weight in plans
+        tuple(to_device(torch.from_numpy(part), device) for part in plan) for plan in plans
     ]
     first_len = out.shape[1]
     per_slice = int(np.prod(out.shape[2:]))
-    step = max(1, SLAB_VOXELS // max(per_slice, 1))
+    step = _slab_step(per_slice, device)
     with torch.inference_mode():
         for start in range(0, first_len, step):
             stop = min(first_len, start + step)
@@ -155,7 +192,7 @@ def _resample_separable(
                 values = values.round()
             if out.dtype == np.float16:  # torch converts to half much faster than numpy
                 values = values.to(torch.float16)
-            out[:, start:stop] = values.numpy()
+            out[:, start:stop] = values.cpu().numpy()
 
 
 def _resample_general(
@@ -165,6 +202,7 @@ def _resample_general(
     *,
     nearest: bool,
     integer: bool,
+    device: str = "cpu",
 ) -> None:
     """Fill ``out`` by ``grid_sample`` at the mapped coordinates, a slab of its last axis
     at a time (any affine mapping, also one that mixes axes)."""
@@ -189,28 +227,46 @@ def _resample_general(
     # grid_sample's normalised coordinates (align_corners=True): -1 .. 1 over the index range
     scale = np.array([2.0 / (s - 1) for s in src_shape], dtype=np_work)
     shift = np.full(ndim, -1.0, dtype=np_work)
-    tensor = torch.from_numpy(np.ascontiguousarray(padded, dtype=np_work))[None]
+    from medres.inference.sliding import to_device
+
+    tensor = to_device(torch.from_numpy(np.ascontiguousarray(padded, dtype=np_work))[None], device)
     mode = "nearest" if nearest else ("bilinear")
     last = target_shape[-1]
     per_slice = int(np.prod(target_shape[:-1]))
-    step = max(1, SLAB_VOXELS // max(per_slice, 1))
-    axes = [torch.arange(n, dtype=work) for n in target_shape[:-1]]
-    lin = torch.from_numpy(linear)
+    step = _slab_step(per_slice, device)
+    axes = [torch.arange(n, dtype=work, device=device) for n in target_shape[:-1]]
+    lin, offset_t, scale_t, shift_t = (
+        to_device(torch.from_numpy(a), device) for a in (linear, offset, scale, shift)
+    )
     with torch.inference_mode():
         for start in range(0, last, step):
             stop = min(last, start + step)
-            grids = torch.meshgrid(*axes, torch.arange(start, stop, dtype=work), indexing="ij")
+            slab = torch.arange(start, stop, dtype=work, device=device)
+            grids = torch.meshgrid(*axes, slab, indexing="ij")
             index = torch.stack(grids, dim=-1)  # (*slab, ndim) target voxel indices
-            src_index = index @ lin.T + torch.from_numpy(offset)
-            normalised = src_index * torch.from_numpy(scale) + torch.from_numpy(shift)
+            src_index = _source_index(index, lin, on_cpu=device == "cpu") + offset_t
+            normalised = src_index * scale_t + shift_t
             grid = normalised.flip(-1)[None]  # grid_sample wants (x=last axis, ..., first)
             sampled = grid_sample(
                 tensor, grid, mode=mode, padding_mode="zeros", align_corners=True
             )[0]
-            values = sampled.numpy()
+            if device != "cpu" and out.dtype == np.float16:  # half the copy to the host
+                sampled = sampled.to(torch.float16)
+            values = sampled.cpu().numpy()
             if integer:
                 values = np.rint(values)
             out[..., start:stop] = values
+
+
+def _source_index(index: Any, lin: Any, *, on_cpu: bool) -> Any:
+    """``index @ lin.T``: target voxel indices ``(..., ndim)`` -> source indices. Off the
+    CPU as element-wise products (a float32 matrix product may run in TF32 on a GPU)."""
+    if on_cpu:
+        return index @ lin.T
+    total = index[..., :1] * lin[:, 0]
+    for j in range(1, lin.shape[1]):
+        total = total + index[..., j : j + 1] * lin[:, j]
+    return total
 
 
 def resample_to_grid(
@@ -222,6 +278,7 @@ def resample_to_grid(
     nearest: bool = False,
     dtype: npt.DTypeLike = np.float32,
     out: npt.NDArray[Any] | None = None,
+    device: str = "cpu",
 ) -> npt.NDArray[Any]:
     """Sample channel-first ``source (K, *src_shape)`` at every voxel of a target grid.
 
@@ -234,6 +291,8 @@ def resample_to_grid(
         dtype: dtype of the returned array (float16 or uint8 keep it compact); integer
             outputs are rounded.
         out: Optional preallocated ``(K, *target_shape)`` array to fill.
+        device: ``cpu``, or a CUDA device to map large outputs on
+            (:func:`mapping_device`); the GPU running out of memory falls back to the CPU.
 
     Returns:
         ``(K, *target_shape)`` array; 0 where the target lies outside the source grid.
@@ -257,11 +316,35 @@ def resample_to_grid(
         out[...] = np.rint(source) if integer and not nearest else source
         return out
     axes_map = _separable(mapping, ndim)
-    if axes_map is not None:
-        _resample_separable(source, axes_map, out, nearest=nearest, integer=integer)
-    else:
-        _resample_general(source, mapping, out, nearest=nearest, integer=integer)
+
+    def fill(on: str) -> None:
+        if axes_map is not None:
+            _resample_separable(source, axes_map, out, nearest=nearest, integer=integer, device=on)
+        else:
+            _resample_general(source, mapping, out, nearest=nearest, integer=integer, device=on)
+
+    on = mapping_device(device, out.size)
+    if on != "cpu":
+        import torch
+
+        from medres.inference.sliding import release_cuda_memory
+
+        try:
+            fill(on)
+            return out
+        except torch.cuda.OutOfMemoryError:
+            pass  # below, once the traceback's tensors are released
+        release_cuda_memory(on)
+        logger.warning("GPU memory is short for mapping onto the scan grid: using the CPU")
+    fill("cpu")
     return out
 
 
-__all__ = ["SLAB_VOXELS", "grid_mapping", "resample_to_grid"]
+__all__ = [
+    "GPU_MAPPING_MIN_VALUES",
+    "GPU_SLAB_FACTOR",
+    "SLAB_VOXELS",
+    "grid_mapping",
+    "mapping_device",
+    "resample_to_grid",
+]

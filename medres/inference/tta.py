@@ -5,6 +5,13 @@ wrapper takes the function that runs the network, and returns probabilities).
 combination of mirror images along the axes the model saw mirrored in training (each
 prediction flipped back first). With no axes it is the plain softmax.
 
+The network inference may return the logits of several members at once, ``(M, K, ...)``
+(one pass of windows for every member, see
+:func:`~medres.inference.sliding.window_logits`): the softmax is then over ``K`` and the
+result ``(M, K, ...)``. The probabilities stay on the device the logits come from (a GPU:
+flips, softmax and sums run there); a flip whose windows had to be stitched in CPU
+memory is added where the sum is.
+
 Example:
     >>> import torch
     >>> tta = FlipTTA(lambda x: torch.stack([x[0], -x[0]]), spatial_axes=(0,))
@@ -27,7 +34,8 @@ class FlipTTA:
 
     Args:
         infer: Channel-first image ``(C, x, y[, z])`` -> logits ``(K, x, y[, z])`` on the
-            same grid (the sliding-window inference of one network).
+            same grid (the sliding-window inference of one network), or ``(M, K, ...)``
+            for ``M`` networks.
         spatial_axes: Spatial axes (0 = x) to mirror along; every non-empty combination
             of them is one more prediction. Empty: no augmentation.
     """
@@ -43,17 +51,21 @@ class FlipTTA:
         """Softmax over the classes of one (unflipped) prediction."""
         import torch
 
-        return torch.softmax(self.infer(image), 0)
+        logits = self.infer(image)
+        return torch.softmax(logits, logits.ndim - image.ndim)  # K: 0, or 1 after M
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        """Probabilities ``(K, ...)`` averaged over the image and its flips."""
+        """Probabilities ``(K, ...)`` (or ``(M, K, ...)``) averaged over the image and its
+        flips."""
         import torch
 
         probs = self.probabilities(image)
         if not self.flips:
             return probs
+        shift = probs.ndim - image.ndim  # the member axis, when there is one
         for dims in self.flips:
-            probs += torch.flip(self.probabilities(torch.flip(image, dims)), dims)
+            flipped = self.probabilities(torch.flip(image, dims))
+            probs += torch.flip(flipped, tuple(d + shift for d in dims)).to(probs.device)
         return probs / (len(self.flips) + 1)
 
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from medres.cli.app import app
 from medres.cluster import ClusterExecutor, ClusterSpec, open_client
-from medres.cluster.client import WorkerShare, check_shared_paths
+from medres.cluster.client import WorkerShare, check_shared_paths, worker_share
 from medres.errors import ClusterError
 from medres.inference.batch import PredictOptions, predict_batch
 
@@ -108,6 +108,7 @@ def test_a_worker_killed_mid_scan_loses_nothing(
     options = PredictOptions(keep_members=True, report=True)
     killed: list[str] = []
     with open_client(spec) as client:
+        assert worker_share(client, ClusterSpec(scheduler="x")).workers_per_host == {"127.0.0.1": 2}
         pids = client.run(os.getpid)
 
         def kill_a_busy_worker(done: int, total: int, scan_id: str, stage: str) -> None:
