@@ -32,15 +32,36 @@ SchedulerOption = Annotated[
 ]
 
 
-def cluster_spec(workers: int | None, scheduler: str | None) -> ClusterSpec:
-    """The cluster asked for on the command line (nothing asked: this process).
+#: ``--torch-threads N``: torch threads per process (this one, or each worker).
+TorchThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--torch-threads",
+        min=1,
+        help="Torch threads per process (this one, or each Dask worker). Default: every "
+        "core, or the cores split between the workers. Runs with the same count give "
+        "bit-identical masks.",
+    ),
+]
+
+
+def cluster_spec(
+    workers: int | None, scheduler: str | None, torch_threads: int | None
+) -> ClusterSpec:
+    """The cluster asked for on the command line (nothing asked: this process, whose
+    torch threads are then set here).
 
     Raises:
-        ClusterError: Both options given.
+        ClusterError: Both ``workers`` and ``scheduler`` given, or a count below 1.
     """
     from medres.cluster.client import ClusterSpec
 
-    return ClusterSpec(workers=workers, scheduler=scheduler or None)
+    spec = ClusterSpec(workers=workers, scheduler=scheduler or None, torch_threads=torch_threads)
+    if not spec.wanted and torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+    return spec
 
 
 def describe_spec(spec: ClusterSpec) -> str:

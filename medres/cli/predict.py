@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from medres.cli.cluster import SchedulerOption, WorkersOption
+from medres.cli.cluster import SchedulerOption, TorchThreadsOption, WorkersOption
 
 if TYPE_CHECKING:
     from medres.cluster.client import ClusterSpec
@@ -91,6 +91,7 @@ def predict_command(
     ] = False,
     workers: WorkersOption = None,
     scheduler: SchedulerOption = None,
+    torch_threads: TorchThreadsOption = None,
 ) -> None:
     """Segment every scan with an ensemble; masks on each scan's own grid, plus lesions.
 
@@ -107,7 +108,7 @@ def predict_command(
 
     tune_allocator()
     with fail_cleanly():
-        spec = cluster_spec(workers, scheduler)
+        spec = cluster_spec(workers, scheduler, torch_threads)
         if spec.scheduler:  # the workers resolve the device: they may have GPUs, we none
             scans, out, model = scans.resolve(), out.resolve(), [m.resolve() for m in model]
         options = PredictOptions(

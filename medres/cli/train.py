@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -61,7 +62,9 @@ def train_command(
     """Train one member per cross-validation fold into a self-describing model folder.
 
     The data are checked first (files, channels, shapes, label values); nothing is trained
-    when any case is bad. Interrupt with Ctrl-C and continue later with --resume.
+    when any case is bad. Interrupt with Ctrl-C and continue later with --resume. Under
+    torchrun (torchrun --nproc_per_node G -m medres train ...) the G processes train each
+    member together and only rank 0 shows progress and the table.
     \f
     Long: one typer option per flag, and the progress callback that draws the bars.
     """
@@ -73,15 +76,17 @@ def train_command(
     from medres.pipeline import load_pipeline
     from medres.runtime import tune_allocator
     from medres.training.datasets import read_group_list
+    from medres.training.ddp import launch_from_env
     from medres.training.loop import TrainingProgress
     from medres.training.run import train_pipeline
 
     tune_allocator()
     fold_list = _parse_folds(folds)
     with fail_cleanly():
+        quiet = not launch_from_env().is_main  # torchrun: only rank 0 draws and prints
         groups = read_group_list(exclude_groups) if exclude_groups else []
         cfg = load_pipeline(pipeline)
-        with progress_bar(transient=False) as progress:
+        with nullcontext(_Silent()) if quiet else progress_bar(transient=False) as progress:
             check_task = progress.add_task("check data", total=None, item="")
             tasks: dict[int, Any] = {}
 
@@ -129,12 +134,24 @@ def train_command(
                     on_check=on_check,
                 )
             except KeyboardInterrupt:
-                err_console.print(
-                    "interrupted: the last finished epoch is saved; run the same command "
-                    "with --resume to continue"
-                )
+                if not quiet:
+                    err_console.print(
+                        "interrupted: the last finished epoch is saved; run the same command "
+                        "with --resume to continue"
+                    )
                 raise typer.Exit(130) from None
-    _print_members(run, cfg_name=cfg.name)
+    if not quiet:
+        _print_members(run, cfg_name=cfg.name)
+
+
+class _Silent:
+    """The progress calls of the commands, doing nothing (torchrun ranks other than 0)."""
+
+    def add_task(self, description: str, total: float | None = None, **fields: Any) -> int:
+        return 0
+
+    def update(self, task_id: int, **fields: Any) -> None:
+        return None
 
 
 def _print_members(run: TrainingRun, *, cfg_name: str) -> None:

@@ -48,10 +48,15 @@ class ClusterSpec:
     Attributes:
         workers: Start an embedded ``LocalCluster`` with this many worker processes.
         scheduler: Join the scheduler at this address (``tcp://host:8786``) instead.
+        torch_threads: Torch threads per worker (default: the cores of the worker's
+            machine split between its workers). Torch's CPU kernels sum in an order that
+            depends on the thread count, so masks are bit-identical across runs with the
+            same count (``--torch-threads`` in one process and on the workers).
     """
 
     workers: int | None = None
     scheduler: str | None = None
+    torch_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.scheduler:
@@ -61,6 +66,8 @@ class ClusterSpec:
             )
         if self.workers is not None and self.workers < 1:
             raise ClusterError(f"--workers {self.workers}: give 1 or more worker processes")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ClusterError(f"--torch-threads {self.torch_threads}: give 1 or more")
 
     @property
     def wanted(self) -> bool:
@@ -68,7 +75,10 @@ class ClusterSpec:
         return self.workers is not None or bool(self.scheduler)
 
     def local_torch_threads(self) -> int:
-        """Torch threads per embedded worker: the cores split so workers x threads <= cores."""
+        """Torch threads per embedded worker: ``torch_threads``, else the cores split so
+        workers x threads <= cores."""
+        if self.torch_threads is not None:
+            return self.torch_threads
         return max(1, available_cores() // max(self.workers or 1, 1))
 
 
@@ -99,7 +109,7 @@ def worker_share(client: Client, spec: ClusterSpec) -> WorkerShare:
     for info in client.scheduler_info(n_workers=-1)["workers"].values():
         host = str(info.get("host", ""))
         per_host[host] = per_host.get(host, 0) + 1
-    threads = spec.local_torch_threads() if spec.workers is not None else None
+    threads = spec.local_torch_threads() if spec.workers is not None else spec.torch_threads
     return WorkerShare(torch_threads=threads, workers_per_host=per_host)
 
 
@@ -212,7 +222,9 @@ def describe_cluster(client: Client, spec: ClusterSpec) -> dict[str, Any]:
         "scheduler": spec.scheduler or "embedded LocalCluster",
         "workers": len(workers),
         "hosts": sorted({str(w.get("host", "")) for w in workers.values()}),
-        "torch_threads_per_worker": spec.local_torch_threads() if spec.workers else None,
+        "torch_threads_per_worker": (
+            spec.local_torch_threads() if spec.workers else spec.torch_threads
+        ),
         "driver_host": socket.gethostname(),
     }
 

@@ -85,7 +85,7 @@ class ScanExecutor(Protocol):
         ...
 
     def describe(self) -> dict[str, Any]:
-        """Where the scans ran, for ``run.json`` (``{}`` for this process)."""
+        """Where the scans ran, for ``run.json``."""
         ...
 
 
@@ -123,8 +123,10 @@ class InProcess:
             )
 
     def describe(self) -> dict[str, Any]:
-        """Nothing to record: the run's own process did the work."""
-        return {}
+        """This process did the work, with this many torch threads."""
+        import torch
+
+        return {"torch_threads": torch.get_num_threads()}
 
 
 def open_ensembles(model_dirs: Sequence[str | Path], *, options: PredictOptions) -> list[Ensemble]:

@@ -172,8 +172,8 @@ class RunRecord(Record):
         peak_memory_mib: Peak resident memory of the process.
         input: The scans folder (or file) as given.
         options: The predict options (see ``PredictOptions``).
-        execution: Where the scans ran: empty for this process; for a Dask cluster its
-            scheduler, workers, threads and each worker's peak memory.
+        execution: Where the scans ran: this process's torch threads, or for a Dask
+            cluster its scheduler, workers, threads and each worker's peak memory.
         models: One entry per ensemble.
         counts: Scans per status.
         scans: One entry per scan, in processing order.

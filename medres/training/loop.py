@@ -14,6 +14,20 @@ written atomically every ``checkpoint_every_epochs``. Every epoch re-seeds its r
 streams from ``(seed, fold, epoch)``, so a run resumed at an epoch boundary continues as
 the uninterrupted run would have.
 
+Several processes (torchrun, :mod:`medres.training.ddp`): with G ranks the network
+trains in DistributedDataParallel and every step of every rank draws ``batch_size``
+patches, so one step sees G x ``batch_size`` patches and an epoch G x
+``iterations_per_epoch`` x ``batch_size``; ``iterations_per_epoch``, ``epochs`` and the
+learning-rate schedule still count optimiser steps, as in one process. Each epoch draws
+one weighted sample of G x the single-process size from the epoch's seed and rank ``r``
+takes its positions ``r::G``; random augmentations are seeded per rank. Rank 0 alone
+validates (the others wait for its score) and writes the member folder (``model.pt``,
+curve, TensorBoard, checkpoint, metrics); the loss shown and recorded is the mean over
+the ranks. Rank 0's clock is the only one: it decides when the time budget is spent
+(all ranks stop after the same step) and its elapsed time sets everyone's learning
+rate. Resuming, every rank loads the checkpoint rank 0 wrote. In one process nothing
+of this happens: no process group, the same samples and steps as before.
+
 This module owns the loop itself: :func:`train_member` and its :class:`_MemberTrainer`
 (one epoch, one step, the end of an epoch, the time budget). The set-up of the network
 and data lives in :mod:`medres.training.member_setup`, validation in
@@ -42,20 +56,28 @@ from medres.models.folder import WEIGHTS
 from medres.pipeline import PipelineConfig, ScheduleName
 from medres.runtime import resolve_device
 from medres.training.datasets import TrainingCase
+from medres.training.ddp import DistributedContext, current_context, wrap_for_training
 from medres.training.member_files import (
     CHECKPOINT,
     CURVE,
     CURVE_FIELDS,
     METRICS,
-    _load_checkpoint,
     _MemberState,
+    _resumed_state,
     _save_checkpoint,
     _save_torch,
     _Scalars,
     _write_curve,
     member_is_complete,
 )
-from medres.training.member_setup import _MemberData, _MemberModel, _seed_everything
+from medres.training.member_setup import (
+    _epoch_indices,
+    _epoch_seed,
+    _MemberData,
+    _MemberModel,
+    _rank_seed,
+    _seed_everything,
+)
 from medres.training.validation import dice_counts, dice_from_counts, validate
 
 logger = logging.getLogger(__name__)
@@ -122,11 +144,6 @@ def learning_rate(cfg: PipelineConfig, progress: float, iteration: int) -> float
     return base
 
 
-def _epoch_seed(cfg: PipelineConfig, fold: int, epoch: int) -> int:
-    """The seed of one epoch of one member, from ``(training.seed, fold, epoch)``."""
-    return (cfg.training.seed * 1_000_003 + fold * 10_007 + epoch) % (2**31 - 1)
-
-
 def train_member(
     cfg: PipelineConfig,
     *,
@@ -143,6 +160,10 @@ def train_member(
 ) -> MemberResult:
     """Train one member and write its folder (``model.pt``, metrics, curve, TensorBoard).
 
+    Under torchrun (a process group exists, see :mod:`medres.training.ddp`) every rank
+    calls this with its own ``device``; they train the member together and only rank 0
+    writes into ``member_dir``. Every rank returns the same result.
+
     Args:
         cfg: The pipeline.
         cases: All cases (checked by :func:`~medres.training.datasets.check_cases`).
@@ -151,7 +172,8 @@ def train_member(
         lesion_cases: Case ids that contain a lesion (for positive oversampling).
         member_dir: Output folder of this member.
         fold: Fold index (part of every seed).
-        device: ``cpu`` or ``cuda`` (already resolved); CUDA trains with AMP.
+        device: ``cpu`` or ``cuda`` (already resolved); CUDA trains with AMP in
+            :func:`~medres.runtime.amp_dtype`'s dtype (bfloat16, or float16 with a scaler).
         max_minutes: Wall-clock budget; overrides ``training.max_minutes``.
         resume: Continue from ``checkpoint.pt`` when present.
         on_progress: Called after every iteration and validation.
@@ -160,25 +182,16 @@ def train_member(
         TrainingError: A checkpoint from another configuration, or an unusable device.
     """
     member_dir = Path(member_dir)
-    member_dir.mkdir(parents=True, exist_ok=True)
+    ctx = current_context(device)
+    if ctx.is_main:
+        member_dir.mkdir(parents=True, exist_ok=True)
     budget_min = max_minutes if max_minutes is not None else cfg.training.max_minutes
     model = _MemberModel.build(cfg, fold=fold, device=device)
-    state = _MemberState()
     checkpoint_path = member_dir / CHECKPOINT
-    if resume and checkpoint_path.is_file():
-        state = _load_checkpoint(
-            checkpoint_path,
-            cfg,
-            net=model.net,
-            optimizer=model.optimizer,
-            scaler=model.scaler,
-            use_amp=model.use_amp,
-            device=device,
-        )
-        logger.info(
-            "fold %d: resuming after epoch %d (%d iterations)", fold, state.epoch, state.iteration
-        )
-    data = _MemberData.load(cfg, cases, train_groups, val_groups, lesion_cases, fold=fold)
+    state = _resumed_state(cfg, model, checkpoint_path, fold=fold) if resume else _MemberState()
+    data = _MemberData.load(
+        cfg, cases, train_groups, val_groups, lesion_cases, fold=fold, load_validation=ctx.is_main
+    )
     trainer = _MemberTrainer(
         cfg,
         fold=fold,
@@ -188,8 +201,24 @@ def train_member(
         state=state,
         budget_s=budget_min * 60.0 if budget_min is not None else None,
         on_progress=on_progress,
+        ctx=ctx,
     )
     result = trainer.run()
+    if ctx.is_main:
+        _write_summary(member_dir, result, device, data, train_groups, val_groups)
+    ctx.barrier()  # the member is complete on disk for every rank
+    return result
+
+
+def _write_summary(
+    member_dir: Path,
+    result: MemberResult,
+    device: str,
+    data: _MemberData,
+    train_groups: Sequence[str],
+    val_groups: Sequence[str],
+) -> None:
+    """Write ``metrics.json`` (the member is complete) and remove its checkpoint."""
     summary = {
         **result.summary(),
         "status": "complete",
@@ -200,8 +229,7 @@ def train_member(
         "val_cases": len(data.val_cases),
     }
     write_text_atomic(member_dir / METRICS, json.dumps(summary, indent=2) + "\n")
-    checkpoint_path.unlink(missing_ok=True)
-    return result
+    (member_dir / CHECKPOINT).unlink(missing_ok=True)
 
 
 class _MemberTrainer:
@@ -218,9 +246,15 @@ class _MemberTrainer:
         state: _MemberState,
         budget_s: float | None,
         on_progress: Callable[[TrainingProgress], None] | None,
+        ctx: DistributedContext,
     ) -> None:
-        """Open the TensorBoard scalars and start the clock (``budget_s``: wall time)."""
+        """Open the TensorBoard scalars and start the clock (``budget_s``: wall time).
+
+        ``ctx`` is this process's place in a distributed run (a world of one without).
+        """
         self.cfg = cfg
+        self.ctx = ctx
+        self.train_net = wrap_for_training(model.net, ctx)
         self.fold = fold
         self.member_dir = member_dir
         self.model = model
@@ -229,8 +263,12 @@ class _MemberTrainer:
         self.budget_s = budget_s
         self.on_progress = on_progress
         self.stopped_by = "epochs"
-        self.scalars = _Scalars(member_dir / "tensorboard", purge_step=state.iteration)
+        self.scalars = _Scalars(
+            member_dir / "tensorboard", purge_step=state.iteration, enabled=ctx.is_main
+        )
         self.t_start = time.perf_counter()
+        #: rank 0's elapsed time at the last step, shared by every rank (distributed only)
+        self.main_elapsed_s = state.elapsed_before_s
 
     def elapsed(self) -> float:
         """Wall time of this member so far, the runs it resumes included (s)."""
@@ -263,7 +301,9 @@ class _MemberTrainer:
         """How much of the budget is used: the larger of the epoch and the time fractions."""
         tcfg = self.cfg.training
         by_epochs = self.state.iteration / float(tcfg.epochs * tcfg.iterations_per_epoch)
-        by_time = self.elapsed() / self.budget_s if self.budget_s else 0.0
+        # distributed: rank 0's clock, so that every rank steps at the same learning rate
+        elapsed = self.main_elapsed_s if self.ctx.enabled else self.elapsed()
+        by_time = elapsed / self.budget_s if self.budget_s else 0.0
         return max(by_epochs, by_time)
 
     def _emit(self, kind: str, loss: float, val: float | None) -> None:
@@ -287,25 +327,29 @@ class _MemberTrainer:
             )
 
     def _epoch_loader(self) -> Any:
-        """The epoch's batches: re-seeded from ``(seed, fold, epoch)``, sampled by weight."""
-        import torch
+        """The epoch's batches: re-seeded from ``(seed, fold, epoch)``, sampled by weight.
+
+        Each rank gets its share of the epoch's draw (:func:`_epoch_indices`) and its own
+        augmentation seed (:func:`_rank_seed`; rank 0's is the epoch's seed).
+        """
         from monai.data import DataLoader, list_data_collate
 
         tcfg = self.cfg.training
         seed = _epoch_seed(self.cfg, self.fold, self.state.epoch)
-        _seed_everything(seed)
-        self.data.train_ds.transform.set_random_state(seed=seed)
-        generator = torch.Generator().manual_seed(seed)
-        sampler = torch.utils.data.WeightedRandomSampler(
+        rank_seed = _rank_seed(seed, self.ctx.rank)
+        _seed_everything(rank_seed)
+        self.data.train_ds.transform.set_random_state(seed=rank_seed)
+        indices = _epoch_indices(
             self.data.weights.tolist(),
-            num_samples=tcfg.iterations_per_epoch * tcfg.batch_size,
-            replacement=True,
-            generator=generator,
+            samples=tcfg.iterations_per_epoch * tcfg.batch_size,
+            seed=seed,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
         )
         return DataLoader(
             self.data.train_ds,
             batch_size=tcfg.batch_size,
-            sampler=sampler,
+            sampler=indices,
             num_workers=0,
             collate_fn=list_data_collate,
         )
@@ -313,19 +357,35 @@ class _MemberTrainer:
     def _train_epoch(self) -> list[float]:
         """One epoch of steps (fewer when the time budget runs out); their losses."""
         loader = self._epoch_loader()
-        self.model.net.train()
+        self.train_net.train()
         losses: list[float] = []
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*Num foregrounds 0.*")
             for batch in loader:
-                value = self._step(batch)
+                value, out_of_time = self._after_step(self._step(batch))
                 losses.append(value)
                 self.state.iteration += 1
                 self._emit("iteration", value, None)
-                if self.budget_s is not None and self.elapsed() >= self.budget_s:
+                if out_of_time:
                     self.stopped_by = "time"
                     break
         return losses
+
+    def _after_step(self, loss: float) -> tuple[float, bool]:
+        """The step's loss (the mean over ranks) and whether the time budget is spent.
+
+        Distributed, one all-reduce after every step brings every rank the mean loss and
+        rank 0's clock and decision, so all ranks stop after the same step.
+        """
+        elapsed = self.elapsed()
+        out_of_time = self.budget_s is not None and elapsed >= self.budget_s
+        if not self.ctx.enabled:
+            return loss, out_of_time
+        mean_loss, (main_elapsed, main_out_of_time) = self.ctx.mean_with_main(
+            loss, (elapsed, float(out_of_time))
+        )
+        self.main_elapsed_s = main_elapsed
+        return mean_loss, main_out_of_time > 0.5
 
     def _step(self, batch: dict[str, Any]) -> float:
         """One optimiser step on ``batch`` at the scheduled learning rate; its loss.
@@ -342,8 +402,8 @@ class _MemberTrainer:
         image = batch["image"].to(model.device)
         label = batch["label"].to(model.device)
         model.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=model.use_amp):
-            loss = model.loss_fn(model.net(image), label)
+        with torch.autocast("cuda", dtype=model.autocast_dtype, enabled=model.use_amp):
+            loss = model.loss_fn(self.train_net(image), label)
         model.scaler.scale(loss).backward()
         model.scaler.step(model.optimizer)
         model.scaler.update()
@@ -371,13 +431,15 @@ class _MemberTrainer:
         self.scalars.add("train/loss", train_loss, state.iteration)
         self.scalars.add("train/lr", row["lr"], state.iteration)
         last = state.epoch >= tcfg.epochs or self.stopped_by == "time"
-        if self.data.val_items and (state.epoch % tcfg.val_every_epochs == 0 or last):
+        main = self.ctx.is_main
+        if self.data.val_cases and (state.epoch % tcfg.val_every_epochs == 0 or last):
             row["val_dice"] = round(self._validate(train_loss), 5)
-        elif not self.data.val_items:
+        elif not self.data.val_cases and main:
             _save_torch(self.member_dir / WEIGHTS, self.model.net.state_dict())
         state.curve.append(row)
-        _write_curve(self.member_dir / CURVE, state.curve)
-        if state.epoch % tcfg.checkpoint_every_epochs == 0 or last:
+        if main:
+            _write_curve(self.member_dir / CURVE, state.curve)
+        if main and (state.epoch % tcfg.checkpoint_every_epochs == 0 or last):
             _save_checkpoint(
                 self.member_dir / CHECKPOINT,
                 self.cfg,
@@ -385,22 +447,30 @@ class _MemberTrainer:
                 net=self.model.net,
                 optimizer=self.model.optimizer,
                 scaler=self.model.scaler,
-                use_amp=self.model.use_amp,
+                use_scaler=self.model.scaler.is_enabled(),
                 elapsed_s=self.elapsed(),
             )
         self._emit("epoch", train_loss, row["val_dice"])
 
     def _validate(self, train_loss: float) -> float:
-        """Validate, keep the weights when they are the best so far; the validation Dice."""
+        """Validate, keep the weights when they are the best so far; the validation Dice.
+
+        Distributed, rank 0 validates (the unwrapped network) while the others wait for
+        its score, so that every rank keeps the same best score and epoch.
+        """
         state = self.state
-        val_dice, per_group = validate(
-            self.model.net, self.data.val_items, self.cfg, device=self.model.device
-        )
+        score: tuple[float, dict[str, float]] = (0.0, {})
+        if self.ctx.is_main:
+            score = validate(
+                self.model.net, self.data.val_items, self.cfg, device=self.model.device
+            )
+        val_dice, per_group = self.ctx.broadcast(score)
         self.scalars.add("val/dice", val_dice, state.iteration)
         if state.best_dice is None or val_dice > state.best_dice:
             state.best_dice, state.best_epoch = val_dice, state.epoch
             state.best_per_group = per_group
-            _save_torch(self.member_dir / WEIGHTS, self.model.net.state_dict())
+            if self.ctx.is_main:
+                _save_torch(self.member_dir / WEIGHTS, self.model.net.state_dict())
         self._emit("validation", train_loss, val_dice)
         return val_dice
 

@@ -16,12 +16,15 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medres.errors import TrainingError
 from medres.io.atomic import atomic_write, write_bytes_atomic
 from medres.models.folder import WEIGHTS
 from medres.pipeline import PipelineConfig
+
+if TYPE_CHECKING:
+    from medres.training.member_setup import _MemberModel
 
 logger = logging.getLogger(__name__)
 
@@ -71,17 +74,21 @@ def _save_checkpoint(
     net: Any,
     optimizer: Any,
     scaler: Any,
-    use_amp: bool,
+    use_scaler: bool,
     elapsed_s: float,
 ) -> None:
-    """Write a resumable checkpoint (``elapsed_s``: the member's wall time so far)."""
+    """Write a resumable checkpoint (``elapsed_s``: the member's wall time so far).
+
+    The scaler's state is stored only when ``use_scaler`` (float16 AMP); bfloat16 and
+    float32 runs store ``{}``, as checkpoints without AMP always have.
+    """
     _save_torch(
         path,
         {
             "config": cfg.model_dump(mode="json"),
             "model": net.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if use_amp else {},
+            "scaler": scaler.state_dict() if use_scaler else {},
             "epoch": state.epoch,
             "iteration": state.iteration,
             "elapsed_s": elapsed_s,
@@ -100,10 +107,13 @@ def _load_checkpoint(
     net: Any,
     optimizer: Any,
     scaler: Any,
-    use_amp: bool,
+    use_scaler: bool,
     device: str,
 ) -> _MemberState:
-    """Restore ``net``, ``optimizer`` (and ``scaler`` with AMP) from a checkpoint.
+    """Restore ``net``, ``optimizer`` (and ``scaler`` with ``use_scaler``) from a checkpoint.
+
+    A scaler state saved by a float16 run is ignored by a run without a scaler (bfloat16
+    or CPU), and a run with one starts its scaler afresh from a checkpoint without.
 
     Returns:
         Where training stood when the checkpoint was written.
@@ -121,7 +131,7 @@ def _load_checkpoint(
         )
     net.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
-    if use_amp and saved.get("scaler"):
+    if use_scaler and saved.get("scaler"):
         scaler.load_state_dict(saved["scaler"])
     return _MemberState(
         epoch=int(saved["epoch"]),
@@ -132,6 +142,31 @@ def _load_checkpoint(
         best_epoch=saved["best_epoch"],
         best_per_group=dict(saved["best_per_group"]),
     )
+
+
+def _resumed_state(
+    cfg: PipelineConfig, model: _MemberModel, checkpoint_path: Path, *, fold: int
+) -> _MemberState:
+    """The state in ``checkpoint_path`` (loaded into ``model``), a fresh one without it.
+
+    Raises:
+        TrainingError: The checkpoint was made with another pipeline config.
+    """
+    if not checkpoint_path.is_file():
+        return _MemberState()
+    state = _load_checkpoint(
+        checkpoint_path,
+        cfg,
+        net=model.net,
+        optimizer=model.optimizer,
+        scaler=model.scaler,
+        use_scaler=model.scaler.is_enabled(),
+        device=model.device,
+    )
+    logger.info(
+        "fold %d: resuming after epoch %d (%d iterations)", fold, state.epoch, state.iteration
+    )
+    return state
 
 
 def _write_curve(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -146,8 +181,15 @@ def _write_curve(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 class _Scalars:
     """TensorBoard scalars (no-op when tensorboard is not installed)."""
 
-    def __init__(self, folder: Path, purge_step: int) -> None:
-        """Open a writer on ``folder``; events after ``purge_step`` (a resume) are dropped."""
+    def __init__(self, folder: Path, purge_step: int, *, enabled: bool = True) -> None:
+        """Open a writer on ``folder``; events after ``purge_step`` (a resume) are dropped.
+
+        With ``enabled`` False (the ranks of a distributed run other than rank 0) nothing
+        is opened or written.
+        """
+        if not enabled:
+            self.writer = None
+            return
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

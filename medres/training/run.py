@@ -4,6 +4,12 @@ This is what ``medres train`` calls: find and check the data, split patients int
 write ``pipeline.yaml`` and ``split.json``, train each requested fold (skipping members
 that are already complete when resuming) and write ``model.json`` after each member.
 
+Under torchrun (``torchrun --nproc_per_node G -m medres train ...``) every rank runs this
+same function: all of them check the data and the ``out`` folder, rank 0 alone writes
+``pipeline.yaml``, ``split.json`` and ``model.json`` and removes stale member folders, and
+the folds train one after the other, each across all ranks (see
+:mod:`medres.training.ddp` and :mod:`medres.training.loop`).
+
 Example:
     >>> from medres.pipeline import load_pipeline  # doctest: +SKIP
     >>> result = train_pipeline(load_pipeline("pipelines/demo_ct_3d.yaml"),  # doctest: +SKIP
@@ -35,6 +41,7 @@ from medres.training.datasets import (
     make_folds,
     split_to_json,
 )
+from medres.training.ddp import DistributedContext, distributed_session
 from medres.training.loop import (
     MemberResult,
     TrainingProgress,
@@ -111,8 +118,8 @@ def train_in_process(
     return run
 
 
-def _prepare_folder(out: Path, cfg: PipelineConfig, *, resume: bool) -> None:
-    """Create ``out``, or accept it when it holds this pipeline's model and ``resume`` is set.
+def _prepare_folder(out: Path, cfg: PipelineConfig, *, resume: bool, create: bool) -> None:
+    """Check ``out``: new, or this pipeline's model with ``resume``; create it if ``create``.
 
     Raises:
         TrainingError: ``out`` holds another pipeline's model, holds this one without
@@ -133,7 +140,8 @@ def _prepare_folder(out: Path, cfg: PipelineConfig, *, resume: bool) -> None:
             )
     elif out.exists() and any(out.iterdir()) and not resume:
         raise TrainingError(f"{out}: folder exists and is not empty; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
 
 
 def train_pipeline(
@@ -154,6 +162,9 @@ def train_pipeline(
 ) -> TrainingRun:
     """Check the data, then train the requested folds into ``out``.
 
+    Under torchrun every rank calls this (see the module docstring); the members train
+    across all ranks, one after the other, and only rank 0 writes files.
+
     Args:
         cfg: Pipeline.
         data: Datalist JSON, Decathlon folder or folder of 2D image/mask pairs.
@@ -173,7 +184,8 @@ def train_pipeline(
     Raises:
         DatasetError: Bad or empty data (before anything is trained).
         ConfigError: A model the registry cannot build.
-        TrainingError: Bad fold numbers, device, or an ``out`` folder in the way.
+        TrainingError: Bad fold numbers, device, or an ``out`` folder in the way; under
+            torchrun, a broken launch environment or fewer GPUs than processes.
     """
     from medres.models.registry import build_pipeline_network
 
@@ -181,16 +193,71 @@ def train_pipeline(
     resolved_device = resolve_device(device)
     wanted = _wanted_folds(cfg, folds)
     build_pipeline_network(cfg)  # fail on bad model params before reading data
-    cases = find_training_cases(data, mask_suffix=mask_suffix, base_dir=data_root)
-    if excluded_groups:
-        cases = exclude_groups(cases, excluded_groups)
-    check = check_cases(cases, cfg, on_progress=on_check)
-    fold_list = make_folds(cases, n_folds=cfg.training.folds, seed=cfg.training.seed)
-    split = split_to_json(fold_list, cases, excluded_groups)
-    _prepare_folder(out, cfg, resume=resume)
-    _write_pipeline_and_split(out, cfg, split)
-    provenance = _provenance(data, check, resolved_device)
-    jobs = [
+    with distributed_session(resolved_device) as ctx:
+        cases = find_training_cases(data, mask_suffix=mask_suffix, base_dir=data_root)
+        if excluded_groups:
+            cases = exclude_groups(cases, excluded_groups)
+        check = check_cases(cases, cfg, on_progress=on_check)
+        fold_list = make_folds(cases, n_folds=cfg.training.folds, seed=cfg.training.seed)
+        split = split_to_json(fold_list, cases, excluded_groups)
+        _prepare_out(out, cfg, split, resume=resume, ctx=ctx)
+        provenance = _provenance(data, check, resolved_device, ctx)
+        jobs = _member_jobs(
+            cfg,
+            out,
+            cases,
+            fold_list,
+            check,
+            wanted,
+            ctx=ctx,
+            max_minutes=max_minutes,
+            resume=resume,
+        )
+        for _result in (runner or train_in_process(on_progress))(jobs):
+            if ctx.is_main:
+                write_manifest(
+                    out, cfg, _completed_members(out, fold_list), extra={"training": provenance}
+                )
+        members = _completed_members(out, fold_list)
+        if ctx.is_main and members and not (out / MANIFEST).is_file():
+            write_manifest(out, cfg, members, extra={"training": provenance})
+    return TrainingRun(model_dir=out, device=resolved_device, check=check, members=members)
+
+
+def _prepare_out(
+    out: Path, cfg: PipelineConfig, split: dict[str, Any], *, resume: bool, ctx: DistributedContext
+) -> None:
+    """Check ``out`` on every rank, then write ``pipeline.yaml`` and ``split.json`` on rank 0.
+
+    Raises:
+        TrainingError: ``out`` is in the way (see :func:`_prepare_folder`) or holds
+            another split.
+    """
+    _prepare_folder(out, cfg, resume=resume, create=ctx.is_main)
+    _check_split(out, split)
+    ctx.barrier()  # every rank has checked ``out`` before rank 0 writes into it
+    if ctx.is_main:
+        _write_pipeline_and_split(out, cfg, split)
+
+
+def _member_jobs(
+    cfg: PipelineConfig,
+    out: Path,
+    cases: Sequence[TrainingCase],
+    fold_list: Sequence[Fold],
+    check: DatasetCheck,
+    wanted: Sequence[int],
+    *,
+    ctx: DistributedContext,
+    max_minutes: float | None,
+    resume: bool,
+) -> list[MemberJob]:
+    """The members of ``wanted`` folds still to train, each on this rank's device.
+
+    Raises:
+        TrainingError: A member is complete but ``resume`` was not asked for.
+    """
+    return [
         MemberJob(
             cfg=cfg,
             cases=tuple(cases),
@@ -199,24 +266,19 @@ def train_pipeline(
             lesion_cases=frozenset(check.lesion_cases),
             member_dir=out / f"fold_{index}",
             fold=index,
-            device=resolved_device,
+            device=ctx.device,
             max_minutes=max_minutes,
             resume=resume,
         )
         for index in wanted
-        if _needs_training(out / f"fold_{index}", index, resume=resume)
+        if _needs_training(out / f"fold_{index}", index, resume=resume, remove=ctx.is_main)
     ]
-    for _result in (runner or train_in_process(on_progress))(jobs):
-        members = _completed_members(out, fold_list)
-        write_manifest(out, cfg, members, extra={"training": provenance})
-    members = _completed_members(out, fold_list)
-    if members and not (out / MANIFEST).is_file():
-        write_manifest(out, cfg, members, extra={"training": provenance})
-    return TrainingRun(model_dir=out, device=resolved_device, check=check, members=members)
 
 
-def _needs_training(member_dir: Path, index: int, *, resume: bool) -> bool:
+def _needs_training(member_dir: Path, index: int, *, resume: bool, remove: bool) -> bool:
     """Whether fold ``index`` is still to train; a stale folder is removed unless resuming.
+
+    ``remove`` False (the other ranks of a distributed run) leaves the removal to rank 0.
 
     Raises:
         TrainingError: The member is complete but ``resume`` was not asked for.
@@ -226,7 +288,7 @@ def _needs_training(member_dir: Path, index: int, *, resume: bool) -> bool:
             raise TrainingError(f"{member_dir}: member already trained; pass --resume")
         logger.info("fold %d is complete; skipping", index)
         return False
-    if member_dir.exists() and not resume:
+    if remove and member_dir.exists() and not resume:
         shutil.rmtree(member_dir)
     return True
 
@@ -245,8 +307,8 @@ def _wanted_folds(cfg: PipelineConfig, folds: Sequence[int] | None) -> list[int]
     return wanted
 
 
-def _write_pipeline_and_split(out: Path, cfg: PipelineConfig, split: dict[str, Any]) -> None:
-    """Write ``pipeline.yaml`` and ``split.json`` into ``out``.
+def _check_split(out: Path, split: dict[str, Any]) -> None:
+    """Refuse to continue a model in ``out`` that was started on another split.
 
     Raises:
         TrainingError: ``out`` already holds another split (the data or the excluded
@@ -260,15 +322,25 @@ def _write_pipeline_and_split(out: Path, cfg: PipelineConfig, split: dict[str, A
                 f"{split_path}: the data set or excluded groups changed since this model was "
                 "started; resume with the same data, or train into a new --out folder"
             )
+
+
+def _write_pipeline_and_split(out: Path, cfg: PipelineConfig, split: dict[str, Any]) -> None:
+    """Write ``pipeline.yaml`` and ``split.json`` into ``out`` (checked by :func:`_check_split`)."""
     write_text_atomic(out / PIPELINE, cfg.to_yaml())
-    write_text_atomic(split_path, json.dumps(split, indent=2) + "\n")
+    write_text_atomic(out / SPLIT, json.dumps(split, indent=2) + "\n")
 
 
-def _provenance(data: str | Path, check: DatasetCheck, device: str) -> dict[str, Any]:
-    """What the manifest records about the training data and the machine."""
+def _provenance(
+    data: str | Path, check: DatasetCheck, device: str, ctx: DistributedContext
+) -> dict[str, Any]:
+    """What the manifest records about the training data and the machine.
+
+    Under torchrun also ``"distributed": {"world_size": G, "backend": "gloo" | "nccl"}``
+    (``torch_threads`` is then rank 0's).
+    """
     import torch
 
-    return {
+    provenance: dict[str, Any] = {
         "training_data": os.path.basename(os.path.normpath(str(data))),
         "n_cases": check.n_cases,
         "n_groups": check.n_groups,
@@ -276,6 +348,9 @@ def _provenance(data: str | Path, check: DatasetCheck, device: str) -> dict[str,
         "device": device,
         "torch_threads": torch.get_num_threads(),
     }
+    if ctx.enabled:
+        provenance["distributed"] = {"world_size": ctx.world_size, "backend": ctx.backend}
+    return provenance
 
 
 def _completed_members(out: Path, fold_list: Sequence[Fold]) -> list[dict[str, Any]]:

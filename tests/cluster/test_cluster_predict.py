@@ -152,8 +152,11 @@ def test_cluster_options_are_checked() -> None:
         ClusterSpec(workers=2, scheduler="tcp://127.0.0.1:8786")
     with pytest.raises(ClusterError, match="1 or more"):
         ClusterSpec(workers=0)
+    with pytest.raises(ClusterError, match="--torch-threads 0"):
+        ClusterSpec(workers=2, torch_threads=0)
     assert not ClusterSpec().wanted
     assert ClusterSpec(workers=64).local_torch_threads() == 1
+    assert ClusterSpec(workers=64, torch_threads=3).local_torch_threads() == 3
 
 
 def test_threads_split_between_the_workers_of_a_host() -> None:
