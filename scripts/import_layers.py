@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("medres.inference",),
     ("medres.training", "medres.evaluation", "medres.report"),
     ("medres.demo", "medres.doctor", "medres.cluster"),
-    ("medres.cli",),
+    ("medres.cli", "medres.__main__"),
 )
 
 
