@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from medres.cli.cluster import SchedulerOption, TorchThreadsOption, WorkersOption
+
 if TYPE_CHECKING:
-    from medres.training.run import TrainingRun
+    from distributed import Client
+
+    from medres.cluster.client import ClusterSpec
+    from medres.training.loop import TrainingProgress
+    from medres.training.run import MemberRunner, TrainingRun
 
 
 def _parse_folds(text: str | None) -> list[int] | None:
@@ -58,34 +65,53 @@ def train_command(
         Path | None,
         typer.Option("--data-root", help="Base folder for relative paths in a datalist JSON."),
     ] = None,
+    workers: WorkersOption = None,
+    scheduler: SchedulerOption = None,
+    torch_threads: TorchThreadsOption = None,
 ) -> None:
     """Train one member per cross-validation fold into a self-describing model folder.
 
     The data are checked first (files, channels, shapes, label values); nothing is trained
     when any case is bad. Interrupt with Ctrl-C and continue later with --resume. Under
     torchrun (torchrun --nproc_per_node G -m medres train ...) the G processes train each
-    member together and only rank 0 shows progress and the table.
+    member together and only rank 0 shows progress and the table. With --workers or
+    --scheduler the members train side by side, one per Dask worker.
     \f
     Long: one typer option per flag, and the progress callback that draws the bars.
     """
+    from medres.cli.cluster import cluster_spec
     from medres.cli.console import (
         err_console,
         fail_cleanly,
         progress_bar,
     )
+    from medres.errors import ClusterError
     from medres.pipeline import load_pipeline
     from medres.runtime import tune_allocator
     from medres.training.datasets import read_group_list
     from medres.training.ddp import launch_from_env
-    from medres.training.loop import TrainingProgress
     from medres.training.run import train_pipeline
 
     tune_allocator()
     fold_list = _parse_folds(folds)
-    with fail_cleanly():
-        quiet = not launch_from_env().is_main  # torchrun: only rank 0 draws and prints
+    with fail_cleanly(), ExitStack() as stack:
+        launch = launch_from_env()
+        quiet = not launch.is_main  # torchrun: only rank 0 draws and prints
+        spec = cluster_spec(workers, scheduler, torch_threads)
+        if spec.wanted and launch.world_size > 1:
+            raise ClusterError(
+                "--workers/--scheduler train members side by side; under torchrun every "
+                "process trains the same member: use one or the other"
+            )
         groups = read_group_list(exclude_groups) if exclude_groups else []
         cfg = load_pipeline(pipeline)
+        client = None
+        if spec.wanted:
+            from medres.cli.cluster import describe_spec
+            from medres.cluster import open_client
+
+            err_console.print(describe_spec(spec), highlight=False)
+            client = stack.enter_context(open_client(spec))
         with nullcontext(_Silent()) if quiet else progress_bar(transient=False) as progress:
             check_task = progress.add_task("check data", total=None, item="")
             tasks: dict[int, Any] = {}
@@ -132,6 +158,7 @@ def train_command(
                     data_root=data_root,
                     on_progress=on_progress,
                     on_check=on_check,
+                    runner=_cluster_runner(client, spec, on_progress),
                 )
             except KeyboardInterrupt:
                 if not quiet:
@@ -142,6 +169,17 @@ def train_command(
                 raise typer.Exit(130) from None
     if not quiet:
         _print_members(run, cfg_name=cfg.name)
+
+
+def _cluster_runner(
+    client: Client | None, spec: ClusterSpec, on_progress: Callable[[TrainingProgress], None]
+) -> MemberRunner | None:
+    """The Dask runner when a cluster is open, else None (members in this process)."""
+    if client is None:
+        return None
+    from medres.cluster import train_on_cluster
+
+    return train_on_cluster(client, spec, on_progress=on_progress)
 
 
 class _Silent:

@@ -190,7 +190,8 @@ def train_pipeline(
     from medres.models.registry import build_pipeline_network
 
     out = Path(out)
-    resolved_device = resolve_device(device)
+    # a cluster's workers resolve the device themselves (the driver may have no GPU)
+    resolved_device = resolve_device(device) if runner is None else device
     wanted = _wanted_folds(cfg, folds)
     build_pipeline_network(cfg)  # fail on bad model params before reading data
     with distributed_session(resolved_device) as ctx:
@@ -221,7 +222,13 @@ def train_pipeline(
         members = _completed_members(out, fold_list)
         if ctx.is_main and members and not (out / MANIFEST).is_file():
             write_manifest(out, cfg, members, extra={"training": provenance})
-    return TrainingRun(model_dir=out, device=resolved_device, check=check, members=members)
+    shown = _trained_on(members) if runner is not None else resolved_device
+    return TrainingRun(model_dir=out, device=shown, check=check, members=members)
+
+
+def _trained_on(members: Sequence[dict[str, Any]]) -> str:
+    """The devices the members record (where a runner's workers trained them)."""
+    return ", ".join(sorted({str(m["summary"].get("device")) for m in members})) or "-"
 
 
 def _prepare_out(
