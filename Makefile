@@ -1,5 +1,6 @@
 # medres: the two commands of the README are `make demo` and `make test`.
-# Override the torch build with e.g. `make demo TORCH_SPEC="torch==2.13.0+cu126 --index-url ..."`.
+# Override the torch build with e.g. `make demo TORCH_SPEC="torch==2.13.0 --index-url ..."`
+# (torch is installed on its own first, so an --index-url applies to torch alone).
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -12,11 +13,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet $(TORCH_SPEC) -e .
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	$(BIN)/pip install --quiet $(TORCH_SPEC) -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -68,6 +68,7 @@ PYTHON_PACKAGES = (
     ("highdicom", "highdicom", Need.REPORTS),
     ("matplotlib", "matplotlib", Need.REPORTS),
     ("weasyprint", "weasyprint", Need.REPORTS),
+    ("distributed", "distributed", Need.RECOMMENDED),  # --workers / --scheduler (Dask)
 )
 #: Shared libraries WeasyPrint loads (ctypes name, Debian package, need).
 SYSTEM_LIBRARIES = (
