@@ -269,6 +269,9 @@ def test_cli_ctrl_c_then_resume(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a job started in the background (nohup, a batch queue) inherits SIGINT ignored,
+        # and Python then installs no KeyboardInterrupt handler: give the child the default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     checkpoint = out / "fold_0" / CHECKPOINT
     deadline = time.monotonic() + 120
