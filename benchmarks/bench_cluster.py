@@ -15,9 +15,12 @@ Inputs (each skipped with a note when missing):
   (``../shared/data/lgg_flair_2d``) with a model folder of ``pipelines/lgg_flair_2d.yaml``;
 * ``CT 512x512x300``: ``--ct-512 K`` copies of a synthetic 512x512x300 CT phantom.
 
-Each method runs ``medres predict`` as its own process, reports on (HTML and PDF), as a
-user would: ``1 process`` uses every core in one process; ``N workers`` starts N worker
-processes with the cores split between them. "wall s" is the whole command (start-up,
+Each method runs ``medres predict``, reports on (HTML and PDF), as a user would:
+``1 process`` uses every core in one process; ``N workers`` starts N worker processes
+with the cores split between them; ``N shards`` is nnU-Net's way (``-num_parts N
+-part_id k``): the scans split by hand into N folders, N ``medres predict`` processes
+started side by side with ``--torch-threads cores/N``, wall time until the last ends
+(batch s: the slowest shard's). "wall s" is the whole command (start-up,
 models, cluster); "batch s" is the scans only (``run.json``'s ``seconds_total``); "scan s"
 is the mean time one scan takes where it runs (its row's seconds). "idle s/scan" is
 what the cluster run spends beyond its workers' scan time, ``batch s x N / scans - scan
@@ -69,6 +72,40 @@ def _predict(scans: Path, model: Path, out: Path, workers: int | None) -> dict[s
         "scans": len(scans_ok),
         "scan_s": sum(seconds) / max(len(seconds), 1),
         "peak_mib": max([run["peak_memory_mib"], *peaks.values()]),
+    }
+
+
+def _predict_shards(scans: Path, model: Path, out: Path, shards: int) -> dict[str, Any]:
+    """The scans split into ``shards`` folders (symlinks, round robin), one process each."""
+    from medres.cluster.client import available_cores
+
+    entries = sorted(scans.iterdir())
+    threads = max(1, available_cores() // shards)
+    procs, outs = [], []
+    start = time.perf_counter()
+    for k in range(shards):
+        part = out / f"part_{k}"
+        part.mkdir(parents=True)
+        for entry in entries[k::shards]:
+            os.symlink(entry.resolve(), part / entry.name)
+        target = out / f"out_{k}"
+        outs.append(target)
+        command = [sys.executable, "-m", "medres", "predict", str(part), "-m", str(model)]
+        command += ["-o", str(target), "--torch-threads", str(threads)]
+        procs.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    for proc in procs:
+        _, stderr = proc.communicate()
+        if proc.returncode not in (0, 1):
+            raise SystemExit(f"shard failed ({proc.returncode}):\n{stderr.decode()[-2000:]}")
+    wall = time.perf_counter() - start
+    runs = [json.loads((t / "run.json").read_text(encoding="utf-8")) for t in outs]
+    seconds = [float(s["seconds"]) for r in runs for s in r["scans"] if s["status"] == "ok"]
+    return {
+        "wall_s": wall,
+        "batch_s": max(float(r["seconds_total"]) for r in runs),
+        "scans": len(seconds),
+        "scan_s": sum(seconds) / max(len(seconds), 1),
+        "peak_mib": max(r["peak_memory_mib"] for r in runs),
     }
 
 
@@ -149,6 +186,9 @@ def main() -> None:
             for label, workers in (("1 process", None), (f"{args.workers} workers", args.workers)):
                 out = work / f"out_{len(rows)}"
                 rows.append((name, label, _predict(scans, model, out, workers)))
+            out = work / f"out_{len(rows)}"
+            shards = _predict_shards(scans, model, out, args.workers)
+            rows.append((name, f"{args.workers} shards", shards))
         noop_s = noop_task_seconds(args.workers)
     header = f"{'input':<18} {'method':<10} {'scans':>5} {'wall s':>7} {'batch s':>7}"
     header += f" {'scans/min':>9} {'scan s':>7} {'peak MiB':>8} {'idle s/scan':>11}"
@@ -158,7 +198,7 @@ def main() -> None:
     for name, label, r in rows:
         per_minute = 60.0 * r["scans"] / r["batch_s"]
         overhead = ""
-        if label != "1 process":
+        if label.endswith("workers"):
             value = r["batch_s"] * args.workers / r["scans"] - r["scan_s"]
             cluster_runs[name] = (r["scan_s"], r["wall_s"] - r["batch_s"] + value)
             overhead = f"{value:.3f}"

@@ -183,3 +183,22 @@ def test_cli_one_line_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert unreachable.exit_code != 0
     assert "dask scheduler tcp://127.0.0.1:9: cannot connect" in text
     assert "Traceback" not in unreachable.output
+
+
+def test_a_bad_scan_on_a_worker_is_one_line_and_the_batch_goes_on(tmp_path: Path) -> None:
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(SAMPLE_DATA / "ct_phantom.nii.gz", scans / "good.nii.gz")
+    data = (SAMPLE_DATA / "ct_phantom.nii.gz").read_bytes()
+    (scans / "truncated.nii.gz").write_bytes(data[: len(data) // 3])
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["predict", str(scans), "-m", str(DEMO), "-o", str(out), "--no-pdf", "--workers", "1"]
+    )
+    assert result.exit_code == 1, result.output
+    rows = {row["scan_id"]: row for row in _rows(out)}
+    assert rows["good"]["status"] == "ok"
+    assert rows["truncated"]["status"] == "failed"
+    assert "truncated.nii.gz" in rows["truncated"]["error"]
+    assert "\n" not in rows["truncated"]["error"]
+    assert "Traceback" not in result.output
