@@ -27,7 +27,7 @@ SchedulerOption = Annotated[
         "--scheduler",
         envvar="MEDRES_DASK_SCHEDULER",
         help="Run on the existing Dask cluster at this address (tcp://host:8786); its "
-        "workers must share the file system. Default: $MEDRES_DASK_SCHEDULER.",
+        "workers must share the file system.",
     ),
 ]
 
