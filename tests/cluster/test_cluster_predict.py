@@ -110,6 +110,8 @@ def test_a_worker_killed_mid_scan_loses_nothing(
     with open_client(spec) as client:
         assert worker_share(client, ClusterSpec(scheduler="x")).workers_per_host == {"127.0.0.1": 2}
         pids = client.run(os.getpid)
+        # one malloc arena per worker, set before the process started (WORKER_ENV)
+        assert set(client.run(os.environ.get, "MALLOC_ARENA_MAX").values()) == {"1"}
 
         def kill_a_busy_worker(done: int, total: int, scan_id: str, stage: str) -> None:
             if killed or stage != "done":
