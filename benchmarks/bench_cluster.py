@@ -62,16 +62,22 @@ def _predict(scans: Path, model: Path, out: Path, workers: int | None) -> dict[s
     wall = time.perf_counter() - start
     if done.returncode not in (0, 1):
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
-    scans_ok = [s for s in run["scans"] if s["status"] == "ok"]
-    seconds = [float(s["seconds"]) for s in scans_ok]
-    peaks = run.get("execution", {}).get("worker_peak_memory_mib", {})
+    return _figures([out], wall)
+
+
+def _figures(outs: list[Path], wall: float) -> dict[str, Any]:
+    """What the runs' ``run.json`` files say (several for shards): the table's columns."""
+    runs = [json.loads((out / "run.json").read_text(encoding="utf-8")) for out in outs]
+    seconds = [float(s["seconds"]) for r in runs for s in r["scans"] if s["status"] == "ok"]
+    peaks = [
+        p for r in runs for p in r.get("execution", {}).get("worker_peak_memory_mib", {}).values()
+    ]
     return {
         "wall_s": wall,
-        "batch_s": float(run["seconds_total"]),
-        "scans": len(scans_ok),
+        "batch_s": max(float(r["seconds_total"]) for r in runs),
+        "scans": len(seconds),
         "scan_s": sum(seconds) / max(len(seconds), 1),
-        "peak_mib": max([run["peak_memory_mib"], *peaks.values()]),
+        "peak_mib": max([*(r["peak_memory_mib"] for r in runs), *peaks]),
     }
 
 
@@ -98,15 +104,7 @@ def _predict_shards(scans: Path, model: Path, out: Path, shards: int) -> dict[st
         if proc.returncode not in (0, 1):
             raise SystemExit(f"shard failed ({proc.returncode}):\n{stderr.decode()[-2000:]}")
     wall = time.perf_counter() - start
-    runs = [json.loads((t / "run.json").read_text(encoding="utf-8")) for t in outs]
-    seconds = [float(s["seconds"]) for r in runs for s in r["scans"] if s["status"] == "ok"]
-    return {
-        "wall_s": wall,
-        "batch_s": max(float(r["seconds_total"]) for r in runs),
-        "scans": len(seconds),
-        "scan_s": sum(seconds) / max(len(seconds), 1),
-        "peak_mib": max(r["peak_memory_mib"] for r in runs),
-    }
+    return _figures(outs, wall)
 
 
 def _noop() -> None:

@@ -110,6 +110,23 @@ class WorkerShare:
         return max(1, available_cores() // sharing)
 
 
+def prepare_worker(worker: Any, share: WorkerShare, device: str) -> str:
+    """Set up the process of a Dask ``worker`` for medres work; the device it uses.
+
+    Sets torch's threads to the worker's share of its host's cores and tunes the
+    allocator (:func:`medres.runtime.tune_allocator`), then resolves ``device`` there
+    (:func:`worker_device`). Cheap to repeat.
+    """
+    import torch
+
+    from medres.runtime import tune_allocator
+
+    host = str(worker.address).rsplit(":", 1)[0].split("://")[-1]
+    torch.set_num_threads(share.threads_here(host, worker.state.nthreads))
+    tune_allocator()
+    return worker_device(device, worker.name)
+
+
 def worker_share(client: Client, spec: ClusterSpec) -> WorkerShare:
     """The thread split for the workers of ``client``'s cluster."""
     per_host: dict[str, int] = {}
@@ -251,6 +268,7 @@ __all__ = [
     "check_shared_paths",
     "describe_cluster",
     "open_client",
+    "prepare_worker",
     "worker_device",
     "worker_share",
 ]

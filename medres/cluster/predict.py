@@ -31,7 +31,7 @@ from medres.cluster.client import (
     WorkerShare,
     check_shared_paths,
     describe_cluster,
-    worker_device,
+    prepare_worker,
     worker_share,
 )
 from medres.inference.batch import open_ensembles
@@ -78,16 +78,9 @@ class _PredictPlugin(WorkerPlugin):
             return self._opened
 
     def _open(self) -> tuple[list[Ensemble], AfterScanCallback | None]:
-        import torch
-
-        from medres.runtime import tune_allocator
-
         worker = self._worker
-        host = worker.address.rsplit(":", 1)[0].split("://")[-1] if worker else ""
-        slots = worker.state.nthreads if worker else 1
-        torch.set_num_threads(self.share.threads_here(host, slots))
-        tune_allocator()
-        device = worker_device(self.options.device, worker.name if worker else None)
+        assert worker is not None, "setup() runs before any task"
+        device = prepare_worker(worker, self.share, self.options.device)
         options = replace(self.options, device=device)
         ensembles = open_ensembles(self.model_dirs, options=options)
         after_scan = None
@@ -95,7 +88,7 @@ class _PredictPlugin(WorkerPlugin):
             from medres.report.build import report_hook
 
             after_scan = report_hook(ensembles, show_phi=options.report_phi, pdf=options.report_pdf)
-        logger.info("worker %s: models opened on %s", worker.name if worker else "?", device)
+        logger.info("worker %s: models opened on %s", worker.name, device)
         return ensembles, after_scan
 
 

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from medres.cluster.client import ClusterSpec, WorkerShare, worker_device, worker_share
+from medres.cluster.client import ClusterSpec, WorkerShare, prepare_worker, worker_share
 from medres.errors import TrainingError
 from medres.training.loop import MemberResult, TrainingProgress
 from medres.training.run import MemberJob, MemberRunner
@@ -36,16 +36,10 @@ PROGRESS_INTERVAL_S = 1.0
 
 def _train_on_worker(job: MemberJob, share: WorkerShare, topic: str) -> MemberResult:
     """The task: one member on this worker, its progress sent as events on ``topic``."""
-    import torch
     from distributed import get_worker
 
-    from medres.runtime import tune_allocator
-
     worker = get_worker()
-    host = worker.address.rsplit(":", 1)[0].split("://")[-1]
-    torch.set_num_threads(share.threads_here(host, worker.state.nthreads))
-    tune_allocator()
-    job = dataclasses.replace(job, device=worker_device(job.device, worker.name))
+    job = dataclasses.replace(job, device=prepare_worker(worker, share, job.device))
     last = [0.0]
 
     def send(event: TrainingProgress) -> None:
