@@ -199,7 +199,9 @@ def _print_members(run: TrainingRun, *, cfg_name: str) -> None:
     from medres.cli.console import console, err_console
 
     table = Table(title=f"{cfg_name}: model folder {run.model_dir} ({run.device})")
-    for column in ("member", "val Dice", "best epoch", "epochs", "iterations", "minutes", "stop"):
+    detector = any(m["summary"].get("val_metric") == "cpm" for m in run.members)
+    score = "val CPM" if detector else "val Dice"
+    for column in ("member", score, "best epoch", "epochs", "iterations", "minutes", "stop"):
         table.add_column(column)
     for member in run.members:
         s = member["summary"]

@@ -175,7 +175,7 @@ def _candidates(
     return candidates
 
 
-def _greedy_pairs(
+def greedy_pairs(
     order: Sequence[int],
     candidates: Mapping[int, Sequence[tuple[float, int]]],
     iou_threshold: float,
@@ -199,7 +199,7 @@ def _greedy_pairs(
     return pairs
 
 
-def _sized_match(
+def sized_match(
     kind: MatchKind,
     ids: tuple[int | None, int | None],
     score: float | None,
@@ -270,27 +270,25 @@ def match_lesions(
         range(1, len(pred_sizes) + 1), key=lambda p: (-scores_by_id[p], -pred_sizes[p - 1])
     )
     candidates = _candidates(pred_map, true_map, pred_mask & true_mask, (pred_sizes, true_sizes))
-    pairs = _greedy_pairs(order, candidates, iou_threshold)
+    pairs = greedy_pairs(order, candidates, iou_threshold)
     matches: list[LesionMatch] = []
     for p in order:
         size = pred_sizes[p - 1] * voxel
         if p not in pairs:
             matches.append(
-                _sized_match(MatchKind.FP, (p, None), scores_by_id[p], 0.0, (size, None), ndim)
+                sized_match(MatchKind.FP, (p, None), scores_by_id[p], 0.0, (size, None), ndim)
             )
             continue
         iou, t = pairs[p]
         true_size = true_sizes[t - 1] * voxel
         matches.append(
-            _sized_match(MatchKind.TP, (p, t), scores_by_id[p], float(iou), (size, true_size), ndim)
+            sized_match(MatchKind.TP, (p, t), scores_by_id[p], float(iou), (size, true_size), ndim)
         )
     found = {t for _, t in pairs.values()}
     for t in range(1, len(true_sizes) + 1):
         if t not in found:
             true_size = true_sizes[t - 1] * voxel
-            matches.append(
-                _sized_match(MatchKind.FN, (None, t), None, 0.0, (None, true_size), ndim)
-            )
+            matches.append(sized_match(MatchKind.FN, (None, t), None, 0.0, (None, true_size), ndim))
     matches.sort(key=lambda m: (m.kind != MatchKind.TP, m.predicted_id or 0, m.truth_id or 0))
     return matches
 
@@ -417,8 +415,10 @@ __all__ = [
     "cpm",
     "equivalent_diameter_mm",
     "froc",
+    "greedy_pairs",
     "lesion_key",
     "match_lesions",
     "sensitivity_by_size",
+    "sized_match",
     "summarise",
 ]

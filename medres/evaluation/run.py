@@ -37,6 +37,7 @@ import numpy.typing as npt
 
 from medres._version import __version__
 from medres.errors import EvaluationError, MedresError
+from medres.evaluation.boxes import SEGMENTATION, BoxScoring
 from medres.evaluation.calibration import ReliabilityBins
 from medres.evaluation.detection import (
     lesion_key,
@@ -51,6 +52,7 @@ from medres.io.atomic import write_text_atomic
 from medres.io.grid import squeeze_single_slice_array
 from medres.io.nifti import read_nifti
 from medres.pipeline import PipelineConfig
+from medres.predictions.detections import DetectionsRecord
 from medres.predictions.layout import MemberFolder, RunFolder, ScanFolder
 from medres.predictions.records import Lesion, MemberLesionsRecord, RunRecord, ScanRecord
 from medres.types import StrEnum
@@ -84,6 +86,8 @@ class EvaluateOptions:
         data_root: Base folder of a datalist's relative paths.
         skip_missing_truth: Scans without truth are counted and left out instead of being
             reported as problems (a predict folder holding more than the truth covers).
+        boxes: Box-level figures (:mod:`~medres.evaluation.boxes`) of the segmented
+            lesions even when no detector predicted the run (always when one did).
     """
 
     group_by: CaseGrouping | str = CaseGrouping.SCAN
@@ -94,6 +98,7 @@ class EvaluateOptions:
     mask_suffix: str = "_mask"
     data_root: str | None = None
     skip_missing_truth: bool = False
+    boxes: bool = False
 
     def __post_init__(self) -> None:
         if self.group_by not in {g.value for g in CaseGrouping}:
@@ -168,6 +173,7 @@ class _Scoring:
     scored_scans: int = 0
     labels_seen: list[str] = field(default_factory=list)
     spacing_of_case: dict[str, float] = field(default_factory=dict)
+    boxes: BoxScoring = field(default_factory=BoxScoring)
 
     def _case_of(self, record: ScanRecord) -> str:
         if self.options.group_by != CaseGrouping.FOLDER:
@@ -208,8 +214,10 @@ class _Scoring:
             self.spacing_of_case.get(case_id, 0.0), max(grid.spacing_mm)
         )
         self.scored_scans += 1
+        segmented = scan_dir.seg.is_file() or not scan_dir.detections_json.is_file()
         outputs = _model_outputs(scan_dir, record, members=self.options.members)
-        for model, (model_dir, model_lesions) in outputs.items():
+        self._score_boxes(scan_dir, record, case_id, truth_map, cfg, outputs if segmented else {})
+        for model, (model_dir, model_lesions) in outputs.items() if segmented else []:
             try:
                 predicted = _spatial(read_nifti(model_dir.seg).array[0], len(grid.shape))
             except MedresError as exc:
@@ -236,6 +244,40 @@ class _Scoring:
                         len(grid.shape),
                     ),
                 )
+
+    def _score_boxes(
+        self,
+        scan_dir: ScanFolder,
+        record: ScanRecord,
+        case_id: str,
+        truth_map: npt.NDArray[Any],
+        cfg: PipelineConfig,
+        outputs: dict[str, tuple[ScanFolder | MemberFolder, list[Lesion]]],
+    ) -> None:
+        """Box-level scores of the scan's detector boxes and segmented lesions."""
+        detections = None
+        if scan_dir.detections_json.is_file():
+            try:
+                detections = DetectionsRecord.read(scan_dir)
+            except MedresError as exc:
+                self.failed.append({"scan_id": scan_dir.scan_id, "error": str(exc)})
+        if detections is None and not self.boxes.models and not self.options.boxes:
+            return  # a segmentation-only run: box figures only when asked for
+        lesions = {
+            SEGMENTATION if model == ENSEMBLE else f"{SEGMENTATION}/{model}": found
+            for model, (_, found) in outputs.items()
+        }
+        grid = record.grid
+        self.boxes.iou_threshold = self.options.iou_threshold
+        self.boxes.add_scan(
+            case_id,
+            _spatial(truth_map, len(grid.shape)),
+            cfg.labels,
+            cfg.lesion_indices,
+            voxel_size=grid.grid.voxel_measure / (1000.0 if len(grid.shape) == 3 else 1.0),
+            lesions=lesions,
+            detections=detections,
+        )
 
     def _score_label(
         self,
@@ -328,7 +370,7 @@ def evaluate_predictions(
     cases, calibration, failed = scoring.cases, scoring.calibration, scoring.failed
     labels_seen, spacing_of_case = scoring.labels_seen, scoring.spacing_of_case
     scored_scans, without_truth = scoring.scored_scans, scoring.without_truth
-    if not cases:
+    if not cases and not scoring.boxes.models:
         raise EvaluationError(
             f"{predictions}: no scan could be scored; first problem: "
             f"{failed[0]['error'] if failed else 'none found'}"
@@ -337,6 +379,8 @@ def evaluate_predictions(
     models = models[1:] + models[:1]  # members first, the ensemble last
     rows = case_rows(cases, models, labels_seen, options.tolerance_mm, spacing_of_case)
     summary = summarise_models(rows, cases, models, labels_seen, calibration)
+    if scoring.boxes.models:
+        summary["boxes"] = scoring.boxes.summary()
     seconds = time.perf_counter() - start
     summary.update(
         {
@@ -344,7 +388,7 @@ def evaluate_predictions(
             "predictions": str(predictions),
             "truth": str(truth),
             "options": asdict(options),
-            "n_cases": len(cases),
+            "n_cases": len(cases) or len(scoring.boxes.cases),
             "n_scans": scored_scans,
             "failed": failed,
             "without_truth": without_truth,

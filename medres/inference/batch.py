@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from medres.errors import ModelError
+from medres.inference.detector import DetectionEnsemble
 from medres.inference.inputs import ScanInput, assemble_inputs
 from medres.inference.options import PredictOptions
 from medres.inference.predictor import Ensemble
@@ -142,6 +143,8 @@ def open_ensembles(model_dirs: Sequence[str | Path], *, options: PredictOptions)
     Folders taking the same input (dimensions and channel count) vote together and must
     share their labels; folders taking other inputs form other ensembles, and each scan
     goes to the one that takes it (a 2D 3-channel MR model and a 3D CT model in one run).
+    Detection folders form their own ensembles (:class:`DetectionEnsemble`): a scan that
+    a segmentation and a detection ensemble both take is predicted by both.
 
     Raises:
         ModelError: A folder cannot be opened, or folders with the same input disagree
@@ -149,7 +152,7 @@ def open_ensembles(model_dirs: Sequence[str | Path], *, options: PredictOptions)
     """
     if not model_dirs:
         raise ModelError("give at least one model folder (--model)")
-    groups: dict[tuple[int, int], list[ModelFolder]] = {}
+    groups: dict[tuple[int, int, bool], list[ModelFolder]] = {}
     seen: set[Path] = set()
     for path in model_dirs:
         resolved = Path(path).resolve()
@@ -157,18 +160,22 @@ def open_ensembles(model_dirs: Sequence[str | Path], *, options: PredictOptions)
             raise ModelError(f"{path}: the same model folder is given twice")
         seen.add(resolved)
         folder = ModelFolder.open(path)
-        key = (folder.pipeline.dims, len(folder.pipeline.channels))
+        pipeline = folder.pipeline
+        key = (pipeline.dims, len(pipeline.channels), pipeline.is_detection)
         groups.setdefault(key, []).append(folder)
-    return [
-        Ensemble(
-            folders,
-            device=options.device,
-            tta=options.tta,
-            mode=options.ensemble,
-            overlap=options.overlap,
+    ensembles: list[Ensemble] = []
+    for (_, _, detector), folders in groups.items():
+        kind = DetectionEnsemble if detector else Ensemble
+        ensembles.append(
+            kind(
+                folders,
+                device=options.device,
+                tta=options.tta,
+                mode=options.ensemble,
+                overlap=options.overlap,
+            )
         )
-        for folders in groups.values()
-    ]
+    return ensembles
 
 
 def _unreadable_rows(failed: Sequence[SkippedFile], root: Path) -> list[ScanResult]:

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medres.errors import ConfigError
+from medres.io.grid import boxes_between_grids
 
 
 def boxes_from_label_map(
@@ -216,4 +217,11 @@ class _Cluster:
         self.boxes.append(box)
 
 
-__all__ = ["FusedBoxes", "box_iou_matrix", "boxes_from_label_map", "boxes_to_ras_mm", "fuse_boxes"]
+__all__ = [
+    "FusedBoxes",
+    "box_iou_matrix",
+    "boxes_between_grids",
+    "boxes_from_label_map",
+    "boxes_to_ras_mm",
+    "fuse_boxes",
+]

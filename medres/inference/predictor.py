@@ -45,7 +45,7 @@ from medres.inference.postprocess import remove_small_lesions
 from medres.inference.resample import resample_to_grid
 from medres.inference.sliding import member_groups, to_device, window_logits
 from medres.inference.tta import FlipTTA
-from medres.io.grid import Grid, squeeze_single_slice_shape
+from medres.io.grid import Grid, affine_2d_as_4x4, squeeze_single_slice_shape
 from medres.io.volume import Volume
 from medres.models.folder import MemberInfo, ModelFolder
 from medres.pipeline import MAX_OVERLAP, EnsembleMode, PipelineConfig
@@ -203,6 +203,9 @@ class Ensemble:
         ModelError: Incompatible folders, or more than :data:`MAX_MEMBERS` members.
     """
 
+    #: False: labels on voxels (a DetectionEnsemble puts boxes on lesions)
+    is_detector: bool = False
+
     def __init__(
         self,
         folders: Sequence[ModelFolder],
@@ -307,7 +310,7 @@ class Ensemble:
         image = data["image"]
         model_affine = np.asarray(image.affine, dtype=np.float64)
         if model_affine.shape != (4, 4):  # a 2D MetaTensor may carry a 3x3 affine
-            model_affine = _as_4x4(model_affine)
+            model_affine = affine_2d_as_4x4(model_affine)
         tensor = image.as_tensor().float()
         bad = int((~torch.isfinite(tensor)).sum())
         if bad:
@@ -478,14 +481,6 @@ class Ensemble:
             min_size=self.cfg.postprocessing.min_lesion_size,
             lesion_indices=self.cfg.lesion_indices,
         )
-
-
-def _as_4x4(affine: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """Embed a 2D (3x3) affine into 4x4 with a unit, untouched third axis."""
-    out = np.eye(4)
-    out[:2, :2] = affine[:2, :2]
-    out[:2, 3] = affine[:2, 2]
-    return out
 
 
 __all__ = [

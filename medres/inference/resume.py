@@ -62,6 +62,17 @@ def fingerprint(ensemble: Ensemble, options: PredictOptions, sources: Sequence[s
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+def plan_fingerprint(
+    ensembles: Sequence[Ensemble], options: PredictOptions, sources: Sequence[str] = ()
+) -> str:
+    """The fingerprint of a scan predicted by several ensembles together (a segmentation
+    and a detection ensemble); one ensemble's is its :func:`fingerprint`."""
+    parts = [fingerprint(e, options, sources) for e in ensembles]
+    if len(parts) == 1:
+        return parts[0]
+    return hashlib.sha256("+".join(parts).encode()).hexdigest()[:16]
+
+
 def _relative_paths(item: ScanInput, root: Path) -> list[str]:
     return [relative_to_input(p, root) for p in item.paths]
 
@@ -100,7 +111,7 @@ def is_complete(
     complete", never an error.
     """
     folder = folder if isinstance(folder, ScanFolder) else ScanFolder(folder)
-    if not folder.lesions_json.is_file() or not folder.seg.is_file():
+    if not folder.lesions_json.is_file():  # seg.nii.gz is among the outputs (no detector-only)
         return None
     try:
         record = ScanRecord.read(folder)
@@ -141,6 +152,7 @@ __all__ = [
     "fingerprint",
     "is_complete",
     "output_sizes",
+    "plan_fingerprint",
     "refresh_outputs",
     "source_key",
     "source_state",

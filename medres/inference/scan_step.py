@@ -20,15 +20,22 @@ import numpy as np
 import numpy.typing as npt
 
 from medres.errors import MedresError
+from medres.inference.detection_step import (
+    detection_scan_record,
+    detections_record,
+    link_lesions,
+)
+from medres.inference.detector import DetectionEnsemble
 from medres.inference.inputs import ScanInput, load_input
 from medres.inference.options import PredictOptions
 from medres.inference.predictor import Ensemble
-from medres.inference.resume import fingerprint, is_complete, output_sizes, source_key
+from medres.inference.resume import is_complete, output_sizes, plan_fingerprint, source_key
 from medres.inference.writer import ensemble_name, scan_lesions, scan_record, write_masks
 from medres.io.volume import Volume
 from medres.pipeline import PipelineConfig
+from medres.predictions.detections import DetectionsRecord
 from medres.predictions.layout import RunFolder, ScanFolder, relative_to_input
-from medres.predictions.records import ScanRecord, ScanResult, ScanStatus
+from medres.predictions.records import Lesion, ScanRecord, ScanResult, ScanStatus
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +51,12 @@ class ScanPrediction:
     Attributes:
         folder: The scan's output folder (masks and an incomplete record written).
         volume: The scan as loaded for prediction (its own grid).
-        label_map: The ensemble's label map on that grid (what ``seg.nii.gz`` holds).
+        label_map: The ensemble's label map on that grid (what ``seg.nii.gz`` holds; all
+            zeros when only a detector predicted the scan).
         record: The scan's record (lesions, grid, source, models).
-        cfg: The pipeline of the ensemble that predicted it.
+        cfg: The pipeline of the ensemble that predicted it (the segmentation one when
+            both kinds did).
+        detections: A detector ensemble's boxes, when one predicted the scan.
     """
 
     folder: ScanFolder
@@ -54,6 +64,7 @@ class ScanPrediction:
     label_map: npt.NDArray[np.uint8]
     record: ScanRecord
     cfg: PipelineConfig
+    detections: DetectionsRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -167,15 +178,16 @@ class _ScanStep:
     def _resumed(self) -> bool:
         """Fill the row from a complete earlier record of the same models and options."""
         key = source_key(self.item, self.root)
-        for ensemble in self.ensembles:
-            expected = fingerprint(ensemble, self.options, self.item.paths)
+        for plan in self._plans():
+            expected = plan_fingerprint(plan, self.options, self.item.paths)
             previous = is_complete(self.folder, expected, source=key)
             if previous is None:
                 continue
             result = self.result
             result.status = ScanStatus.RESUMED
-            result.model = ensemble_name(ensemble)
+            result.model = _plan_name(plan)
             result.n_lesions = previous.n_lesions
+            result.n_detections = previous.n_detections
             result.lesion_volume_ml = previous.total_volume_ml
             result.lesion_area_mm2 = previous.total_area_mm2
             result.notes = "; ".join(previous.notes)
@@ -185,52 +197,90 @@ class _ScanStep:
             return True
         return False
 
-    def _choose(self, volume: Volume) -> Ensemble:
+    def _plans(self) -> list[tuple[Ensemble, ...]]:
+        """Every way the run's ensembles may have predicted a scan: one segmentation
+        ensemble, one detection ensemble, or one of each (pairs first)."""
+        segmenters = [e for e in self.ensembles if not e.is_detector]
+        detectors = [e for e in self.ensembles if e.is_detector]
+        pairs = [(s, d) for s in segmenters for d in detectors]
+        return [*pairs, *((e,) for e in self.ensembles)]
+
+    def _choose(self, volume: Volume) -> tuple[Ensemble, ...]:
+        """The first segmentation and the first detection ensemble that take the scan."""
         problems = []
+        chosen: dict[bool, Ensemble] = {}
         for ensemble in self.ensembles:
             problem = ensemble.input_problem(volume)
             if problem is None:
-                return ensemble
-            problems.append(problem)
-        raise NoModelForScanError(
-            f"{self.item.name}: no model takes this scan: {'; '.join(problems)}"
-        )
+                chosen.setdefault(ensemble.is_detector, ensemble)
+            else:
+                problems.append(problem)
+        if not chosen:
+            raise NoModelForScanError(
+                f"{self.item.name}: no model takes this scan: {'; '.join(problems)}"
+            )
+        return tuple(chosen[kind] for kind in (False, True) if kind in chosen)
 
     def _predict(self, on_stage: Callable[[str], None], start: float) -> None:
+        """Predict, write the masks, boxes and record, then the after-scan step.
+
+        Long: the order of the writes is what makes a killed run resume to the same result
+        (masks, then an incomplete record, then the report, then the complete record).
+        """
         item, result, folder = self.item, self.result, self.folder
         folder.clear()
         volume = load_input(item)
         result.modality = volume.modality
         result.shape, result.spacing_mm = _describe(volume)
-        chosen = self._choose(volume)
-        result.model = ensemble_name(chosen)
-        prediction = chosen.predict(
-            volume, source=item.name, keep_members=self.options.keep_members, on_stage=on_stage
-        )
-        on_stage("lesions")
-        lesion_start = time.perf_counter()
-        lesions = scan_lesions(chosen, prediction)
-        seconds = dict(prediction.seconds)
-        seconds["lesions"] = time.perf_counter() - lesion_start
-        on_stage("write")
-        write_start = time.perf_counter()
-        written = write_masks(
-            folder, prediction, chosen, save_probabilities=self.options.save_probabilities
-        )
-        seconds["write"] = time.perf_counter() - write_start
+        plan = self._choose(volume)
+        result.model = _plan_name(plan)
+        segmenter = next((e for e in plan if not e.is_detector), None)
+        detector = next((e for e in plan if isinstance(e, DetectionEnsemble)), None)
+        seconds: dict[str, float] = {}
+        written: list[str] = []
         notes = ([item.note] if item.note else []) + list(volume.warnings)
-        record = scan_record(
-            item,
-            volume,
-            chosen,
-            prediction,
-            lesions,
-            root=self.root,
-            options=self.options,
-            seconds=seconds,
-            notes=notes,
-        )
-        result.n_lesions = record.n_lesions
+        expected = plan_fingerprint(plan, self.options, item.paths)
+        label_map: npt.NDArray[np.uint8] | None = None
+        record: ScanRecord | None = None
+        lesions: list[Lesion] = []
+        if segmenter is not None:
+            label_map, record, lesions = self._segment(
+                segmenter, volume, seconds, written, notes, on_stage
+            )
+        detections = None
+        if detector is not None:
+            on_stage("detect")
+            found = detector.predict_boxes(
+                volume, source=item.name, keep_members=self.options.keep_members, on_stage=on_stage
+            )
+            for stage, value in found.seconds.items():
+                seconds[stage] = seconds.get(stage, 0.0) + value
+            detections = detections_record(detector, found, scan_id=item.scan_id)
+            if record is None:
+                label_map = np.zeros(found.grid.shape, np.uint8)
+                record = detection_scan_record(
+                    item,
+                    volume,
+                    detector,
+                    found,
+                    root=self.root,
+                    options=self.options,
+                    fingerprint=expected,
+                    seconds=seconds,
+                    notes=notes,
+                )
+            else:
+                det_cfg = detector.cfg.detection
+                assert det_cfg is not None
+                detections, lesions = link_lesions(detections, lesions, match_iou=det_cfg.match_iou)
+            record = record.model_copy(
+                update={"lesions": lesions, "n_detections": detections.n_reported}
+            )
+            written.append(folder.relative(detections.write(folder)))
+            result.n_detections = detections.n_reported
+        assert record is not None and label_map is not None
+        record = record.model_copy(update={"fingerprint": expected})
+        result.n_lesions = record.n_lesions if segmenter is not None else None
         result.lesion_volume_ml = record.total_volume_ml
         result.lesion_area_mm2 = record.total_area_mm2
         result.notes = "; ".join(notes)
@@ -238,7 +288,8 @@ class _ScanStep:
             record.write(folder)  # masks are kept if the report fails; not complete yet
             on_stage("report")
             report_start = time.perf_counter()
-            scan = ScanPrediction(folder, volume, prediction.label_map, record, chosen.cfg)
+            cfg = (segmenter or plan[0]).cfg
+            scan = ScanPrediction(folder, volume, label_map, record, cfg, detections)
             try:
                 extra = self.after_scan(scan)
             except Exception as exc:  # the masks stay; the scan is not complete
@@ -261,6 +312,49 @@ class _ScanStep:
         result.status = ScanStatus.OK
         result.notes = "; ".join(notes)
         result.stage_seconds = {k: round(v, 3) for k, v in seconds.items()}
+
+    def _segment(
+        self,
+        ensemble: Ensemble,
+        volume: Volume,
+        seconds: dict[str, float],
+        written: list[str],
+        notes: list[str],
+        on_stage: Callable[[str], None],
+    ) -> tuple[npt.NDArray[np.uint8], ScanRecord, list[Lesion]]:
+        """A segmentation ensemble's label map, masks written, lesions and record."""
+        item, folder = self.item, self.folder
+        prediction = ensemble.predict(
+            volume, source=item.name, keep_members=self.options.keep_members, on_stage=on_stage
+        )
+        on_stage("lesions")
+        lesion_start = time.perf_counter()
+        lesions = scan_lesions(ensemble, prediction)
+        seconds.update(prediction.seconds)
+        seconds["lesions"] = time.perf_counter() - lesion_start
+        on_stage("write")
+        write_start = time.perf_counter()
+        written += write_masks(
+            folder, prediction, ensemble, save_probabilities=self.options.save_probabilities
+        )
+        seconds["write"] = time.perf_counter() - write_start
+        record = scan_record(
+            item,
+            volume,
+            ensemble,
+            prediction,
+            lesions,
+            root=self.root,
+            options=self.options,
+            seconds=seconds,
+            notes=notes,
+        )
+        return prediction.label_map, record, lesions
+
+
+def _plan_name(plan: tuple[Ensemble, ...]) -> str:
+    """The models of a scan: ``seg_pipeline + det_pipeline``."""
+    return " + ".join(ensemble_name(e) for e in plan)
 
 
 __all__ = [

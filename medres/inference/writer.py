@@ -137,7 +137,7 @@ def write_masks(
     return [folder.relative(p) for p in written]
 
 
-def _source_record(item: ScanInput, volume: Volume, root: Path) -> SourceRecord:
+def source_record(item: ScanInput, volume: Volume, root: Path) -> SourceRecord:
     files = [relative_to_input(p, root) for p in item.paths]
     more = [f"... {len(files) - 4} more"] if len(files) > 4 else []
     description = item.refs[0].description
@@ -176,7 +176,7 @@ def scan_record(
         medres_version=__version__,
         scan_id=item.scan_id,
         fingerprint=fingerprint(ensemble, options, item.paths),
-        source=_source_record(item, volume, root),
+        source=source_record(item, volume, root),
         grid=GridRecord(
             shape=tuple(prediction.label_map.shape),
             spacing_mm=tuple(round(s, 5) for s in volume.spacing_mm[:ndim]),
@@ -280,5 +280,6 @@ __all__ = [
     "run_record",
     "scan_lesions",
     "scan_record",
+    "source_record",
     "write_masks",
 ]

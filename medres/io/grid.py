@@ -369,9 +369,61 @@ class Grid:
         return self.corner_distance_mm(other) <= tol_mm
 
 
+def boxes_between_grids(
+    boxes: npt.NDArray[np.floating],
+    source_affine: npt.NDArray[np.floating],
+    target_affine: npt.NDArray[np.floating],
+    *,
+    target_shape: Sequence[int] | None = None,
+) -> npt.NDArray[np.float64]:
+    """Voxel-corner boxes of one grid as voxel-corner boxes of another grid.
+
+    Each box's corners go through ``inv(target) @ source``; the result is the smallest box
+    of the target grid holding them (exact when the two grids' axes are parallel, as
+    between a scan and its reoriented, resampled or cropped model grid). With
+    ``target_shape`` the boxes are clipped to the target grid.
+
+    Args:
+        boxes: ``(N, 2 * dims)`` boxes on the source grid.
+        source_affine: 4x4 voxel-to-RAS affine of the source grid.
+        target_affine: 4x4 voxel-to-RAS affine of the target grid.
+        target_shape: Spatial shape of the target grid (to clip to).
+    """
+    boxes = np.asarray(boxes, dtype=np.float64)
+    dims = boxes.shape[1] // 2 if boxes.ndim == 2 and boxes.size else len(target_shape or ())
+    if boxes.size == 0:
+        return np.zeros((0, 2 * dims))
+    mapping = np.linalg.inv(np.asarray(target_affine, np.float64)) @ np.asarray(
+        source_affine, np.float64
+    )
+    out = np.empty_like(boxes)
+    for n, box in enumerate(boxes):
+        low, high = box[:dims] - 0.5, box[dims:] - 0.5
+        corners = np.array(np.meshgrid(*zip(low, high, strict=True), indexing="ij"))
+        ijk = np.zeros((3, 2**dims))
+        ijk[:dims] = corners.reshape(dims, -1)
+        mapped = mapping[:3, :3] @ ijk + mapping[:3, 3:4]
+        out[n, :dims] = mapped[:dims].min(axis=1) + 0.5
+        out[n, dims:] = mapped[:dims].max(axis=1) + 0.5
+    if target_shape is not None:
+        limit = np.asarray(list(target_shape)[:dims] * 2, dtype=np.float64)
+        out = np.clip(out, 0.0, limit)
+    return out
+
+
+def affine_2d_as_4x4(affine: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Embed a 2D (3x3) affine into 4x4 with a unit, untouched third axis."""
+    out = np.eye(4)
+    out[:2, :2] = affine[:2, :2]
+    out[:2, 3] = affine[:2, 2]
+    return out
+
+
 __all__ = [
     "GRID_TOLERANCE_MM",
     "Grid",
+    "affine_2d_as_4x4",
+    "boxes_between_grids",
     "is_single_slice",
     "squeeze_single_slice_array",
     "squeeze_single_slice_shape",

@@ -202,6 +202,23 @@ def _features(
     return features
 
 
+def _set_box_loss(detector: Any, box_loss: str) -> None:
+    """GIoU on decoded boxes, or smooth L1 on encoded offsets (MONAI's two set-ups)."""
+    import torch
+    from monai.losses.giou_loss import BoxGIoULoss
+
+    if box_loss == "giou":
+        detector.set_box_regression_loss(
+            BoxGIoULoss(reduction="mean"), encode_gt=False, decode_pred=True
+        )
+    elif box_loss == "smooth_l1":
+        detector.set_box_regression_loss(
+            torch.nn.SmoothL1Loss(beta=1.0 / 9, reduction="mean"), encode_gt=True, decode_pred=False
+        )
+    else:
+        raise ConfigError(f"retinanet: box_loss {box_loss!r}: use giou or smooth_l1")
+
+
 def build_detector(
     *,
     dims: int,
@@ -215,6 +232,7 @@ def build_detector(
     atss_candidates: int = 4,
     negatives_per_image: int = 64,
     positive_fraction: float = 0.3,
+    box_loss: str = "giou",
     score_threshold: float = 0.05,
     nms_iou: float = 0.2,
     detections_per_image: int = 32,
@@ -235,6 +253,8 @@ def build_detector(
         atss_candidates: ATSS candidates per level and truth box.
         negatives_per_image: Anchors sampled per image for the classification loss.
         positive_fraction: Share of positives among them.
+        box_loss: ``giou`` (generalised IoU of the decoded boxes, MONAI's BoxGIoULoss) or
+            ``smooth_l1`` (of the encoded offsets).
         score_threshold: Detections below this score are dropped.
         nms_iou: Boxes overlapping a better one by more than this IoU are dropped.
         detections_per_image: At most this many detections per image.
@@ -269,6 +289,7 @@ def build_detector(
         batch_size_per_image=negatives_per_image, positive_fraction=positive_fraction
     )
     detector.set_target_keys(box_key=BOX_KEY, label_key=LABEL_KEY)
+    _set_box_loss(detector, box_loss)
     detector.set_box_selector_parameters(
         score_thresh=score_threshold,
         nms_thresh=nms_iou,

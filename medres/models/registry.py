@@ -10,7 +10,14 @@ name               network
 ``res_unet``       MONAI ``UNet`` with residual units (Kerfoot et al. 2018)
 ``segresnet``      MONAI ``SegResNet`` (Myronenko 2018), residual encoder-decoder
 ``resenc_unet``    MONAI ``DynUNet`` with residual blocks (nnU-Net ResEnc style)
+``retinanet``      residual RetinaNet lesion detector (``task: detection``; MONAI
+                   ResNet + feature pyramid + RetinaNet heads, ATSS matching, see
+                   :mod:`medres.models.detection`)
 =================  ==============================================================
+
+A detector's ``out_channels`` is its number of lesion classes (the pipeline's
+``lesion_labels``); its anchors, matching and box settings come from the pipeline's
+``detection`` section.
 
 Example:
     >>> net = build_model("res_unet", dims=2, in_channels=3, out_channels=2,
@@ -131,10 +138,36 @@ def _resenc_unet(
     return net
 
 
+def _retinanet(
+    *,
+    dims: int,
+    in_channels: int,
+    out_channels: int,
+    layers: Sequence[int] = (1, 1, 1, 1),
+    block_inplanes: Sequence[int] = (16, 32, 64, 128),
+    returned_layers: Sequence[int] = (1, 2),
+    fpn_channels: int = 32,
+    **detection: Any,
+) -> nn.Module:
+    from medres.models.detection import build_detector
+
+    return build_detector(
+        dims=dims,
+        in_channels=in_channels,
+        n_classes=out_channels,
+        layers=layers,
+        block_inplanes=block_inplanes,
+        returned_layers=returned_layers,
+        fpn_channels=fpn_channels,
+        **detection,
+    )
+
+
 MODELS: dict[str, Builder] = {
     "res_unet": _res_unet,
     "segresnet": _segresnet,
     "resenc_unet": _resenc_unet,
+    "retinanet": _retinanet,
 }
 
 _FIXED = ("dims", "in_channels", "out_channels")
@@ -148,7 +181,11 @@ def model_names() -> list[str]:
 def model_parameters(name: str) -> list[str]:
     """The parameters ``model.params`` may set for ``name``."""
     builder = _builder(name)
-    return [p for p in inspect.signature(builder).parameters if p not in _FIXED]
+    return [
+        p.name
+        for p in inspect.signature(builder).parameters.values()
+        if p.name not in _FIXED and p.kind != inspect.Parameter.VAR_KEYWORD
+    ]
 
 
 def _builder(name: str) -> Builder:
@@ -190,8 +227,45 @@ def build_model(
         raise ConfigError(f"model {name!r} with params {params}: {exc}") from None
 
 
+def detector_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`~medres.models.detection.build_detector` that a
+    detection pipeline's ``detection`` section sets."""
+    det = cfg.detection
+    if det is None:
+        raise ConfigError(f"{cfg.name}: not a detection pipeline (task: {cfg.task})")
+    return {
+        "anchor_shapes": [list(a) for a in det.anchor_shapes] if det.anchor_shapes else None,
+        "atss_candidates": det.atss_candidates,
+        "negatives_per_image": det.negatives_per_image,
+        "positive_fraction": det.positive_fraction,
+        "box_loss": str(det.box_loss),
+        "score_threshold": det.score_threshold,
+        "nms_iou": det.nms_iou,
+        "detections_per_image": det.detections_per_image,
+    }
+
+
 def build_pipeline_network(cfg: PipelineConfig) -> nn.Module:
-    """The (untrained) network a pipeline describes: its model, channels and labels."""
+    """The (untrained) network a pipeline describes: its model, channels and labels
+    (a detector: its lesion classes and its ``detection`` settings)."""
+    if cfg.is_detection:
+        params = dict(cfg.model.params)
+        unknown = sorted(set(params) - set(model_parameters(cfg.model.name)))
+        if unknown:
+            raise ConfigError(
+                f"model {cfg.model.name!r}: unknown parameter(s) {unknown}; accepted: "
+                f"{', '.join(model_parameters(cfg.model.name))}"
+            )
+        try:
+            return _builder(cfg.model.name)(
+                dims=cfg.dims,
+                in_channels=len(cfg.channels),
+                out_channels=len(cfg.lesion_labels),
+                **params,
+                **detector_settings(cfg),
+            )
+        except (TypeError, ValueError, AssertionError) as exc:
+            raise ConfigError(f"model {cfg.model.name!r} with params {params}: {exc}") from None
     return build_model(
         cfg.model.name,
         dims=cfg.dims,
@@ -208,6 +282,8 @@ def size_divisor(name: str, params: dict[str, Any]) -> int:
         strides = params.get("strides", (2, 2, 2))
     elif name == "segresnet":
         strides = [2] * (len(params.get("blocks_down", (1, 2, 2, 4))) - 1)
+    elif name == "retinanet":  # stem and max-pool, the stages, the pyramid's extra level
+        return int(2 ** (max(params.get("returned_layers", (1, 2))) + 2))
     else:
         filters = params.get("filters", (16, 32, 64, 128, 256))
         strides = params.get("strides") or [1] + [2] * (len(filters) - 1)
@@ -221,6 +297,7 @@ __all__ = [
     "MODELS",
     "build_model",
     "build_pipeline_network",
+    "detector_settings",
     "model_names",
     "model_parameters",
     "size_divisor",

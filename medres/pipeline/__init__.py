@@ -47,7 +47,15 @@ from medres.pipeline.caps import (
     PARAM_INT_CAPS,
     SPACING_RANGE_MM,
 )
-from medres.pipeline.choices import EnsembleMode, IntensityKind, LossName, ScheduleName
+from medres.pipeline.choices import (
+    DETECTION_MODELS,
+    BoxLoss,
+    EnsembleMode,
+    IntensityKind,
+    LossName,
+    ScheduleName,
+    TaskKind,
+)
 from medres.pipeline.config import PipelineConfig
 from medres.pipeline.loader import (
     MAX_CONFIG_DEPTH,
@@ -64,6 +72,7 @@ from medres.pipeline.parse import (
 )
 from medres.pipeline.sections import (
     AugmentationConfig,
+    DetectionConfig,
     InferenceConfig,
     IntensityConfig,
     ModelConfig,
@@ -74,6 +83,7 @@ from medres.pipeline.sections import (
 )
 
 __all__ = [
+    "DETECTION_MODELS",
     "MAX_BATCH_SIZE",
     "MAX_BATCH_VOXELS",
     "MAX_CONFIG_DEPTH",
@@ -88,6 +98,8 @@ __all__ = [
     "PARAM_INT_CAPS",
     "SPACING_RANGE_MM",
     "AugmentationConfig",
+    "BoxLoss",
+    "DetectionConfig",
     "EnsembleMode",
     "InferenceConfig",
     "IntensityConfig",
@@ -99,6 +111,7 @@ __all__ = [
     "PostprocessingConfig",
     "PreprocessingConfig",
     "ScheduleName",
+    "TaskKind",
     "TrainingConfig",
     "decode_config_text",
     "format_validation_errors",

@@ -39,3 +39,25 @@ class EnsembleMode(StrEnum):
 
     MEAN = "mean"
     VOTE = "vote"
+
+
+class TaskKind(StrEnum):
+    """What a pipeline's networks learn: lesion masks or lesion boxes."""
+
+    #: A label per voxel (a segmentation network, lesions are its connected components).
+    SEGMENTATION = "segmentation"
+    #: A box and a score per lesion (a RetinaNet-style detector).
+    DETECTION = "detection"
+
+
+class BoxLoss(StrEnum):
+    """The detector's box regression loss (MONAI's RetinaNetDetector)."""
+
+    #: Generalised IoU of the decoded boxes.
+    GIOU = "giou"
+    #: Smooth L1 of the encoded box offsets.
+    SMOOTH_L1 = "smooth_l1"
+
+
+#: Registry names of the detection networks (:mod:`medres.models.registry`).
+DETECTION_MODELS = ("retinanet",)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from medres.limits import MAX_CHANNELS
 from medres.pipeline.caps import MAX_BATCH_VOXELS, MAX_LABELS
+from medres.pipeline.choices import TaskKind
 from medres.pipeline.sections import (
     AugmentationConfig,
+    DetectionConfig,
     InferenceConfig,
     ModelConfig,
     PostprocessingConfig,
@@ -33,9 +35,14 @@ class PipelineConfig(_Strict):
         label_map: Raw mask value -> label index, for masks that use other values (BraTS
             1-4 -> 1). Values not listed map to themselves and must be valid label indices;
             anything else is refused when the data set is checked.
+        task: ``segmentation`` (a label per voxel) or ``detection`` (a box and a score per
+            lesion, see :class:`DetectionConfig`); the model must be of that kind.
+        detection: The detector's settings; only for ``task: detection`` (filled with
+            the defaults when left out).
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    task: TaskKind = TaskKind.SEGMENTATION
     description: str = ""
     dims: Literal[2, 3]
     channels: tuple[str, ...] = Field(min_length=1, max_length=MAX_CHANNELS)
@@ -48,6 +55,16 @@ class PipelineConfig(_Strict):
     training: TrainingConfig
     inference: InferenceConfig = InferenceConfig()
     postprocessing: PostprocessingConfig = PostprocessingConfig()
+    detection: DetectionConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_detection(cls, data: Any) -> Any:
+        """A detection pipeline without a ``detection`` section gets the defaults."""
+        detector = isinstance(data, dict) and str(data.get("task")) == TaskKind.DETECTION
+        if detector and data.get("detection") is None:
+            data = {**data, "detection": {}}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
@@ -60,6 +77,7 @@ class PipelineConfig(_Strict):
             raise ValueError(f"lesion_labels {unknown} are not in labels {list(self.labels)}")
         if self.labels[0] in self.lesion_labels:
             raise ValueError("label 0 is the background and cannot be a lesion label")
+        self._check_task()
         for raw, target in self.label_map.items():
             if raw < 0 or not 0 <= target < len(self.labels):
                 raise ValueError(
@@ -87,6 +105,33 @@ class PipelineConfig(_Strict):
                 "use a smaller sw_batch_size or roi_size"
             )
         return self
+
+    def _check_task(self) -> None:
+        """The model is of the task's kind; ``detection`` only with ``task: detection``."""
+        from medres.pipeline.choices import DETECTION_MODELS
+
+        detector = self.model.name in DETECTION_MODELS
+        if self.task == TaskKind.DETECTION and not detector:
+            raise ValueError(
+                f"task detection needs a detection model ({', '.join(DETECTION_MODELS)}), "
+                f"not {self.model.name!r}"
+            )
+        if self.task == TaskKind.SEGMENTATION and detector:
+            raise ValueError(f"model {self.model.name!r} is a detector: set task: detection")
+        if self.task == TaskKind.SEGMENTATION and self.detection is not None:
+            raise ValueError("the detection section is only for task: detection")
+        shapes = self.detection.anchor_shapes if self.detection else None
+        for shape in shapes or ():
+            if len(shape) != self.dims:
+                raise ValueError(
+                    f"detection.anchor_shapes: {list(shape)} has {len(shape)} edges but dims "
+                    f"is {self.dims}"
+                )
+
+    @property
+    def is_detection(self) -> bool:
+        """Whether this pipeline trains and runs a lesion detector."""
+        return self.task == TaskKind.DETECTION
 
     @property
     def roi_size(self) -> tuple[int, ...]:

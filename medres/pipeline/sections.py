@@ -16,6 +16,7 @@ from medres.pipeline.caps import (
     MAX_BATCH_SIZE,
     MAX_BATCH_VOXELS,
     MAX_OVERLAP,
+    MAX_PATCH_SIDE,
     MAX_SW_BATCH_SIZE,
     SPACING_RANGE_MM,
     _check_sides,
@@ -23,6 +24,7 @@ from medres.pipeline.caps import (
     _short,
 )
 from medres.pipeline.choices import (
+    BoxLoss,
     EnsembleMode,
     IntensityKind,
     LossName,
@@ -275,3 +277,59 @@ class PostprocessingConfig(_Strict):
     min_lesion_size: float = Field(
         default=0.0, ge=0, description="smallest kept lesion: mm^3 in 3D pipelines, mm^2 in 2D ones"
     )
+
+
+class DetectionConfig(_Strict):
+    """The lesion detector of a ``task: detection`` pipeline (anchors, matching, boxes).
+
+    Boxes are in voxels of the model grid (after preprocessing), MONAI's corner
+    convention; see :mod:`medres.inference.boxes`.
+
+    Attributes:
+        anchor_shapes: Anchors of one location at the finest pyramid level, edge lengths
+            in model-grid voxels ``(x, y[, z])``, one list per anchor; every coarser level
+            doubles them. ``null``: derived from the training boxes when training starts
+            (:func:`medres.training.detection_data.derive_anchor_shapes`) and written into
+            the model folder's resolved ``pipeline.yaml``.
+        atss_candidates: ATSS: candidate anchors per pyramid level and true box (the
+            closest centres); those above the mean + std of their IoUs match.
+        negatives_per_image: Anchors sampled per image for the classification loss (hard
+            negatives first).
+        positive_fraction: Share of matched anchors among them.
+        box_loss: Box regression loss.
+        score_threshold: Detections scoring below this are dropped (FROC needs low
+            scores: keep it small).
+        nms_iou: Boxes overlapping a better one by more than this IoU are dropped.
+        detections_per_image: At most this many boxes per scan and member.
+        fusion_iou: Boxes of different members (and flip views) overlapping by at least
+            this IoU are fused into one (weighted box fusion).
+        report_score: Boxes scoring at least this are drawn and listed in the report
+            (every box is in ``detections.json``).
+        match_iou: Box IoU at which a detection finds a true lesion, in validation and
+            evaluation (nnDetection's 0.1).
+    """
+
+    anchor_shapes: tuple[tuple[float, ...], ...] | None = Field(default=None, max_length=8)
+    atss_candidates: int = Field(default=4, ge=1, le=64)
+    negatives_per_image: int = Field(default=64, ge=1, le=4096)
+    positive_fraction: float = Field(default=0.3, gt=0, lt=1)
+    box_loss: BoxLoss = BoxLoss.GIOU
+    score_threshold: float = Field(default=0.05, ge=0, lt=1)
+    nms_iou: float = Field(default=0.2, gt=0, le=1)
+    detections_per_image: int = Field(default=32, ge=1, le=1000)
+    fusion_iou: float = Field(default=0.4, gt=0, le=1)
+    report_score: float = Field(default=0.5, ge=0, le=1)
+    match_iou: float = Field(default=0.1, gt=0, le=1)
+
+    @field_validator("anchor_shapes")
+    @classmethod
+    def _check_anchors(
+        cls, value: tuple[tuple[float, ...], ...] | None
+    ) -> tuple[tuple[float, ...], ...] | None:
+        """Positive edges of at most the largest patch side."""
+        for shape in value or ():
+            if not all(0 < edge <= MAX_PATCH_SIDE for edge in shape):
+                raise ValueError(
+                    f"anchor shape {list(shape)}: edges must be > 0 and <= {MAX_PATCH_SIDE} voxels"
+                )
+        return value

@@ -34,6 +34,7 @@ from medres.io.discover import safe_name
 _SEG = "seg.nii.gz"
 _PROBABILITIES = "probabilities.nii.gz"
 _LESIONS = "lesions.json"
+_DETECTIONS = "detections.json"
 _MEMBERS = "members"
 _REPORT_HTML = "report.html"
 _REPORT_PDF = "report.pdf"
@@ -50,6 +51,7 @@ _SCAN_OUTPUTS = (
     _SEG,
     _PROBABILITIES,
     _LESIONS,
+    _DETECTIONS,
     _MEMBERS,
     _REPORT_HTML,
     _REPORT_PDF,
@@ -138,6 +140,11 @@ class ScanFolder(_MapsFolder):
             return []
         found = (MemberFolder(p) for p in sorted(self.members_dir.iterdir()))
         return [m for m in found if m.seg.is_file()]
+
+    @property
+    def detections_json(self) -> Path:
+        """A detector ensemble's boxes (``detections.json``, a DetectionsRecord)."""
+        return self.path / _DETECTIONS
 
     @property
     def report_html(self) -> Path:

@@ -80,6 +80,9 @@ class Lesion(Record):
         n_members: Members in the ensemble.
         uncertainty: Mean over the lesion of the members' probability standard deviation
             (0 when all members agree; ``None`` without member probabilities).
+        detection_score: When a detector predicted the same scan: the score of the box
+            matching this lesion (``detections.json``), else ``None``.
+        detection_box_id: That box's ``box_id``.
     """
 
     lesion_id: int
@@ -97,6 +100,8 @@ class Lesion(Record):
     members_detecting: int | None
     n_members: int | None
     uncertainty: float | None
+    detection_score: float | None = None
+    detection_box_id: int | None = None
 
     @property
     def size_mm3(self) -> float | None:
@@ -196,6 +201,8 @@ class ScanRecord(Record):
         total_volume_ml: Sum of lesion volumes (3D; ``None`` for 2D).
         total_area_mm2: Sum of lesion areas (2D; ``None`` for 3D).
         lesions: Ordered by decreasing size (ids 1..N).
+        n_detections: Boxes of a detector ensemble at or above its report score
+            (``detections.json``), or ``None`` when no detector predicted the scan.
         seconds: Wall seconds per stage.
         notes: What the reader of this scan must know (assumed spacing, grouping...).
         complete: Every output below is written (the report included).
@@ -214,6 +221,7 @@ class ScanRecord(Record):
     total_volume_ml: float | None
     total_area_mm2: float | None
     lesions: list[Lesion]
+    n_detections: int | None = None
     seconds: dict[str, float] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
     complete: bool = False

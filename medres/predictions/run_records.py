@@ -76,6 +76,7 @@ SUMMARY_COLUMNS = (
     "n_lesions",
     "lesion_volume_ml",
     "lesion_area_mm2",
+    "n_detections",
     "seconds",
     "error",
     "notes",
@@ -100,6 +101,7 @@ class ScanResult:
     n_lesions: int | None = None
     lesion_volume_ml: float | None = None
     lesion_area_mm2: float | None = None
+    n_detections: int | None = None
     seconds: float = 0.0
     error: str = ""
     notes: str = ""

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -37,6 +38,7 @@ from medres.io.grid import squeeze_single_slice_shape
 from medres.io.images2d import is_image2d_path
 from medres.io.nifti import is_nifti_path, nifti_stem
 from medres.pipeline import PipelineConfig
+from medres.training.box_datalist import BoxTruth, checked_boxes, read_box_entry
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +53,11 @@ class TrainingCase:
         case_id: Unique name (file-name safe), e.g. ``TCGA_CS_4941_19960909_12``.
         group: Patient the case belongs to; folds never split a group.
         image_paths: One file per channel group (a multi-channel file counts once).
-        label_path: Label mask on the image's grid.
+        label_path: Label mask on the image's grid (for truth given as boxes: the
+            datalist file, named in messages).
         order: Position within the group (2D slice number) for stacking per patient.
+        boxes: Detection truth given as boxes (:mod:`medres.training.box_datalist`)
+            instead of a mask; voxel-corner boxes once the data is checked.
     """
 
     case_id: str
@@ -60,15 +65,23 @@ class TrainingCase:
     image_paths: tuple[Path, ...]
     label_path: Path
     order: int = 0
+    boxes: BoxTruth | None = None
 
     def record(self) -> dict[str, Any]:
         """The MONAI dictionary record for :mod:`medres.transforms.presets`."""
-        return {
+        record: dict[str, Any] = {
             "image": [str(p) for p in self.image_paths],
             "label": str(self.label_path),
             "case_id": self.case_id,
             "group": self.group,
         }
+        if self.boxes is not None:
+            if self.boxes.space != "voxel" or self.boxes.mode not in ("xyxy", "xyzxyz"):
+                raise DatasetError(f"{self.boxes.where}: boxes not converted (check the data)")
+            record["label"] = ""
+            record["boxes"] = [list(b) for b in self.boxes.boxes]
+            record["box_classes"] = list(self.boxes.classes)
+        return record
 
 
 @dataclass(frozen=True)
@@ -114,14 +127,26 @@ def read_datalist(
     if not isinstance(entries, list):
         raise DatasetError(f"{path}: no list under {key!r} (expected {{{key!r}: [...]}})")
     for index, entry in enumerate(entries):
-        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-            raise DatasetError(f"{path}: {key}[{index}] needs 'image' and 'label' keys")
+        if not isinstance(entry, dict) or "image" not in entry:
+            raise DatasetError(f"{path}: {key}[{index}] needs an 'image' key")
+        if "label" not in entry and "box" not in entry:
+            raise DatasetError(
+                f"{path}: {key}[{index}] needs a 'label' mask path (segmentation) or a "
+                "'box' list (detection)"
+            )
     stems = [nifti_stem(Path(str(_first(e["image"]))).name) for e in entries]
     cases: list[TrainingCase] = []
     for index, entry in enumerate(entries):
         images = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
         image_paths = tuple((root / str(p)).resolve() for p in images)
-        label_path = (root / str(entry["label"])).resolve()
+        boxes = None
+        if "box" in entry:
+            where = f"{path}: case {entry.get('id') or nifti_stem(image_paths[0].name)}"
+            defaults = data if isinstance(data, dict) else {}
+            boxes = read_box_entry(entry, defaults, where=where)
+            label_path = path.resolve()
+        else:
+            label_path = (root / str(entry["label"])).resolve()
         # default id: the file name, or folder_file when cases share file names
         # (case/flair.nii.gz); an explicit "id" always wins
         stem = nifti_stem(image_paths[0].name)
@@ -130,7 +155,7 @@ def read_datalist(
             entry.get("id") or (f"{image_paths[0].parent.name}_{stem}" if shared_name else stem)
         )
         group = str(entry.get("patient") or entry.get("group") or case_id)
-        cases.append(TrainingCase(case_id, group, image_paths, label_path, index))
+        cases.append(TrainingCase(case_id, group, image_paths, label_path, index, boxes))
     return cases
 
 
@@ -298,6 +323,8 @@ def _checked_label_map(case: TrainingCase, cfg: PipelineConfig) -> npt.NDArray[n
     """
     from medres.transforms.presets import map_labels, read_channels, read_label
 
+    if case.boxes is not None:
+        return _box_label_map(case, cfg)[0]
     missing = [p for p in (*case.image_paths, case.label_path) if not p.is_file()]
     if missing:
         what = "mask" if case.label_path in missing else "image"
@@ -330,6 +357,22 @@ def _checked_label_map(case: TrainingCase, cfg: PipelineConfig) -> npt.NDArray[n
         image = read_channels(case.image_paths[:1], dims=cfg.dims)
         label_array = read_label(case.label_path, image).array
     return map_labels(label_array, cfg, source=str(case.label_path))
+
+
+def _box_label_map(
+    case: TrainingCase, cfg: PipelineConfig
+) -> tuple[npt.NDArray[np.uint8], TrainingCase]:
+    """A box case's boxes painted as a label map, and the case with its boxes in voxels
+    (see :func:`~medres.training.box_datalist.checked_boxes`)."""
+    assert case.boxes is not None
+    label_map, boxes = checked_boxes(case.boxes, case.image_paths, cfg, case_id=case.case_id)
+    return label_map, dataclasses.replace(case, boxes=boxes)
+
+
+def with_voxel_boxes(cases: Sequence[TrainingCase], cfg: PipelineConfig) -> list[TrainingCase]:
+    """The cases with every datalist box converted to voxel corners of its image (after
+    :func:`check_cases` has refused bad ones)."""
+    return [_box_label_map(c, cfg)[1] if c.boxes is not None else c for c in cases]
 
 
 def _count_labels(

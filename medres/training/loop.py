@@ -57,6 +57,7 @@ from medres.pipeline import PipelineConfig, ScheduleName
 from medres.runtime import resolve_device
 from medres.training.datasets import TrainingCase
 from medres.training.ddp import DistributedContext, current_context, wrap_for_training
+from medres.training.detection import detection_loss, validate_detector
 from medres.training.member_files import (
     CHECKPOINT,
     CURVE,
@@ -221,6 +222,8 @@ def _write_summary(
     """Write ``metrics.json`` (the member is complete) and remove its checkpoint."""
     summary = {
         **result.summary(),
+        # what best_val_dice holds: the held-out Dice, or a detector's CPM
+        "val_metric": "cpm" if data.detection else "dice",
         "status": "complete",
         "device": device,
         "train_groups": sorted(set(train_groups)),
@@ -399,11 +402,14 @@ class _MemberTrainer:
         lr = learning_rate(self.cfg, self._progress_fraction(), self.state.iteration)
         for group in model.optimizer.param_groups:
             group["lr"] = lr
-        image = batch["image"].to(model.device)
-        label = batch["label"].to(model.device)
         model.optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=model.autocast_dtype, enabled=model.use_amp):
-            loss = model.loss_fn(self.train_net(image), label)
+            if self.cfg.is_detection:
+                loss = detection_loss(self.train_net, batch, self.cfg, device=model.device)
+            else:
+                image = batch["image"].to(model.device)
+                label = batch["label"].to(model.device)
+                loss = model.loss_fn(self.train_net(image), label)
         model.scaler.scale(loss).backward()
         model.scaler.step(model.optimizer)
         model.scaler.update()
@@ -461,9 +467,8 @@ class _MemberTrainer:
         state = self.state
         score: tuple[float, dict[str, float]] = (0.0, {})
         if self.ctx.is_main:
-            score = validate(
-                self.model.net, self.data.val_items, self.cfg, device=self.model.device
-            )
+            check = validate_detector if self.cfg.is_detection else validate
+            score = check(self.model.net, self.data.val_items, self.cfg, device=self.model.device)
         val_dice, per_group = self.ctx.broadcast(score)
         self.scalars.add("val/dice", val_dice, state.iteration)
         if state.best_dice is None or val_dice > state.best_dice:

@@ -26,9 +26,12 @@ from medres.training.datasets import TrainingCase
 
 
 def _loss(cfg: PipelineConfig) -> Any:
-    """The pipeline's MONAI loss (softmax over the label channels, background excluded)."""
+    """The pipeline's MONAI loss (softmax over the label channels, background excluded);
+    None for a detector, whose losses its own forward computes."""
     from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
 
+    if cfg.is_detection:
+        return None
     if cfg.training.loss == LossName.DICE_CE:
         return DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     if cfg.training.loss == LossName.DICE_FOCAL:
@@ -124,6 +127,7 @@ class _MemberData:
     train_ds: Any  # monai CacheDataset with the training transforms
     val_items: list[dict[str, Any]]
     weights: npt.NDArray[np.float64]  # sampling weight per training case
+    detection: bool = False  # a detector's data (instance maps, validated by CPM)
 
     @classmethod
     def load(
@@ -180,4 +184,4 @@ class _MemberData:
             p = cfg.training.positive_fraction
             weights[positive] = p / positive.sum()
             weights[~positive] = (1.0 - p) / (~positive).sum()
-        return cls(train_cases, val_cases, train_ds, val_items, weights)
+        return cls(train_cases, val_cases, train_ds, val_items, weights, cfg.is_detection)

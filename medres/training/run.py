@@ -40,8 +40,10 @@ from medres.training.datasets import (
     find_training_cases,
     make_folds,
     split_to_json,
+    with_voxel_boxes,
 )
 from medres.training.ddp import DistributedContext, distributed_session
+from medres.training.detection import with_anchor_shapes
 from medres.training.loop import (
     MemberResult,
     TrainingProgress,
@@ -196,9 +198,7 @@ def train_pipeline(
     build_pipeline_network(cfg)  # fail on bad model params before reading data
     with distributed_session(resolved_device) as ctx:
         cases = find_training_cases(data, mask_suffix=mask_suffix, base_dir=data_root)
-        if excluded_groups:
-            cases = exclude_groups(cases, excluded_groups)
-        check = check_cases(cases, cfg, on_progress=on_check)
+        cases, check, cfg = _checked(cfg, cases, excluded_groups, on_check)
         fold_list = make_folds(cases, n_folds=cfg.training.folds, seed=cfg.training.seed)
         split = split_to_json(fold_list, cases, excluded_groups)
         _prepare_out(out, cfg, split, resume=resume, ctx=ctx)
@@ -224,6 +224,21 @@ def train_pipeline(
             write_manifest(out, cfg, members, extra={"training": provenance})
     shown = _trained_on(members) if runner is not None else resolved_device
     return TrainingRun(model_dir=out, device=shown, check=check, members=members)
+
+
+def _checked(
+    cfg: PipelineConfig,
+    cases: Sequence[TrainingCase],
+    excluded_groups: Sequence[str],
+    on_check: Callable[[int, int], None] | None,
+) -> tuple[list[TrainingCase], DatasetCheck, PipelineConfig]:
+    """The cases (held-out groups dropped, datalist boxes in voxels), their check, and the
+    pipeline with a detector's anchors chosen from the training boxes when not given."""
+    if excluded_groups:
+        cases = exclude_groups(cases, excluded_groups)
+    check = check_cases(cases, cfg, on_progress=on_check)
+    cases = with_voxel_boxes(cases, cfg)
+    return cases, check, with_anchor_shapes(cfg, cases, check.lesion_cases)
 
 
 def _trained_on(members: Sequence[dict[str, Any]]) -> str:

@@ -41,6 +41,10 @@ from medres.pipeline import IntensityKind, PipelineConfig
 
 IMAGE = "image"
 LABEL = "label"
+#: A training record's truth boxes (voxel corners on the image) and their classes (positions
+#: in ``lesion_labels``), when the truth came as boxes instead of a mask.
+BOXES = "boxes"
+BOX_CLASSES = "box_classes"
 
 
 def fit_dims(volume: Volume, *, dims: int, source: str) -> Volume:
@@ -224,6 +228,16 @@ class LoadCased(Transform):  # type: ignore[misc]
             label = read_label(record[LABEL], image)
             mapped = map_labels(label.array, self.cfg, source=str(record[LABEL]))
             out[LABEL] = MetaTensor(mapped, affine=affine.copy(), meta=meta())
+        elif record.get(BOXES) is not None:  # detection truth given as voxel boxes
+            from medres.transforms.instances import INSTANCE_LABELS, paint_boxes
+
+            ids, labels = paint_boxes(
+                np.asarray(record[BOXES], np.float64),
+                [self.cfg.lesion_indices[int(c)] for c in record[BOX_CLASSES]],
+                shape=image.spatial_shape,
+            )
+            out[LABEL] = MetaTensor(ids[None], affine=affine.copy(), meta=meta())
+            out[INSTANCE_LABELS] = labels
         return out
 
 
@@ -301,6 +315,10 @@ def preprocessing_transforms(cfg: PipelineConfig, *, with_label: bool = True) ->
     steps.append(mt.EnsureTyped(keys=IMAGE, dtype=np.float32, track_meta=True))
     if with_label:
         steps.append(mt.EnsureTyped(keys=LABEL, dtype=np.uint8, track_meta=True))
+    if with_label and cfg.is_detection:  # one id per lesion, boxes taken after augmentation
+        from medres.transforms.instances import InstanceLabelsd
+
+        steps.append(InstanceLabelsd(cfg.lesion_indices))
     return steps
 
 
@@ -368,6 +386,8 @@ def validation_transforms(cfg: PipelineConfig, *, with_label: bool = True) -> An
 
 
 __all__ = [
+    "BOXES",
+    "BOX_CLASSES",
     "IMAGE",
     "LABEL",
     "LoadCased",
