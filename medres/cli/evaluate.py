@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -70,12 +70,22 @@ def evaluate_command(
             help="Leave out scans without ground truth instead of reporting them.",
         ),
     ] = False,
+    boxes: Annotated[
+        bool,
+        typer.Option(
+            "--boxes",
+            help="Box-level FROC/CPM/AP of the segmented lesions too (always with a detector).",
+        ),
+    ] = False,
 ) -> None:
     """Score predictions against ground truth: segmentation, lesion detection, calibration.
 
     Writes metrics.csv (per case and model), lesions.csv (every lesion match),
     summary.json (means, medians, 95 % bootstrap CIs, member vs ensemble), PNG plots and
-    evaluation.html. Cases that cannot be scored are listed; the exit code is then 1.
+    evaluation.html. Detection models' boxes (detections.json) and, with --boxes, the
+    bounding boxes of segmented lesions are scored box by box (summary.json "boxes":
+    FROC, CPM, sensitivity at 1 FP per case, AP at IoU 0.1 and 0.1-0.5). Cases that cannot
+    be scored are listed; the exit code is then 1.
     \f
     Long: one typer option per flag; the tables are _print_results'.
     """
@@ -95,6 +105,7 @@ def evaluate_command(
             mask_suffix=mask_suffix,
             data_root=str(data_root) if data_root else None,
             skip_missing_truth=skip_missing_truth,
+            boxes=boxes,
         )
         with progress_bar() as progress:
             task = progress.add_task("evaluate", total=None, item="")
@@ -106,6 +117,37 @@ def evaluate_command(
                 predictions, truth, out, options=options, on_progress=on_progress
             )
     _print_results(result)
+
+
+def _with_ci(entry: dict[str, Any], key: str) -> str:
+    low, high = entry["ci"].get(key, (float("nan"), float("nan")))
+    return f"{entry[key]:.3f} [{low:.2f}, {high:.2f}]"
+
+
+def _print_boxes(boxes: dict[str, Any]) -> None:
+    """One table per label of the box-level figures (95 % CI over cases)."""
+    from rich.table import Table
+
+    from medres.cli.console import console
+
+    for label, by_model in boxes["results"].items():
+        table = Table(
+            title=f"{label} boxes: IoU >= {boxes['iou_threshold']}, "
+            f"FP per case over {boxes['n_cases']} case(s)"
+        )
+        for column in ("model", "CPM", "sens @ 1 FP", "AP@0.1", "mAP 0.1-0.5", "true", "boxes"):
+            table.add_column(column)
+        for model, entry in by_model.items():
+            table.add_row(
+                model,
+                _with_ci(entry, "cpm"),
+                _with_ci(entry, "sensitivity_at_1fp"),
+                _with_ci(entry, "ap_0.1"),
+                f"{entry['map_0.1_0.5']:.3f}",
+                str(entry["true_lesions"]),
+                str(entry["predicted"]),
+            )
+        console.print(table)
 
 
 def _print_results(result: EvaluationRun) -> None:
@@ -145,6 +187,8 @@ def _print_results(result: EvaluationRun) -> None:
                 f"{det['cpm']['value']:.3f}",
             )
         console.print(table)
+    if "boxes" in result.summary:
+        _print_boxes(result.summary["boxes"])
     err_console.print(
         f"{result.summary['n_scans']} scan(s) in {result.summary['n_cases']} case(s) scored in "
         f"{result.seconds:.1f} s; see {result.out / 'evaluation.html'}"

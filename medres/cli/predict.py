@@ -96,8 +96,11 @@ def predict_command(
     """Segment every scan with an ensemble; masks on each scan's own grid, plus lesions.
 
     Writes OUT/<scan_id>/seg.nii.gz and lesions.json per scan, OUT/summary.csv and
-    OUT/run.json. A scan that cannot be read or does not fit the models is reported and
-    the others go on; the exit code is 1 when any scan failed.
+    OUT/run.json. A detection model (task: detection) writes OUT/<scan_id>/detections.json
+    (boxes, scores, which members found them); with a segmentation model too, each
+    segmented lesion gets the score of the detector's matching box. A scan that cannot be
+    read or does not fit the models is reported and the others go on; the exit code is 1
+    when any scan failed.
     \f
     Long: one typer option per flag; the work is in _run and _print_run.
     """
@@ -144,9 +147,11 @@ def _run(
     )
     for item in opened:
         names = ", ".join(f.pipeline.name for f in item.folders)
+        combine = "box fusion" if item.is_detector else f"ensemble {item.mode}"
+        kind = "detector" if item.is_detector else "segmentation"
         err_console.print(
-            f"model {names}: {item.n_members} member(s), {item.cfg.dims}D, "
-            f"channels {', '.join(item.cfg.channels)}, ensemble {item.mode}"
+            f"model {names} ({kind}): {item.n_members} member(s), {item.cfg.dims}D, "
+            f"channels {', '.join(item.cfg.channels)}, {combine}"
         )
         for folder in item.folders:
             for note in folder.unverified:
@@ -215,21 +220,25 @@ def _print_table(run: BatchRun, *, out: Path, device: str) -> None:
     from medres.cli.console import console
 
     table = Table(title=f"medres predict: {out} ({device})")
-    for column in ("scan", "status", "model", "shape", "lesions", "volume ml / area mm²", "s"):
+    boxes = any(r.n_detections is not None for r in run.results)
+    columns = ["scan", "status", "model", "shape", "lesions", "volume ml / area mm²"]
+    for column in [*columns, *(["boxes"] if boxes else []), "s"]:
         table.add_column(column)
     for result in run.results[:MAX_ROWS]:
         size = result.lesion_volume_ml
         if size is None:
             size = result.lesion_area_mm2
-        table.add_row(
+        cells = [
             result.scan_id,
             str(result.status),
             result.model,
             result.shape,
             "" if result.n_lesions is None else str(result.n_lesions),
-            "" if size is None else f"{size:.2f}",
-            f"{result.seconds:.1f}",
-        )
+            "" if size is None or result.n_lesions is None else f"{size:.2f}",
+        ]
+        if boxes:  # a detector's boxes at or above its report score
+            cells.append("" if result.n_detections is None else str(result.n_detections))
+        table.add_row(*cells, f"{result.seconds:.1f}")
     console.print(table)
 
 

@@ -183,7 +183,8 @@ def fuse_boxes(
             clusters.append(_Cluster(label=label, members={member}, weights=[score], boxes=[box]))
         else:
             chosen.add(member, score, box)
-    width = entries[0][3].shape[0] if entries else 0
+    shapes = [np.asarray(b).shape for b in boxes]
+    width = entries[0][3].shape[0] if entries else next((s[1] for s in shapes if len(s) == 2), 4)
     return FusedBoxes(
         boxes=np.asarray([c.box for c in clusters], dtype=np.float64).reshape(-1, width),
         scores=np.asarray([sum(c.weights) / n_members for c in clusters], dtype=np.float64),

@@ -156,7 +156,7 @@ class InstanceLabelsd:
         if hasattr(label, "affine"):  # a MetaTensor: keep its affine and meta
             from monai.data import MetaTensor
 
-            out[self.key] = MetaTensor(ids[None], affine=label.affine, meta=dict(label.meta))
+            out[self.key] = MetaTensor(ids[None], meta=dict(label.meta))  # meta holds the affine
         else:
             out[self.key] = ids[None]
         out[INSTANCE_LABELS] = labels
