@@ -28,7 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DOCUMENTS = ("README.md", "docs/user-guide.md", "docs/architecture.md", "docs/scaling-out.md")
+DOCUMENTS = (
+    "README.md",
+    "docs/user-guide.md",
+    "docs/architecture.md",
+    "docs/scaling-out.md",
+    "docs/detection.md",
+)
 PLACEHOLDER = re.compile(r"(^|[\s=/])[A-Z][A-Z0-9_]+($|[\s/])|\[|\.\.\.|…|<")
 
 

@@ -22,7 +22,7 @@ from medres.inference.detector import DetectionEnsemble, DetectionPrediction
 from medres.inference.inputs import ScanInput
 from medres.inference.options import PredictOptions
 from medres.io.volume import Volume
-from medres.predictions.detections import DetectionBox, DetectionsRecord
+from medres.predictions.detections import BOX_FUSION, DetectionBox, DetectionsRecord
 from medres.predictions.records import EnsembleRecord, GridRecord, Lesion, ScanRecord
 
 
@@ -177,7 +177,7 @@ def detection_scan_record(
         ensemble=EnsembleRecord(
             pipelines=[f.pipeline.name for f in ensemble.folders],
             members=prediction.member_names,
-            mode="box fusion",
+            mode=BOX_FUSION,
             tta=[prediction.views_per_member > 1 for _ in ensemble.folders],
         ),
         labels=list(ensemble.labels),

@@ -28,6 +28,9 @@ from medres.io.atomic import write_text_atomic
 from medres.predictions._base import Record, compact_json, read_json_record
 from medres.predictions.layout import ScanFolder
 
+#: ``ScanRecord.ensemble.mode`` of a scan that only a detector predicted.
+BOX_FUSION = "box fusion"
+
 
 class DetectionBox(Record):
     """One fused box of a detector ensemble.
@@ -116,4 +119,4 @@ class DetectionsRecord(Record):
         return [b for b in self.boxes if b.reported]
 
 
-__all__ = ["DetectionBox", "DetectionsRecord"]
+__all__ = ["BOX_FUSION", "DetectionBox", "DetectionsRecord"]

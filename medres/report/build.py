@@ -116,7 +116,10 @@ def report_scan(
         image_volume = squeeze_single_slice_volume(volume)
         image_labels = squeeze_single_slice_array(labels)
     result = ScanReport(scan_id=record.scan_id)
-    images, orientation_note = key_images(image_volume, image_labels, record.lesions, scan.cfg)
+    boxes = scan.detections.reported_boxes if scan.detections is not None else []
+    images, orientation_note = key_images(
+        image_volume, image_labels, record.lesions, scan.cfg, boxes=boxes
+    )
     for name, png in images:
         write_bytes_atomic(folder.overlay(name), png)
         result.files.append(folder.relative(folder.overlay(name)))
@@ -133,6 +136,7 @@ def report_scan(
         dicom_note=dicom_note,
         models=models,
         show_phi=show_phi,
+        detections=scan.detections,
     )
     write_text_atomic(folder.report_html, page)
     result.files.append(folder.relative(folder.report_html))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medres._version import __version__
+from medres.predictions.detections import BOX_FUSION, DetectionsRecord
 from medres.predictions.records import Lesion, ModelProvenance, ScanRecord
 
 if TYPE_CHECKING:
@@ -103,6 +104,7 @@ def scan_page(
     dicom_note: str,
     models: Sequence[ModelProvenance] | None,
     show_phi: bool,
+    detections: DetectionsRecord | None = None,
 ) -> str:
     """One scan's self-contained ``report.html``.
 
@@ -114,6 +116,7 @@ def scan_page(
         dicom_note: Whether DICOM SEG/SR were written, or why not.
         models: The run's models (member checksums are listed); None: not listed.
         show_phi: Put patient fields on the page.
+        detections: A detector ensemble's boxes of the scan (``detections.json``).
     """
     three_d = record.three_d
     checksums = [
@@ -147,6 +150,13 @@ def scan_page(
                 for n, p in images
                 if n.startswith("lesion_")
             ],
+            box_images=[
+                _Image(n, _data_uri(p), int(n.split("_")[1].split(".")[0]))
+                for n, p in images
+                if n.startswith("box_")
+            ],
+            detections=detections,
+            segmented=record.ensemble.mode != BOX_FUSION,
             orientation_note=orientation_note,
             dicom_note=dicom_note,
             fmt=_fmt,

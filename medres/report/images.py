@@ -30,6 +30,8 @@ from medres.io.grid import Grid, world_to_voxel
 SOFT_TISSUE_WINDOW = (-160.0, 240.0)
 #: Outline colours per lesion label (bright), drawn over a dark line.
 OUTLINE_COLOURS = ("#ffd400", "#00e5ff", "#ff5ad1", "#7dff4d")
+#: A detector's boxes: dashed, so they stay apart from a second label's cyan outline.
+BOX_COLOUR = "#00e5ff"
 
 
 @dataclass(frozen=True)
@@ -295,20 +297,60 @@ def _draw_orientation(
         )
 
 
+def _draw_boxes(
+    axis: Any, boxes: Sequence[dict[str, Any]], view: View, corner: tuple[int, int], outline: Any
+) -> None:
+    """A detector's boxes as dashed cyan rectangles with ``B<id> <score>`` above them.
+
+    Args:
+        axis: The matplotlib axes (mm coordinates, rows down).
+        boxes: Dicts with ``text`` and the pixel-edge corners ``row0``, ``col0``, ``row1``,
+            ``col1`` in view pixels (a box of pixels 3..5 spans 3 to 6).
+        view: The view the corners refer to.
+        corner: ``(row, column)`` of the view pixel at the window's top left.
+        outline: Path effects that keep the text readable.
+    """
+    from matplotlib.patches import Rectangle
+
+    for box in boxes:
+        y0 = (box["row0"] - corner[0]) * view.row_mm
+        x0 = (box["col0"] - corner[1]) * view.column_mm
+        height = (box["row1"] - box["row0"]) * view.row_mm
+        width = (box["col1"] - box["col0"]) * view.column_mm
+        for colour, line in (("black", 2.4), (BOX_COLOUR, 1.2)):
+            axis.add_patch(
+                Rectangle((x0, y0), width, height, fill=False, edgecolor=colour, lw=line, ls="--")
+            )
+        axis.text(
+            x0,
+            y0 - 0.8 * view.row_mm,
+            box["text"],
+            color=BOX_COLOUR,
+            fontsize=8,
+            fontweight="bold",
+            ha="left",
+            va="bottom",
+            path_effects=outline,
+            clip_on=True,
+        )
+
+
 def render(
     view: View,
     *,
     lesions: Sequence[dict[str, Any]] = (),
+    boxes: Sequence[dict[str, Any]] = (),
     label_names: Sequence[str] = (),
     crop: tuple[slice, slice] | None = None,
     size_inches: float = 4.2,
 ) -> bytes:
-    """PNG of a view with outlines, lesion ids and a scale bar.
+    """PNG of a view with outlines, lesion ids, detector boxes and a scale bar.
 
     Args:
         view: What to draw.
         lesions: ``(lesion_id, row, column)`` positions to label, as dicts with keys
             ``lesion_id``, ``row`` and ``column`` in view pixels.
+        boxes: A detector's boxes in view pixels (see :func:`_draw_boxes`).
         label_names: Label names by index (legend colours).
         crop: Optional ``(rows, columns)`` window of the view.
         size_inches: Width of the figure.
@@ -340,6 +382,9 @@ def render(
     _draw_outlines(axis, label_map, view)
     _draw_lesion_ids(axis, lesions, view, (row0, col0), (height_mm, width_mm))
     outline = [patheffects.withStroke(linewidth=2.2, foreground="black")]  # readable on white
+    _draw_boxes(axis, boxes, view, (row0, col0), outline)
+    axis.set_xlim(0, width_mm)
+    axis.set_ylim(height_mm, 0)
     _draw_scale_bar(axis, height_mm, width_mm, outline)
     if view.orientation:
         _draw_orientation(axis, view.orientation, height_mm, width_mm, outline)
@@ -362,6 +407,7 @@ def lesion_crop(view: View, row: int, column: int, *, half_mm: float) -> tuple[s
 
 
 __all__ = [
+    "BOX_COLOUR",
     "OUTLINE_COLOURS",
     "SOFT_TISSUE_WINDOW",
     "View",

@@ -13,8 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from medres.io.grid import boxes_between_grids
 from medres.io.volume import ScanKind, Volume
 from medres.pipeline import IntensityKind, PipelineConfig
+from medres.predictions.detections import DetectionBox
 from medres.predictions.records import Lesion
 from medres.report.images import (
     View,
@@ -39,13 +41,61 @@ def _ct_window(cfg: PipelineConfig | None) -> tuple[float, float] | None:
     return None
 
 
+def _box_text(box: DetectionBox) -> str:
+    return f"B{box.box_id} {box.score:.2f}"
+
+
+def _boxes_2d(boxes: Sequence[DetectionBox]) -> list[dict[str, object]]:
+    """Boxes on a 2D image view (rows: y, columns: x)."""
+    return [
+        {
+            "row0": b.box_ijk[1],
+            "col0": b.box_ijk[0],
+            "row1": b.box_ijk[3],
+            "col1": b.box_ijk[2],
+            "text": _box_text(b),
+        }
+        for b in boxes
+    ]
+
+
+def _boxes_3d(
+    view_name: str,
+    index: Sequence[int],
+    ras_boxes: Sequence[tuple[DetectionBox, npt.NDArray[np.float64]]],
+    shape: Sequence[int],
+) -> list[dict[str, object]]:
+    """Boxes (voxel corners of the RAS-turned grid) on one plane through ``index``."""
+    ni, nj, nk = shape
+    plane = {"axial": (2, 0, 1), "coronal": (1, 0, 2), "sagittal": (0, 1, 2)}[view_name]
+    across, col_axis, row_axis = plane
+    sizes = (ni, nj, nk)
+    out = []
+    for box, ras in ras_boxes:
+        if not ras[across] <= index[across] + 0.5 < ras[across + 3]:
+            continue  # the plane does not cut this box
+        out.append(
+            {
+                "row0": sizes[row_axis] - ras[row_axis + 3],
+                "row1": sizes[row_axis] - ras[row_axis],
+                "col0": sizes[col_axis] - ras[col_axis + 3],
+                "col1": sizes[col_axis] - ras[col_axis],
+                "text": _box_text(box),
+            }
+        )
+    return out
+
+
 def key_images(
     volume: Volume,
     labels: npt.NDArray[np.uint8],
     lesions: Sequence[Lesion],
     cfg: PipelineConfig | None,
+    boxes: Sequence[DetectionBox] = (),
 ) -> tuple[list[tuple[str, bytes]], str]:
-    """Overview and per-lesion PNGs: ``[(file name, png)]`` and the orientation note."""
+    """Overview, per-lesion and per-box PNGs: ``[(file name, png)]`` and the orientation
+    note. ``boxes`` (a detector's reported boxes) are drawn on every image they cross;
+    each also gets its own key image (``box_NN.png``) when no lesion was segmented."""
     channel_names = cfg.channels if cfg is not None else volume.channel_names
     shown = display_channel(volume.array, channel_names or ())
     modality = volume.modality or ("CT" if _ct_window(cfg) else "")
@@ -62,16 +112,22 @@ def key_images(
             }
             for x in lesions
         ]
-        images.append(("overview.png", render(view, lesions=marks, size_inches=5.5)))
+        drawn = _boxes_2d(boxes)
+        images.append(("overview.png", render(view, lesions=marks, boxes=drawn, size_inches=5.5)))
         for lesion in lesions[:MAX_KEY_IMAGES]:
             row, column = round(lesion.center_ijk[1]), round(lesion.center_ijk[0])
             crop = lesion_crop(
                 view, row, column, half_mm=max(lesion.longest_axial_diameter_mm, 15.0)
             )
             mark = [{"lesion_id": lesion.lesion_id, "row": row, "column": column}]
-            images.append(
-                (f"lesion_{lesion.lesion_id:02d}.png", render(view, lesions=mark, crop=crop))
-            )
+            image = render(view, lesions=mark, boxes=drawn, crop=crop)
+            images.append((f"lesion_{lesion.lesion_id:02d}.png", image))
+        for box in [] if lesions else boxes[:MAX_KEY_IMAGES]:
+            i0, j0, i1, j1 = box.box_ijk
+            half = max((i1 - i0) * view.column_mm, (j1 - j0) * view.row_mm, 30.0)
+            crop = lesion_crop(view, round((j0 + j1) / 2), round((i0 + i1) / 2), half_mm=half)
+            image = render(view, boxes=_boxes_2d([box]), crop=crop)
+            images.append((f"box_{box.box_id:02d}.png", image))
         note = "2D image shown as stored (first row at the top)."
         if volume.source.kind is ScanKind.IMAGE2D:
             note += (
@@ -82,11 +138,24 @@ def key_images(
     img_ras, ras_affine = to_ras(shown, volume.affine)
     lab_ras, _ = to_ras(labels, volume.affine)
     ras_shape = img_ras.shape
-    center = lesions[0].center_ras_mm if lesions else None
+    in_ras = boxes_between_grids(
+        np.asarray([b.box_ijk for b in boxes]).reshape(-1, 6), volume.affine, ras_affine
+    )
+    ras_boxes = list(zip(boxes, in_ras, strict=True))
+
+    def through(point: Sequence[float] | None) -> list[int]:
+        if point is None:
+            return [n // 2 for n in ras_shape]
+        index = ras_index(ras_affine, point)
+        return [min(max(v, 0), n - 1) for v, n in zip(index, ras_shape, strict=True)]
+
+    center = lesions[0].center_ras_mm if lesions else boxes[0].center_ras_mm if boxes else None
     for view in orthogonal_views(img_ras, lab_ras, ras_affine, center):
         placed = [_mark(view, x, ras_affine, ras_shape) for x in lesions]
-        name = f"overview_{view.title.split(',')[0]}.png"
-        images.append((name, render(view, lesions=[m for m in placed if m], size_inches=3.4)))
+        plane = view.title.split(",")[0]
+        drawn = _boxes_3d(plane, through(center), ras_boxes, ras_shape)
+        image = render(view, lesions=[m for m in placed if m], boxes=drawn, size_inches=3.4)
+        images.append((f"overview_{plane}.png", image))
     for lesion in lesions[:MAX_KEY_IMAGES]:
         (view,) = orthogonal_views(img_ras, lab_ras, ras_affine, lesion.center_ras_mm, only="axial")
         centre = _mark(view, lesion, ras_affine, ras_shape)
@@ -98,9 +167,19 @@ def key_images(
             centre["column"],
             half_mm=max(lesion.longest_axial_diameter_mm, 20.0),
         )
-        images.append(
-            (f"lesion_{lesion.lesion_id:02d}.png", render(view, lesions=[centre], crop=crop))
-        )
+        drawn = _boxes_3d("axial", through(lesion.center_ras_mm), ras_boxes, ras_shape)
+        image = render(view, lesions=[centre], boxes=drawn, crop=crop)
+        images.append((f"lesion_{lesion.lesion_id:02d}.png", image))
+    for box, ras in [] if lesions else ras_boxes[:MAX_KEY_IMAGES]:
+        (view,) = orthogonal_views(img_ras, lab_ras, ras_affine, box.center_ras_mm, only="axial")
+        drawn = _boxes_3d("axial", through(box.center_ras_mm), [(box, ras)], ras_shape)
+        if not drawn:
+            continue
+        d = drawn[0]
+        row, column = round((d["row0"] + d["row1"]) / 2), round((d["col0"] + d["col1"]) / 2)  # type: ignore[operator]
+        half = max(box.size_mm[:2]) if box.size_mm else 20.0
+        crop = lesion_crop(view, row, column, half_mm=max(half, 20.0))
+        images.append((f"box_{box.box_id:02d}.png", render(view, boxes=drawn, crop=crop)))
     note = (
         "Radiological convention: patient right on the image left; axial views anterior "
         "at the top; coronal and sagittal views superior at the top."
