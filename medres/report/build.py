@@ -33,6 +33,7 @@ from medres.io.grid import (
     squeeze_single_slice_volume,
 )
 from medres.io.volume import ScanKind
+from medres.predictions.detections import BOX_FUSION
 from medres.predictions.layout import RunFolder, ScanFolder
 from medres.predictions.records import ModelProvenance, read_summary
 from medres.report.html import NOTICE, index_page, scan_page
@@ -52,7 +53,9 @@ class ScanReport:
 
 
 def _dicom_objects(scan: ScanPrediction, result: ScanReport) -> str:
-    """Write ``seg.dcm`` and ``sr.dcm`` for DICOM input; returns the note for the page."""
+    """Write ``seg.dcm`` (when a segmentation model predicted the scan) and ``sr.dcm``
+    (its lesions and a detector's reported boxes) for DICOM input; the note for the page.
+    """
     volume, cfg, folder = scan.volume, scan.cfg, scan.folder
     if volume.source.kind is not ScanKind.DICOM:
         result.dicom_export = "skipped: the scan is not a DICOM series (NIfTI or 2D image)"
@@ -63,14 +66,18 @@ def _dicom_objects(scan: ScanPrediction, result: ScanReport) -> str:
     if problem is not None:
         result.dicom_export = f"skipped: {problem}"
         return f"DICOM SEG/SR {result.dicom_export}."
+    segmented = scan.record.ensemble.mode != BOX_FUSION
+    boxes = scan.detections.reported_boxes if scan.detections is not None else []
     try:
-        seg = write_seg(
-            folder.seg_dcm,
-            scan.label_map,
-            source_paths=volume.source.paths,
-            label_names=cfg.labels,
-            lesion_indices=cfg.lesion_indices,
-        )
+        seg = None
+        if segmented:
+            seg = write_seg(
+                folder.seg_dcm,
+                scan.label_map,
+                source_paths=volume.source.paths,
+                label_names=cfg.labels,
+                lesion_indices=cfg.lesion_indices,
+            )
         write_sr(
             folder.sr_dcm,
             seg,
@@ -78,12 +85,17 @@ def _dicom_objects(scan: ScanPrediction, result: ScanReport) -> str:
             source_paths=volume.source.paths,
             lesion_indices=cfg.lesion_indices,
             label_names=cfg.labels,
+            boxes=boxes,
+            grid_affine=scan.record.grid.affine_ras,
         )
     except (MedresError, ValueError, TypeError, AttributeError) as exc:
         result.dicom_export = f"skipped: {exc}"
         return f"DICOM SEG/SR {result.dicom_export}."
-    result.files += [folder.relative(folder.seg_dcm), folder.relative(folder.sr_dcm)]
+    written = [folder.seg_dcm] if segmented else []
+    result.files += [folder.relative(p) for p in [*written, folder.sr_dcm]]
     result.dicom_export = "written"
+    if not segmented:
+        return "DICOM SR (sr.dcm) holds the detector's boxes and references the source series."
     return "DICOM SEG (seg.dcm) and SR (sr.dcm) reference the source series."
 
 

@@ -29,6 +29,7 @@ import numpy.typing as npt
 from medres._version import __version__
 from medres.errors import OutputError
 from medres.io.atomic import write_bytes_atomic
+from medres.predictions.detections import DetectionBox
 from medres.predictions.records import Lesion
 
 
@@ -185,6 +186,46 @@ def _measurements(lesion: Lesion) -> list[Any]:
     return measurements
 
 
+def _box_group(box: DetectionBox, affine: npt.NDArray[np.float64], frame_of_reference: str) -> Any:
+    """A detector box as a planar ROI group: the box's rectangle on its central axial plane
+    (SCOORD3D polygon, LPS mm in the series' frame of reference), its score and edges."""
+    import highdicom as hd
+    from highdicom.sr.coding import CodedConcept
+    from pydicom.uid import generate_uid
+
+    dims = box.dims
+    low, high = np.asarray(box.box_ijk[:dims]) - 0.5, np.asarray(box.box_ijk[dims:]) - 0.5
+    k = (low[2] + high[2]) / 2.0 if dims == 3 else 0.0
+    corners = [(low[0], low[1]), (high[0], low[1]), (high[0], high[1]), (low[0], high[1])]
+    ijk = np.array([[i, j, k, 1.0] for i, j in [*corners, corners[0]]]).T
+    ras = (affine @ ijk)[:3].T
+    lps = ras * np.array([-1.0, -1.0, 1.0])
+    region = hd.sr.ImageRegion3D(
+        graphic_type=hd.sr.GraphicTypeValues3D.POLYGON,
+        graphic_data=lps.astype(np.float64),
+        frame_of_reference_uid=frame_of_reference,
+    )
+    mm = CodedConcept("mm", "UCUM", "millimeter")
+    measurements = [
+        hd.sr.Measurement(
+            name=CodedConcept("113011", "DCM", "Probability"),
+            value=float(box.score),
+            unit=CodedConcept("1", "UCUM", "no units"),
+        ),
+        hd.sr.Measurement(
+            name=CodedConcept("103339001", "SCT", "Long axis"), value=max(box.size_mm), unit=mm
+        ),
+    ]
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(), identifier=f"detector box B{box.box_id}"
+        ),
+        referenced_region=region,
+        finding_type=_segment_code(box.label)[1],
+        measurements=measurements,
+    )
+
+
 def write_sr(
     path: Path,
     seg: Any,
@@ -194,8 +235,12 @@ def write_sr(
     lesion_indices: Sequence[int],
     label_names: Sequence[str],
     series_number: int = 9902,
+    boxes: Sequence[DetectionBox] = (),
+    grid_affine: npt.NDArray[np.float64] | None = None,
 ) -> Any:
-    """Write the TID 1500 measurement report of ``lesions`` referencing ``seg``.
+    """Write the TID 1500 measurement report of ``lesions`` referencing ``seg``, and of a
+    detector's ``boxes`` (planar regions in the series' frame of reference; ``seg`` may
+    be None when only a detector predicted the scan).
 
     Raises:
         OutputError: highdicom refuses the content.
@@ -213,8 +258,8 @@ def write_sr(
     )
     context = hd.sr.ObservationContext(observer_device_context=observer)
     segment_numbers = {index: number for number, index in enumerate(lesion_indices, start=1)}
-    groups = []
-    for lesion in lesions:
+    groups: list[Any] = []
+    for lesion in lesions if seg is not None else ():
         label_index = label_names.index(lesion.label)
         measurements = _measurements(lesion)
         groups.append(
@@ -232,13 +277,16 @@ def write_sr(
                 measurements=measurements,
             )
         )
+    frame = str(getattr(datasets[0], "FrameOfReferenceUID", ""))
+    if boxes and grid_affine is not None and frame:
+        groups += [_box_group(b, np.asarray(grid_affine, np.float64), frame) for b in boxes]
     report = hd.sr.MeasurementReport(
         observation_context=context,
         procedure_reported=CodedConcept("363679005", "SCT", "Imaging procedure"),
         imaging_measurements=groups or None,
     )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[*datasets, seg],
+        evidence=[*datasets, *([seg] if seg is not None else [])],
         content=report,
         series_instance_uid=generate_uid(),
         series_number=series_number,
@@ -256,14 +304,19 @@ def read_sr_measurements(path: str | Path) -> dict[str, dict[str, float]]:
 
     Returns:
         ``{"lesion 1": {"Volume": ml, "Long axis": mm, "Probability": p}, ...}`` (``Area``
-        in mm2 instead of ``Volume`` for single-slice scans).
+        in mm2 instead of ``Volume`` for single-slice scans), and
+        ``{"detector box B1": {"Probability": score, "Long axis": mm}}`` per box.
     """
     import highdicom as hd
 
     sr = hd.sr.srread(str(path))
     content: Any = sr.content
     out: dict[str, dict[str, float]] = {}
-    for group in content.get_volumetric_roi_measurement_groups():
+    groups = [
+        *content.get_volumetric_roi_measurement_groups(),
+        *content.get_planar_roi_measurement_groups(),
+    ]
+    for group in groups:
         values = {m.name.meaning: float(m.value) for m in group.get_measurements()}
         out[str(group.tracking_identifier)] = values
     return out

@@ -95,6 +95,10 @@ def _identity(record: ScanRecord, volume: Volume, *, show_phi: bool) -> list[tup
     return identity
 
 
+#: Detector boxes listed in a report's table (every box is in detections.json).
+MAX_LISTED_BOXES = 50
+
+
 def scan_page(
     record: ScanRecord,
     volume: Volume,
@@ -156,6 +160,7 @@ def scan_page(
                 if n.startswith("box_")
             ],
             detections=detections,
+            max_boxes=MAX_LISTED_BOXES,
             segmented=record.ensemble.mode != BOX_FUSION,
             orientation_note=orientation_note,
             dicom_note=dicom_note,

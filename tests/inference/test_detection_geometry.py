@@ -58,6 +58,8 @@ def _oracle(net, image, cfg, *, device, flips=(), overlap=None, source="scan"): 
     """Boxes each bright blob (above half the window) of the model grid, once per view."""
     mask = (image[0].cpu().numpy() > 0.5).astype(np.uint8)
     boxes, _ = boxes_from_label_map(mask, labels=[1])
+    dims = boxes.shape[1] // 2
+    boxes = boxes[((boxes[:, dims:] - boxes[:, :dims]) >= 2).all(axis=1)]  # no noise specks
     views = [()] + [(a,) for a in flips]
     scores, labels = np.full(len(boxes), 0.9), np.ones(len(boxes), np.int64)
     return [DetectorView(boxes, scores, labels, tuple(view)) for view in views]
