@@ -42,7 +42,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = REPO_ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-TEST_PATIENTS = (REPO_ROOT / "pipelines" / "lgg_flair_2d.test_patients.txt").read_text().split()
+TEST_PATIENTS = [
+    line.strip()
+    for line in (REPO_ROOT / "pipelines" / "lgg_flair_2d.test_patients.txt")
+    .read_text()
+    .splitlines()
+    if line.strip() and not line.startswith("#")
+]
 
 
 def _lgg_inputs(n: int) -> list[Path]:

@@ -135,6 +135,44 @@ def average_precision(matches: Sequence[LesionMatch]) -> float:
     return float((steps * envelope).sum())
 
 
+def _case_arrays(
+    matches: Sequence[LesionMatch],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_], int]:
+    """One case's predictions as arrays: scores, whether each is a TP, and its true lesions."""
+    predicted = [m for m in matches if m.kind != MatchKind.FN]
+    scores = np.asarray([m.score if m.score is not None else 1.0 for m in predicted], np.float64)
+    hits = np.asarray([m.kind == MatchKind.TP for m in predicted], dtype=bool)
+    return scores, hits, sum(m.kind != MatchKind.FP for m in matches)
+
+
+def pooled_figures(
+    cases: Sequence[tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_], int]],
+) -> list[float]:
+    """CPM, sensitivity at 1 FP per case and AP of cases pooled, from their arrays
+    (:func:`_case_arrays`): the same figures as :func:`~medres.evaluation.detection.froc`,
+    :func:`~medres.evaluation.detection.cpm` and :func:`average_precision`, vectorised for
+    the bootstrap."""
+    scores = np.concatenate([c[0] for c in cases]) if cases else np.zeros(0)
+    hits = np.concatenate([c[1] for c in cases]) if cases else np.zeros(0, bool)
+    n_true = sum(c[2] for c in cases)
+    order = np.argsort(-scores, kind="stable")
+    scores, hits = scores[order], hits[order]
+    tp, fp = np.cumsum(hits), np.cumsum(~hits)
+    last = np.r_[scores[1:] != scores[:-1], True] if scores.size else np.zeros(0, bool)
+    fps = np.r_[0.0, fp[last] / max(len(cases), 1)]
+    sens = np.r_[0.0, tp[last] / n_true] if n_true else np.r_[0.0, np.ones(int(last.sum()))]
+    by_rate = [float(sens[fps <= rate].max()) for rate in CPM_FP_RATES]
+    if n_true == 0:
+        ap = float("nan")
+    elif not scores.size:
+        ap = 0.0
+    else:
+        precision = tp / np.arange(1, scores.size + 1)
+        envelope = np.maximum.accumulate(precision[::-1])[::-1]
+        ap = float((np.diff(np.r_[0.0, tp / n_true]) * envelope).sum())
+    return [float(np.mean(by_rate)), by_rate[CPM_FP_RATES.index(1.0)], ap]
+
+
 def truth_boxes(
     truth_map: npt.NDArray[np.integer], label_index: int
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
@@ -276,11 +314,10 @@ class BoxScoring:
         cases = [matches.by_case.get(c, {}) for c in self.cases]
         at = self.iou_threshold
 
+        arrays = [_case_arrays(c.get(at, [])) for c in cases]
+
         def figures(indices: Sequence[int] | npt.NDArray[np.intp]) -> list[float]:
-            pooled = [m for i in indices for m in cases[i].get(at, [])]
-            fps, sens, _ = froc(pooled, len(indices))
-            score, by_rate = cpm(fps, sens)
-            return [score, by_rate[CPM_FP_RATES.index(1.0)], average_precision(pooled)]
+            return pooled_figures([arrays[i] for i in indices])
 
         all_cases = list(range(len(cases)))
         pooled = [m for c in cases for m in c.get(at, [])]
@@ -318,5 +355,6 @@ __all__ = [
     "BoxScoring",
     "average_precision",
     "match_boxes",
+    "pooled_figures",
     "truth_boxes",
 ]

@@ -25,6 +25,7 @@ from medres.inference.scan_step import ScanPrediction
 from medres.io import discover
 from medres.io.nifti import read_nifti
 from medres.pipeline import PipelineConfig
+from medres.predictions.detections import BOX_FUSION, DetectionsRecord
 from medres.predictions.layout import RunFolder, ScanFolder
 from medres.predictions.records import RunRecord, ScanRecord
 from medres.report.build import ScanReport, report_scan, write_index
@@ -76,6 +77,12 @@ def _scan_prediction(
     folder: ScanFolder, record: ScanRecord, item: ScanInput, cfg: PipelineConfig
 ) -> ScanPrediction:
     volume = load_input(item)
+    detections = None
+    if folder.detections_json.is_file():
+        detections = DetectionsRecord.read(folder)
+    if record.ensemble.mode == BOX_FUSION:  # only a detector predicted it: no mask
+        empty = np.zeros(volume.spatial_shape, np.uint8)
+        return ScanPrediction(folder, volume, empty, record, cfg, detections)
     labels = read_nifti(folder.seg).array[0]
     if labels.size != int(np.prod(volume.spatial_shape)):
         raise OutputError(
@@ -83,7 +90,7 @@ def _scan_prediction(
             f"{int(np.prod(volume.spatial_shape))}: not the mask of this scan"
         )
     labels = labels.astype(np.uint8).reshape(volume.spatial_shape)
-    return ScanPrediction(folder, volume, labels, record, cfg)
+    return ScanPrediction(folder, volume, labels, record, cfg, detections)
 
 
 def report_predictions(

@@ -470,7 +470,8 @@ class _MemberTrainer:
             check = validate_detector if self.cfg.is_detection else validate
             score = check(self.model.net, self.data.val_items, self.cfg, device=self.model.device)
         val_dice, per_group = self.ctx.broadcast(score)
-        self.scalars.add("val/dice", val_dice, state.iteration)
+        tag = "val/cpm" if self.cfg.is_detection else "val/dice"
+        self.scalars.add(tag, val_dice, state.iteration)
         if state.best_dice is None or val_dice > state.best_dice:
             state.best_dice, state.best_epoch = val_dice, state.epoch
             state.best_per_group = per_group

@@ -12,7 +12,13 @@ import pytest
 from typer.testing import CliRunner
 
 from medres.cli.app import app
-from medres.evaluation.boxes import average_precision, match_boxes, truth_boxes
+from medres.evaluation.boxes import (
+    _case_arrays,
+    average_precision,
+    match_boxes,
+    pooled_figures,
+    truth_boxes,
+)
 from medres.evaluation.detection import cpm, froc
 from medres.inference import detector as detector_module
 from medres.predictions.detections import DetectionsRecord
@@ -41,6 +47,23 @@ def test_box_matches_ap_and_froc_by_hand() -> None:
     assert score == pytest.approx(5.5 / 7)
     missed = match_boxes(np.zeros((0, 4)), [], TRUTH)
     assert [str(m.kind) for m in missed] == ["fn", "fn"] and average_precision(missed) == 0.0
+
+
+def test_the_bootstrap_figures_equal_the_reference_ones() -> None:
+    rng = np.random.default_rng(0)
+    cases, arrays = [], []
+    for _ in range(5):
+        truth = np.tile(rng.uniform(0, 80, (3, 2)), 2) + np.array([0.0, 0.0, 12.0, 12.0])
+        found = np.concatenate([truth + rng.normal(0, 3, truth.shape), rng.uniform(0, 90, (4, 4))])
+        found[:, 2:] = np.maximum(found[:, 2:], found[:, :2] + 1)
+        scores = np.round(rng.uniform(0, 1, len(found)), 1)  # ties on purpose
+        matches = match_boxes(found, scores, truth)
+        cases.append(matches)
+        arrays.append(_case_arrays(matches))
+    pooled = [m for c in cases for m in c]
+    fps, sens, _ = froc(pooled, len(cases))
+    score, at = cpm(fps, sens)
+    assert pooled_figures(arrays) == pytest.approx([score, at[3], average_precision(pooled)])
 
 
 def test_truth_boxes_and_sizes_from_a_mask() -> None:

@@ -47,14 +47,12 @@ PIPELINE_3D = {
 
 GRIDS = {
     "anisotropic": np.diag([0.7, 1.3, 3.0, 1.0]),
-    "lps": np.array(
-        [[-0.9, 0, 0, 40.0], [0, -0.9, 0, 25.0], [0, 0, 2.0, -10.0], [0, 0, 0, 1.0]]
-    ),
+    "lps": np.array([[-0.9, 0, 0, 40.0], [0, -0.9, 0, 25.0], [0, 0, 2.0, -10.0], [0, 0, 0, 1.0]]),
     "oblique": oblique_affine((0.8, 1.1, 2.5)),
 }
 
 
-def _oracle(net, image, cfg, *, device, flips=(), overlap=None, source="scan"):  # noqa: ANN001, ANN202
+def _oracle(net, image, cfg, *, device, flips=(), overlap=None, source="scan"):
     """Boxes each bright blob (above half the window) of the model grid, once per view."""
     mask = (image[0].cpu().numpy() > 0.5).astype(np.uint8)
     boxes, _ = boxes_from_label_map(mask, labels=[1])
@@ -125,3 +123,19 @@ def test_boxes_land_on_the_scan_grid_after_predict(
         expected_centre = affine[:3, :3] @ centre + affine[:3, 3]
         tolerance = 1e-3 if spacing is None else 2.0
         assert np.allclose(box.center_ras_mm, expected_centre, atol=tolerance), name
+    again = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(tmp_path / "scans"),
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--no-report",
+            "--resume",
+        ],
+    )
+    assert again.exit_code == 0, again.output
+    rows = (out / "summary.csv").read_text().splitlines()[1:]
+    assert len(rows) == 3 and all(",resumed," in row for row in rows)  # boxes are complete

@@ -66,6 +66,10 @@ def test_detector_only_dicom_scan_gets_boxes_in_report_and_sr(
     low, high = np.array(reported[0].box_ras_mm[:3]), np.array(reported[0].box_ras_mm[3:])
     assert np.all(ras[:, :2] >= low[:2] - 1e-3) and np.all(ras[:, :2] <= high[:2] + 1e-3)
     assert np.allclose(points[0], points[-1])  # a closed polygon
+    scan.report_html.unlink()
+    again = CliRunner().invoke(app, ["report", str(scan.path.parent), "--no-pdf"])
+    assert again.exit_code == 0, again.output  # medres report rebuilds it without a mask
+    assert f"Detector boxes: {len(reported)} with score" in scan.report_html.read_text()
 
 
 def test_segmented_lesions_carry_the_detector_score_in_the_report(
