@@ -77,6 +77,14 @@ def evaluate_command(
             help="Box-level FROC/CPM/AP of the segmented lesions too (always with a detector).",
         ),
     ] = False,
+    min_lesion_size: Annotated[
+        float,
+        typer.Option(
+            "--min-lesion-size",
+            min=0.0,
+            help="Box figures: true lesions smaller than this (mm³ 3D, mm² 2D) are left out.",
+        ),
+    ] = 0.0,
 ) -> None:
     """Score predictions against ground truth: segmentation, lesion detection, calibration.
 
@@ -106,6 +114,7 @@ def evaluate_command(
             data_root=str(data_root) if data_root else None,
             skip_missing_truth=skip_missing_truth,
             boxes=boxes,
+            min_lesion_size=min_lesion_size,
         )
         with progress_bar() as progress:
             task = progress.add_task("evaluate", total=None, item="")
@@ -148,6 +157,13 @@ def _print_boxes(boxes: dict[str, Any]) -> None:
                 str(entry["predicted"]),
             )
         console.print(table)
+        paired = boxes.get("detector_minus_segmentation", {}).get(label)
+        if paired:
+            cpm = paired["cpm"]
+            console.print(
+                f"detector minus segmentation, CPM {cpm['value']:+.3f} "
+                f"[{cpm['ci_low']:+.3f}, {cpm['ci_high']:+.3f}] (paired bootstrap over cases)"
+            )
 
 
 def _print_results(result: EvaluationRun) -> None:

@@ -220,9 +220,13 @@ class BoxScoring:
 
     Attributes:
         iou_threshold: The IoU at which FROC, CPM and the size bins count a detection.
+        min_size: True lesions smaller than this (ml in 3D, mm^2 in 2D) are left out, and
+            a predicted box on one counts neither as found nor as a false positive
+            (LUNA16's exclusions); 0 counts every true lesion.
     """
 
     iou_threshold: float = 0.1
+    min_size: float = 0.0
     models: dict[str, dict[str, _ModelMatches]] = field(default_factory=dict)
     cases: list[str] = field(default_factory=list)
 
@@ -237,18 +241,32 @@ class BoxScoring:
         voxel_size: float,
     ) -> None:
         boxes, counts = truth
+        sizes = counts.astype(np.float64) * voxel_size
+        kept = sizes >= self.min_size
+        found = np.asarray(predicted, dtype=np.float64).reshape(-1, boxes.shape[1])
+        ignored_iou = box_iou_matrix(found, boxes[~kept])
         thresholds = sorted({self.iou_threshold, *MAP_IOUS})
-        per_iou = {
-            iou: match_boxes(
-                np.asarray(predicted, dtype=np.float64),
+        per_iou = {}
+        for iou in thresholds:
+            matches = match_boxes(
+                found,
                 np.asarray(scores, dtype=np.float64),
-                boxes,
+                boxes[kept],
                 iou_threshold=iou,
                 voxel_size=voxel_size,
-                true_sizes=[float(c) * voxel_size for c in counts],
+                true_sizes=sizes[kept].tolist(),
             )
-            for iou in thresholds
-        }
+            # a box on a true lesion too small to count is neither found nor false
+            per_iou[iou] = [
+                m
+                for m in matches
+                if not (
+                    m.kind == MatchKind.FP
+                    and m.predicted_id is not None
+                    and ignored_iou.shape[1]
+                    and ignored_iou[m.predicted_id - 1].max() >= iou
+                )
+            ]
         self.models.setdefault(model, {}).setdefault(label, _ModelMatches()).add(case, per_iou)
 
     def add_scan(
@@ -308,7 +326,33 @@ class BoxScoring:
         for model, per_label in sorted(self.models.items()):
             for label, matches in per_label.items():
                 out["results"].setdefault(label, {})[model] = self._figures(matches)
+        labels = {label for per_label in self.models.values() for label in per_label}
+        for label in sorted(labels):
+            if DETECTOR in self.models and SEGMENTATION in self.models:
+                out.setdefault("detector_minus_segmentation", {})[label] = self._paired(
+                    self.models[DETECTOR][label], self.models[SEGMENTATION][label]
+                )
         return out
+
+    def _paired(self, a: _ModelMatches, b: _ModelMatches) -> dict[str, Any]:
+        """``a`` minus ``b``: CPM, sensitivity at 1 FP and AP, with paired bootstrap
+        intervals (both models resampled with the same cases)."""
+        at = self.iou_threshold
+        left = [_case_arrays(a.by_case.get(c, {}).get(at, [])) for c in self.cases]
+        right = [_case_arrays(b.by_case.get(c, {}).get(at, [])) for c in self.cases]
+
+        def difference(indices: Sequence[int] | npt.NDArray[np.intp]) -> list[float]:
+            x = pooled_figures([left[i] for i in indices])
+            y = pooled_figures([right[i] for i in indices])
+            return [p - q for p, q in zip(x, y, strict=True)]
+
+        values = difference(range(len(self.cases)))
+        intervals = bootstrap_cases_ci(len(self.cases), difference) if self.cases else []
+        names = ["cpm", "sensitivity_at_1fp", "ap_0.1"]
+        return {
+            name: {"value": v, "ci_low": lo, "ci_high": hi}
+            for name, v, (lo, hi) in zip(names, values, intervals, strict=False)
+        }
 
     def _figures(self, matches: _ModelMatches) -> dict[str, Any]:
         cases = [matches.by_case.get(c, {}) for c in self.cases]

@@ -88,6 +88,8 @@ class EvaluateOptions:
             reported as problems (a predict folder holding more than the truth covers).
         boxes: Box-level figures (:mod:`~medres.evaluation.boxes`) of the segmented
             lesions even when no detector predicted the run (always when one did).
+        min_lesion_size: In the box-level figures, true lesions smaller than this (mm^3
+            in 3D, mm^2 in 2D) are left out and boxes on them are not false positives.
     """
 
     group_by: CaseGrouping | str = CaseGrouping.SCAN
@@ -99,6 +101,7 @@ class EvaluateOptions:
     data_root: str | None = None
     skip_missing_truth: bool = False
     boxes: bool = False
+    min_lesion_size: float = 0.0
 
     def __post_init__(self) -> None:
         if self.group_by not in {g.value for g in CaseGrouping}:
@@ -268,13 +271,15 @@ class _Scoring:
             for model, (_, found) in outputs.items()
         }
         grid = record.grid
+        three_d = len(grid.shape) == 3
         self.boxes.iou_threshold = self.options.iou_threshold
+        self.boxes.min_size = self.options.min_lesion_size / (1000.0 if three_d else 1.0)
         self.boxes.add_scan(
             case_id,
             _spatial(truth_map, len(grid.shape)),
             cfg.labels,
             cfg.lesion_indices,
-            voxel_size=grid.grid.voxel_measure / (1000.0 if len(grid.shape) == 3 else 1.0),
+            voxel_size=grid.grid.voxel_measure / (1000.0 if three_d else 1.0),
             lesions=lesions,
             detections=detections,
         )

@@ -8,7 +8,8 @@ boxes go back to the scan's grid through the two affines
 (:func:`~medres.inference.boxes.boxes_between_grids`). Then all views of all members are
 fused by weighted box fusion (:func:`~medres.inference.boxes.fuse_boxes`): a box's score
 is its cluster's summed score over the number of views, and the members that put a box
-in the cluster are its agreement.
+in the cluster are its agreement. Boxes too small to hold a lesion of the pipeline's
+``postprocessing.min_lesion_size`` are dropped, as segmented lesions of that size are.
 
 Example:
     >>> ensemble = DetectionEnsemble([ModelFolder.open("models/lgg_det")])  # doctest: +SKIP
@@ -32,6 +33,7 @@ from medres.inference.predictor import Ensemble
 from medres.io.grid import Grid
 from medres.io.volume import Volume
 from medres.models.folder import ModelFolder
+from medres.pipeline import PipelineConfig
 
 
 @dataclass
@@ -160,14 +162,14 @@ class DetectionEnsemble(Ensemble):
         if det is None:
             raise ModelError(f"{self.folders[0].path}: not a detection model")
         names = self.member_names
-        fused = _fuse_views(views, det.fusion_iou)
+        fused = _drop_small(_fuse_views(views, det.fusion_iou), grid, self.cfg)
         order = np.argsort(-fused.scores, kind="stable")
         members = [tuple(sorted({names[view_member[v]] for v in fused.members[i]})) for i in order]
         per_member: dict[str, FusedBoxes] = {}
         if keep_members:
             for m, name in enumerate(names):
                 own = [v for v, owner in zip(views, view_member, strict=True) if owner == m]
-                per_member[name] = _fuse_views(own, det.fusion_iou)
+                per_member[name] = _drop_small(_fuse_views(own, det.fusion_iou), grid, self.cfg)
         return DetectionPrediction(
             boxes=fused.boxes[order],
             scores=fused.scores[order],
@@ -178,6 +180,23 @@ class DetectionEnsemble(Ensemble):
             grid=grid,
             member_boxes=per_member,
         )
+
+
+def _drop_small(fused: FusedBoxes, grid: Grid, cfg: PipelineConfig) -> FusedBoxes:
+    """Boxes smaller than ``postprocessing.min_lesion_size`` (their whole box, mm^3 or
+    mm^2 on the scan grid) cannot hold a lesion of that size: dropped."""
+    minimum = cfg.postprocessing.min_lesion_size
+    if minimum <= 0 or not len(fused.scores):
+        return fused
+    dims = fused.boxes.shape[1] // 2
+    sizes = (fused.boxes[:, dims:] - fused.boxes[:, :dims]).prod(axis=1) * grid.voxel_measure
+    keep = np.flatnonzero(sizes >= minimum)
+    return FusedBoxes(
+        fused.boxes[keep],
+        fused.scores[keep],
+        fused.labels[keep],
+        tuple(fused.members[k] for k in keep),
+    )
 
 
 def _fuse_views(views: Sequence[DetectorView], iou: float) -> FusedBoxes:

@@ -41,12 +41,17 @@ INSTANCE_LABELS = "instance_labels"
 
 
 def lesion_instances(
-    label_map: npt.NDArray[np.integer], *, lesion_indices: Sequence[int], source: str = "case"
+    label_map: npt.NDArray[np.integer],
+    *,
+    lesion_indices: Sequence[int],
+    source: str = "case",
+    min_voxels: float = 0.0,
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
     """An instance map (``uint8`` ids ``1..n``) and the label index of each id.
 
     Components are face-connected (4 in 2D, 6 in 3D), numbered by label, then by their
-    first voxel.
+    first voxel. Components of fewer than ``min_voxels`` voxels are not lesions to find:
+    they become background.
 
     Raises:
         DatasetError: More than :data:`MAX_INSTANCES` lesions in one case.
@@ -65,7 +70,14 @@ def lesion_instances(
         components, n = cc3d.connected_components(
             np.ascontiguousarray(volume, dtype=np.uint8), connectivity=6, return_N=True
         )
-        components = components.reshape(mask.shape)
+        components = components.reshape(mask.shape).astype(np.int64)
+        if min_voxels > 0 and n:
+            sizes = np.bincount(components.ravel(), minlength=n + 1)
+            kept = np.flatnonzero(sizes[1:] >= min_voxels) + 1
+            renumber = np.zeros(n + 1, np.int64)
+            renumber[kept] = np.arange(1, kept.size + 1)
+            components, n = renumber[components], int(kept.size)
+            mask = components > 0
         if count + n > MAX_INSTANCES:
             raise DatasetError(
                 f"{source}: more than {MAX_INSTANCES} separate lesions in one case; a "
@@ -141,9 +153,14 @@ class InstanceLabelsd:
     Deterministic, so ``CacheDataset`` caches it.
     """
 
-    def __init__(self, lesion_indices: Sequence[int], *, key: str = "label") -> None:
+    def __init__(
+        self, lesion_indices: Sequence[int], *, key: str = "label", min_size: float = 0.0
+    ) -> None:
+        """``min_size``: smallest lesion to find, mm^3 (3D) or mm^2 (2D) on the label's grid
+        (the pipeline's ``postprocessing.min_lesion_size``); smaller ones become background."""
         self.lesion_indices = tuple(lesion_indices)
         self.key = key
+        self.min_size = float(min_size)
 
     def __call__(self, record: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         out = dict(record)
@@ -152,7 +169,14 @@ class InstanceLabelsd:
         label = record[self.key]
         array = np.asarray(label.array if hasattr(label, "array") else label)
         source = str(record.get("case_id") or record.get(self.key + "_path") or "case")
-        ids, labels = lesion_instances(array[0], lesion_indices=self.lesion_indices, source=source)
+        min_voxels = 0.0
+        if self.min_size > 0 and hasattr(label, "affine"):
+            dims = array.ndim - 1
+            affine = np.asarray(label.affine, dtype=np.float64)
+            min_voxels = self.min_size / abs(float(np.linalg.det(affine[:dims, :dims])))
+        ids, labels = lesion_instances(
+            array[0], lesion_indices=self.lesion_indices, source=source, min_voxels=min_voxels
+        )
         if hasattr(label, "affine"):  # a MetaTensor: keep its affine and meta
             from monai.data import MetaTensor
 

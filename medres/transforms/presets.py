@@ -318,7 +318,9 @@ def preprocessing_transforms(cfg: PipelineConfig, *, with_label: bool = True) ->
     if with_label and cfg.is_detection:  # one id per lesion, boxes taken after augmentation
         from medres.transforms.instances import InstanceLabelsd
 
-        steps.append(InstanceLabelsd(cfg.lesion_indices))
+        steps.append(
+            InstanceLabelsd(cfg.lesion_indices, min_size=cfg.postprocessing.min_lesion_size)
+        )
     return steps
 
 

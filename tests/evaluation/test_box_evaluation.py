@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from medres.cli.app import app
 from medres.evaluation.boxes import (
+    BoxScoring,
     _case_arrays,
     average_precision,
     match_boxes,
@@ -24,6 +25,7 @@ from medres.inference import detector as detector_module
 from medres.predictions.detections import DetectionsRecord
 from medres.predictions.layout import ScanFolder
 from medres.predictions.records import ScanRecord
+from medres.transforms.instances import lesion_instances
 from tests.conftest import REPO, SAMPLE_DATA
 from tests.inference.test_detection_geometry import _model_folder, _oracle
 
@@ -64,6 +66,26 @@ def test_the_bootstrap_figures_equal_the_reference_ones() -> None:
     fps, sens, _ = froc(pooled, len(cases))
     score, at = cpm(fps, sens)
     assert pooled_figures(arrays) == pytest.approx([score, at[3], average_precision(pooled)])
+
+
+def test_small_true_lesions_can_be_left_out_without_making_false_positives() -> None:
+    truth = np.zeros((40, 40), np.uint8)
+    truth[2:12, 2:12] = 1  # 100 mm^2
+    truth[30:32, 30:32] = 1  # 4 mm^2, a speck
+    found = [[2.0, 2.0, 12.0, 12.0], [30.0, 30.0, 32.0, 32.0]]
+    for min_size, kinds in ((0.0, ["tp", "tp"]), (10.0, ["tp"])):
+        scoring = BoxScoring(min_size=min_size)
+        scoring._add("m", "lesion", "c", found, [0.9, 0.8], truth_boxes(truth, 1), 1.0)
+        matches = scoring.models["m"]["lesion"].by_case["c"][0.1]
+        assert [str(m.kind) for m in matches] == kinds  # the speck's box: neither TP nor FP
+
+
+def test_instances_smaller_than_the_minimum_are_not_lesions_to_find() -> None:
+    label = np.zeros((20, 20), np.uint8)
+    label[1:6, 1:6] = 1
+    label[15, 15] = 1
+    ids, per_id = lesion_instances(label, lesion_indices=[1], min_voxels=4)
+    assert int(ids.max()) == 1 and ids[15, 15] == 0 and per_id[1] == 1
 
 
 def test_truth_boxes_and_sizes_from_a_mask() -> None:
@@ -133,4 +155,8 @@ def test_evaluate_scores_the_detector_beside_the_segmentation(
     assert oracle["sensitivity_at_fp"]["0.5"] == 1.0 and oracle["ap_0.1"] > 0.7
     assert oracle["map_0.1_0.5"] == pytest.approx(oracle["ap_0.1"])  # exact boxes: IoU 1
     assert 0.0 <= figures["segmentation"]["cpm"] <= 1.0
+    paired = summary["boxes"]["detector_minus_segmentation"]["lesion"]["cpm"]
+    assert paired["value"] == pytest.approx(oracle["cpm"] - figures["segmentation"]["cpm"])
+    assert paired["ci_low"] <= paired["value"] <= paired["ci_high"]
+    assert "detector minus segmentation, CPM" in evaluated.output
     assert summary["results"]["lesion"]["ensemble"]["segmentation"]["dice"]["mean"] > 0.5
