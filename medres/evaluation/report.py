@@ -100,6 +100,33 @@ def _reliability_figure(label: str, calibrated: dict[str, Any]) -> Any:
     return figure
 
 
+def _box_froc_figure(label: str, by_model: dict[str, Any]) -> Any:
+    """Box-level FROC of every model (ensembles thicker, members dashed)."""
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5.5, 4))
+    for model, entry in by_model.items():
+        curve = entry["froc"]
+        member = "/" in model
+        axis.step(
+            curve["fp_per_case"],
+            curve["sensitivity"],
+            where="post",
+            label=f"{model} (CPM {entry['cpm']:.2f})",
+            linewidth=1.0 if member else 2.2,
+            linestyle="--" if member else "-",
+        )
+    axis.set_xscale("symlog", linthresh=0.125)
+    axis.set_xlim(0, 16)
+    axis.set_xlabel("false positives per case")
+    axis.set_ylabel("lesion sensitivity (boxes)")
+    axis.set_ylim(0, 1.02)
+    axis.set_title(f"FROC of boxes: {label}")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="lower right")
+    return figure
+
+
 def write_plots(out: Path, summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> list[str]:
     """Write the PNG plots into ``out``; returns their file names.
 
@@ -117,6 +144,10 @@ def write_plots(out: Path, summary: dict[str, Any], rows: Sequence[dict[str, Any
     matplotlib.use("Agg")
 
     written: list[str] = []
+    for label, by_model in summary.get("boxes", {}).get("results", {}).items():
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
+        figure = _box_froc_figure(label, by_model)
+        written.append(_save_png(out, f"froc_boxes_{safe}.png", figure))
     for label, by_model in summary["results"].items():
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
         written.append(_save_png(out, f"froc_{safe}.png", _froc_figure(label, by_model)))
@@ -183,6 +214,23 @@ Means with 95&nbsp;% bootstrap confidence intervals over cases. Research use onl
 <td>{{ fmt(d.sensitivity) }} <span class="ci">({{ d.detected }}/{{ d.true_lesions }})</span></td>
 {% endfor %}</tr>{% endfor %}</table>
 {% endfor %}
+{% if boxes %}
+<h2>Boxes: IoU &ge; {{ boxes.iou_threshold }}, false positives per case over {{ boxes.n_cases }} case(s)</h2>
+<p>Detectors' boxes (detections.json) and the bounding boxes of segmented lesions, each matched to the true lesions' boxes the same way.</p>
+{% for label, by_model in boxes.results.items() %}
+<h3>{{ label }}</h3>
+<table><tr><th>model</th><th>CPM</th><th>sensitivity at 1 FP</th><th>AP at IoU 0.1</th><th>mAP 0.1-0.5</th><th>true</th><th>boxes</th>
+{% for b in size_bins %}<th>{{ b }}</th>{% endfor %}</tr>
+{% for model, e in by_model.items() %}<tr class="{{ 'ensemble' if '/' not in model else '' }}"><td>{{ model }}</td>
+{% for m in ['cpm', 'sensitivity_at_1fp', 'ap_0.1'] %}<td>{{ fmt(e[m]) }} <span class="ci">[{{ fmt(e.ci[m][0]) }}, {{ fmt(e.ci[m][1]) }}]</span></td>{% endfor %}
+<td>{{ fmt(e['map_0.1_0.5']) }}</td><td>{{ e.true_lesions }}</td><td>{{ e.predicted }}</td>
+{% for b in size_bins %}{% set d = e.by_size[b] %}<td>{{ fmt(d.sensitivity) }} <span class="ci">({{ d.detected }}/{{ d.true_lesions }})</span></td>{% endfor %}
+</tr>{% endfor %}</table>
+{% set paired = boxes.get('detector_minus_segmentation', {}).get(label) %}
+{% if paired %}<p>Detector minus segmentation (paired bootstrap over cases):
+{% for m, d in paired.items() %}{{ m }} {{ fmt(d.value) }} <span class="ci">[{{ fmt(d.ci_low) }}, {{ fmt(d.ci_high) }}]</span>{% if not loop.last %}; {% endif %}{% endfor %}</p>{% endif %}
+{% endfor %}
+{% endif %}
 <h2>Plots</h2>
 {% for plot in plots %}<img src="{{ plot }}" alt="{{ plot }}">{% endfor %}
 {% if failed %}<h2>Cases not scored</h2>
@@ -228,6 +276,7 @@ def write_html(
         seconds=summary["seconds"],
         predictions=summary["predictions"],
         truth=summary["truth"],
+        boxes=summary.get("boxes"),
     )
     return write_text_atomic(out / "evaluation.html", page)
 
