@@ -472,7 +472,8 @@ class _MemberTrainer:
         val_dice, per_group = self.ctx.broadcast(score)
         tag = "val/cpm" if self.cfg.is_detection else "val/dice"
         self.scalars.add(tag, val_dice, state.iteration)
-        if state.best_dice is None or val_dice > state.best_dice:
+        tie = self.cfg.is_detection and val_dice == state.best_dice  # CPM ties: later wins
+        if state.best_dice is None or val_dice > state.best_dice or tie:
             state.best_dice, state.best_epoch = val_dice, state.epoch
             state.best_per_group = per_group
             if self.ctx.is_main:
