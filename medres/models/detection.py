@@ -232,7 +232,7 @@ def build_detector(
     atss_candidates: int = 4,
     negatives_per_image: int = 64,
     positive_fraction: float = 0.3,
-    box_loss: str = "giou",
+    box_loss: str = "smooth_l1",
     score_threshold: float = 0.05,
     nms_iou: float = 0.2,
     detections_per_image: int = 32,
@@ -253,8 +253,9 @@ def build_detector(
         atss_candidates: ATSS candidates per level and truth box.
         negatives_per_image: Anchors sampled per image for the classification loss.
         positive_fraction: Share of positives among them.
-        box_loss: ``giou`` (generalised IoU of the decoded boxes, MONAI's BoxGIoULoss) or
-            ``smooth_l1`` (of the encoded offsets).
+        box_loss: ``smooth_l1`` (of the encoded offsets, MONAI's default set-up) or
+            ``giou`` (generalised IoU of the decoded boxes, MONAI's BoxGIoULoss; it can stall
+            from a random start in 3D, where decoded boxes blow up to the whole image).
         score_threshold: Detections below this score are dropped.
         nms_iou: Boxes overlapping a better one by more than this IoU are dropped.
         detections_per_image: At most this many detections per image.

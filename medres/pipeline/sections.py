@@ -296,7 +296,8 @@ class DetectionConfig(_Strict):
         negatives_per_image: Anchors sampled per image for the classification loss (hard
             negatives first).
         positive_fraction: Share of matched anchors among them.
-        box_loss: Box regression loss.
+        box_loss: Box regression loss: ``smooth_l1`` of the encoded offsets (robust from a
+            random start) or ``giou`` of the decoded boxes.
         score_threshold: Detections scoring below this are dropped (FROC needs low
             scores: keep it small).
         nms_iou: Boxes overlapping a better one by more than this IoU are dropped.
@@ -313,7 +314,7 @@ class DetectionConfig(_Strict):
     atss_candidates: int = Field(default=4, ge=1, le=64)
     negatives_per_image: int = Field(default=64, ge=1, le=4096)
     positive_fraction: float = Field(default=0.3, gt=0, lt=1)
-    box_loss: BoxLoss = BoxLoss.GIOU
+    box_loss: BoxLoss = BoxLoss.SMOOTH_L1
     score_threshold: float = Field(default=0.05, ge=0, lt=1)
     nms_iou: float = Field(default=0.2, gt=0, le=1)
     detections_per_image: int = Field(default=32, ge=1, le=1000)

@@ -14,8 +14,9 @@ from medres.errors import ConfigError
 from medres.models.detection import BOX_KEY, LABEL_KEY, build_detector
 
 CASES = [
-    (2, (64, 80), [10, 12, 30, 28]),
-    (3, (48, 40, 24), [8, 10, 4, 24, 26, 14]),
+    (2, (64, 80), [10, 12, 30, 28], "smooth_l1"),
+    (2, (64, 80), [10, 12, 30, 28], "giou"),
+    (3, (48, 40, 24), [8, 10, 4, 24, 26, 14], "smooth_l1"),
 ]
 
 
@@ -27,12 +28,16 @@ def _image_with_box(shape: tuple[int, ...], box: list[int]) -> torch.Tensor:
     return image
 
 
-@pytest.mark.parametrize(("dims", "shape", "box"), CASES, ids=["2d_64x80", "3d_48x40x24"])
+@pytest.mark.parametrize(
+    ("dims", "shape", "box", "box_loss"),
+    CASES,
+    ids=["2d_64x80", "2d_64x80_giou", "3d_48x40x24"],
+)
 def test_detector_learns_one_lesion_and_finds_its_box(
-    dims: int, shape: tuple[int, ...], box: list[int]
+    dims: int, shape: tuple[int, ...], box: list[int], box_loss: str
 ) -> None:
     torch.manual_seed(0)
-    detector = build_detector(dims=dims, in_channels=1, n_classes=1)
+    detector = build_detector(dims=dims, in_channels=1, n_classes=1, box_loss=box_loss)
     image = _image_with_box(shape, box)
     truth = torch.tensor([box], dtype=torch.float32)
     targets = [{BOX_KEY: truth, LABEL_KEY: torch.tensor([0])}]
