@@ -100,40 +100,65 @@ def key_images(
     shown = display_channel(volume.array, channel_names or ())
     modality = volume.modality or ("CT" if _ct_window(cfg) else "")
     shown = window(shown, modality=modality, ct_window=_ct_window(cfg))
-    images: list[tuple[str, bytes]] = []
     labels = labels.reshape(shown.shape)
     if shown.ndim == 2:
-        view = image_view(shown, labels, volume.spacing_mm)
-        marks = [
-            {
-                "lesion_id": x.lesion_id,
-                "row": round(x.center_ijk[1]),
-                "column": round(x.center_ijk[0]),
-            }
-            for x in lesions
-        ]
-        drawn = _boxes_2d(boxes)
-        images.append(("overview.png", render(view, lesions=marks, boxes=drawn, size_inches=5.5)))
-        for lesion in lesions[:MAX_KEY_IMAGES]:
-            row, column = round(lesion.center_ijk[1]), round(lesion.center_ijk[0])
-            crop = lesion_crop(
-                view, row, column, half_mm=max(lesion.longest_axial_diameter_mm, 15.0)
-            )
-            mark = [{"lesion_id": lesion.lesion_id, "row": row, "column": column}]
-            image = render(view, lesions=mark, boxes=drawn, crop=crop)
-            images.append((f"lesion_{lesion.lesion_id:02d}.png", image))
-        for box in [] if lesions else boxes[:MAX_KEY_IMAGES]:
-            i0, j0, i1, j1 = box.box_ijk
-            half = max((i1 - i0) * view.column_mm, (j1 - j0) * view.row_mm, 30.0)
-            crop = lesion_crop(view, round((j0 + j1) / 2), round((i0 + i1) / 2), half_mm=half)
-            image = render(view, boxes=_boxes_2d([box]), crop=crop)
-            images.append((f"box_{box.box_id:02d}.png", image))
+        images = _images_2d(shown, labels, volume, lesions, boxes)
         note = "2D image shown as stored (first row at the top)."
         if volume.source.kind is ScanKind.IMAGE2D:
             note += (
                 " Image files carry no pixel spacing: sizes and the scale bar assume 1 mm pixels."
             )
         return images, note
+    note = (
+        "Radiological convention: patient right on the image left; axial views anterior "
+        "at the top; coronal and sagittal views superior at the top."
+    )
+    return _images_3d(shown, labels, volume, lesions, boxes), note
+
+
+def _images_2d(
+    shown: npt.NDArray[np.floating],
+    labels: npt.NDArray[np.uint8],
+    volume: Volume,
+    lesions: Sequence[Lesion],
+    boxes: Sequence[DetectionBox],
+) -> list[tuple[str, bytes]]:
+    """Overview, per-lesion and per-box PNGs of a 2D image."""
+    images: list[tuple[str, bytes]] = []
+    view = image_view(shown, labels, volume.spacing_mm)
+    marks = [
+        {"lesion_id": x.lesion_id, "row": round(x.center_ijk[1]), "column": round(x.center_ijk[0])}
+        for x in lesions
+    ]
+    drawn = _boxes_2d(boxes)
+    images.append(("overview.png", render(view, lesions=marks, boxes=drawn, size_inches=5.5)))
+    for lesion in lesions[:MAX_KEY_IMAGES]:
+        row, column = round(lesion.center_ijk[1]), round(lesion.center_ijk[0])
+        crop = lesion_crop(view, row, column, half_mm=max(lesion.longest_axial_diameter_mm, 15.0))
+        mark = [{"lesion_id": lesion.lesion_id, "row": row, "column": column}]
+        image = render(view, lesions=mark, boxes=drawn, crop=crop)
+        images.append((f"lesion_{lesion.lesion_id:02d}.png", image))
+    for box in [] if lesions else boxes[:MAX_KEY_IMAGES]:
+        i0, j0, i1, j1 = box.box_ijk
+        half = max((i1 - i0) * view.column_mm, (j1 - j0) * view.row_mm, 30.0)
+        crop = lesion_crop(view, round((j0 + j1) / 2), round((i0 + i1) / 2), half_mm=half)
+        image = render(view, boxes=_boxes_2d([box]), crop=crop)
+        images.append((f"box_{box.box_id:02d}.png", image))
+    return images
+
+
+def _images_3d(
+    shown: npt.NDArray[np.floating],
+    labels: npt.NDArray[np.uint8],
+    volume: Volume,
+    lesions: Sequence[Lesion],
+    boxes: Sequence[DetectionBox],
+) -> list[tuple[str, bytes]]:
+    """Orthogonal overviews, per-lesion and per-box axial PNGs of a volume.
+
+    Long: the three kinds of image share the RAS-turned arrays and the box mapping.
+    """
+    images: list[tuple[str, bytes]] = []
     # turned to RAS once (flips and transposes: views, no copies); every view reads it
     img_ras, ras_affine = to_ras(shown, volume.affine)
     lab_ras, _ = to_ras(labels, volume.affine)
@@ -180,11 +205,7 @@ def key_images(
         half = max(box.size_mm[:2]) if box.size_mm else 20.0
         crop = lesion_crop(view, row, column, half_mm=max(half, 20.0))
         images.append((f"box_{box.box_id:02d}.png", render(view, boxes=drawn, crop=crop)))
-    note = (
-        "Radiological convention: patient right on the image left; axial views anterior "
-        "at the top; coronal and sagittal views superior at the top."
-    )
-    return images, note
+    return images
 
 
 def _mark(

@@ -16,7 +16,7 @@ SMALL = {
 
 
 def test_registry_names() -> None:
-    assert model_names() == ["res_unet", "resenc_unet", "segresnet"]
+    assert model_names() == ["res_unet", "resenc_unet", "retinanet", "segresnet"]
 
 
 @pytest.mark.parametrize("dims", [2, 3], ids=["2d", "3d"])
