@@ -38,7 +38,7 @@ from medres.evaluation.detection import (
     sized_match,
 )
 from medres.evaluation.statistics import bootstrap_cases_ci
-from medres.inference.boxes import box_iou_matrix
+from medres.inference.boxes import box_iou_matrix, label_boxes
 from medres.predictions.detections import DetectionsRecord
 from medres.predictions.records import Lesion
 
@@ -177,27 +177,12 @@ def truth_boxes(
     truth_map: npt.NDArray[np.integer], label_index: int
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
     """The true lesions of one label: corner boxes ``(M, 2 * dims)`` and voxel counts."""
-    import cc3d
-
-    mask = np.asarray(truth_map) == label_index
-    dims = mask.ndim
-    if not mask.any():
-        return np.zeros((0, 2 * dims)), np.zeros(0, np.int64)
-    volume = mask if dims == 3 else mask[..., None]
-    components = cc3d.connected_components(volume.astype(np.uint8), connectivity=6)
-    stats = cc3d.statistics(components)
-    boxes = [
-        [float(s.start) for s in box[:dims]] + [float(s.stop) for s in box[:dims]]
-        for box in stats["bounding_boxes"][1:]
-    ]
-    return np.asarray(boxes, dtype=np.float64), np.asarray(stats["voxel_counts"][1:], np.int64)
+    return label_boxes(truth_map, label_index)
 
 
 def _lesion_boxes(lesions: Sequence[Lesion], label: str) -> tuple[list[list[float]], list[float]]:
     found = [x for x in lesions if x.label == label]
-    boxes = [
-        [float(a) for a, _ in x.bbox_ijk] + [float(b) + 1 for _, b in x.bbox_ijk] for x in found
-    ]
+    boxes = [x.corner_box for x in found]
     scores = [float(x.max_probability if x.max_probability is not None else 1.0) for x in found]
     return boxes, scores
 
@@ -376,7 +361,7 @@ class BoxScoring:
             "cpm": score,
             "sensitivity_at_fp": dict(zip([str(r) for r in CPM_FP_RATES], by_rate, strict=True)),
             "sensitivity_at_1fp": by_rate[CPM_FP_RATES.index(1.0)],
-            "ap_0.1": average_precision(pooled) if at == 0.1 else aps[0.1],
+            "ap_0.1": aps[0.1],
             "map_0.1_0.5": float(np.nanmean(list(aps.values()))) if n_true else float("nan"),
             "ap_by_iou": {str(k): v for k, v in aps.items()},
             "true_lesions": n_true,

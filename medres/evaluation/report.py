@@ -33,29 +33,43 @@ def _save_png(out: Path, name: str, figure: Any) -> str:
     return name
 
 
-def _froc_figure(label: str, by_model: dict[str, Any]) -> Any:
-    """FROC curve of every model (the ensemble drawn thicker)."""
+def _froc_plot(title: str, ylabel: str, curves: list[tuple[str, dict[str, Any], bool]]) -> Any:
+    """FROC curves ``(name, curve, bold)`` on one figure: ``curve`` holds ``fp_per_case``
+    and ``sensitivity`` (and ``dashed``: draw a thin curve dashed); bold ones (ensembles)
+    are drawn thicker."""
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(5.5, 4))
-    for model, entry in by_model.items():
-        curve = entry["froc"]
-        cpm_value = entry["detection"]["cpm"]["value"]
+    for name, curve, bold in curves:
         axis.step(
             curve["fp_per_case"],
             curve["sensitivity"],
             where="post",
-            label=f"{model} (CPM {cpm_value:.2f})",
-            linewidth=2.2 if model == "ensemble" else 1.2,
+            label=name,
+            linewidth=2.2 if bold else 1.2,
+            linestyle="-" if bold or not curve.get("dashed") else "--",
         )
     axis.set_xscale("symlog", linthresh=0.125)
     axis.set_xlabel("false positives per case")
-    axis.set_ylabel("lesion sensitivity")
+    axis.set_ylabel(ylabel)
     axis.set_ylim(0, 1.02)
-    axis.set_title(f"FROC: {label}")
+    axis.set_title(title)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8, loc="lower right")
+    axis.legend(fontsize=7 if len(curves) > 4 else 8, loc="lower right")
     return figure
+
+
+def _froc_figure(label: str, by_model: dict[str, Any]) -> Any:
+    """FROC curve of every model (the ensemble drawn thicker)."""
+    curves = [
+        (
+            f"{model} (CPM {entry['detection']['cpm']['value']:.2f})",
+            entry["froc"],
+            model == "ensemble",
+        )
+        for model, entry in by_model.items()
+    ]
+    return _froc_plot(f"FROC: {label}", "lesion sensitivity", curves)
 
 
 def _cases_figure(label: str, by_model: dict[str, Any], rows: Sequence[dict[str, Any]]) -> Any:
@@ -102,29 +116,11 @@ def _reliability_figure(label: str, calibrated: dict[str, Any]) -> Any:
 
 def _box_froc_figure(label: str, by_model: dict[str, Any]) -> Any:
     """Box-level FROC of every model (ensembles thicker, members dashed)."""
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(5.5, 4))
-    for model, entry in by_model.items():
-        curve = entry["froc"]
-        member = "/" in model
-        axis.step(
-            curve["fp_per_case"],
-            curve["sensitivity"],
-            where="post",
-            label=f"{model} (CPM {entry['cpm']:.2f})",
-            linewidth=1.0 if member else 2.2,
-            linestyle="--" if member else "-",
-        )
-    axis.set_xscale("symlog", linthresh=0.125)
-    axis.set_xlim(0, 16)
-    axis.set_xlabel("false positives per case")
-    axis.set_ylabel("lesion sensitivity (boxes)")
-    axis.set_ylim(0, 1.02)
-    axis.set_title(f"FROC of boxes: {label}")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7, loc="lower right")
-    return figure
+    curves = [
+        (f"{model} (CPM {entry['cpm']:.2f})", {**entry["froc"], "dashed": True}, "/" not in model)
+        for model, entry in by_model.items()
+    ]
+    return _froc_plot(f"FROC of boxes: {label}", "lesion sensitivity (boxes)", curves)
 
 
 def write_plots(out: Path, summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> list[str]:

@@ -217,7 +217,7 @@ class _Scoring:
             self.spacing_of_case.get(case_id, 0.0), max(grid.spacing_mm)
         )
         self.scored_scans += 1
-        segmented = scan_dir.seg.is_file() or not scan_dir.detections_json.is_file()
+        segmented = record.segmented
         outputs = _model_outputs(scan_dir, record, members=self.options.members)
         self._score_boxes(scan_dir, record, case_id, truth_map, cfg, outputs if segmented else {})
         for model, (model_dir, model_lesions) in outputs.items() if segmented else []:

@@ -27,6 +27,28 @@ from medres.errors import ConfigError
 from medres.io.grid import boxes_between_grids
 
 
+def label_boxes(
+    label_map: npt.NDArray[np.integer], label: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    """The face-connected components of one label: corner boxes ``(M, 2 * dims)`` and
+    their voxel counts, in the order of each component's first voxel."""
+    import cc3d
+
+    mask = np.asarray(label_map) == label
+    dims = mask.ndim
+    if not mask.any():
+        return np.zeros((0, 2 * dims)), np.zeros(0, np.int64)
+    volume = mask if dims == 3 else mask[..., None]
+    components = cc3d.connected_components(volume.astype(np.uint8), connectivity=6)
+    stats = cc3d.statistics(components)
+    boxes = [
+        [float(s.start) for s in box[:dims]] + [float(s.stop) for s in box[:dims]]
+        for box in stats["bounding_boxes"][1:]
+    ]
+    counts = np.asarray(stats["voxel_counts"][1:], np.int64)
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 2 * dims), counts
+
+
 def boxes_from_label_map(
     label_map: npt.NDArray[np.integer], *, labels: Sequence[int]
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
@@ -42,22 +64,10 @@ def boxes_from_label_map(
         ``boxes (N, 2 * dims)`` in voxel corners (see the module docstring) and their
         ``labels (N,)``, ordered by label, then by the component's first voxel.
     """
-    import cc3d
-
     dims = label_map.ndim
-    boxes: list[list[float]] = []
-    found: list[int] = []
-    for label in labels:
-        mask = np.asarray(label_map == label)
-        if not mask.any():
-            continue
-        volume = mask if dims == 3 else mask[..., None]
-        components = cc3d.connected_components(volume.astype(np.uint8), connectivity=6)
-        for stats in cc3d.statistics(components)["bounding_boxes"][1:]:
-            start = [float(s.start) for s in stats[:dims]]
-            stop = [float(s.stop) for s in stats[:dims]]
-            boxes.append(start + stop)
-            found.append(int(label))
+    per_label = [(label, label_boxes(label_map, label)[0]) for label in labels]
+    boxes = [box for _, found in per_label for box in found]
+    found = [int(label) for label, boxes_of in per_label for _ in boxes_of]
     return (
         np.asarray(boxes, dtype=np.float64).reshape(-1, 2 * dims),
         np.asarray(found, dtype=np.int64),
@@ -225,4 +235,5 @@ __all__ = [
     "boxes_from_label_map",
     "boxes_to_ras_mm",
     "fuse_boxes",
+    "label_boxes",
 ]

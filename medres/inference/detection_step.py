@@ -103,11 +103,6 @@ def detections_record(
     )
 
 
-def lesion_corner_box(lesion: Lesion) -> list[float]:
-    """A lesion's inclusive voxel bounding box as a corner box ``[first, last + 1)``."""
-    return [float(a) for a, _ in lesion.bbox_ijk] + [float(b) + 1.0 for _, b in lesion.bbox_ijk]
-
-
 def link_lesions(
     record: DetectionsRecord, lesions: Sequence[Lesion], *, match_iou: float
 ) -> tuple[DetectionsRecord, list[Lesion]]:
@@ -118,7 +113,7 @@ def link_lesions(
     """
     if not lesions or not record.boxes:
         return record, list(lesions)
-    truth = np.asarray([lesion_corner_box(x) for x in lesions])
+    truth = np.asarray([x.corner_box for x in lesions])
     found = np.asarray([b.box_ijk for b in record.boxes])
     if truth.shape[1] != found.shape[1]:
         return record, list(lesions)
@@ -195,6 +190,5 @@ def detection_scan_record(
 __all__ = [
     "detection_scan_record",
     "detections_record",
-    "lesion_corner_box",
     "link_lesions",
 ]

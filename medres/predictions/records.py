@@ -104,6 +104,12 @@ class Lesion(Record):
     detection_box_id: int | None = None
 
     @property
+    def corner_box(self) -> list[float]:
+        """``bbox_ijk`` as a voxel-corner box ``[first..., last + 1...]`` (MONAI's
+        detection convention, as ``detections.json``'s ``box_ijk``)."""
+        return [float(a) for a, _ in self.bbox_ijk] + [float(b) + 1.0 for _, b in self.bbox_ijk]
+
+    @property
     def size_mm3(self) -> float | None:
         """Volume in mm^3 (3D lesions), else ``None``."""
         return None if self.volume_ml is None else self.volume_ml * 1000.0
@@ -240,6 +246,14 @@ class ScanRecord(Record):
     def write(self, folder: ScanFolder) -> Path:
         """Write ``lesions.json`` atomically."""
         return write_text_atomic(folder.lesions_json, compact_json(self.model_dump(mode="json")))
+
+    @property
+    def segmented(self) -> bool:
+        """A segmentation model predicted the scan (``seg.nii.gz``); False when only a
+        detector did (its ensemble mode is ``box fusion``)."""
+        from medres.predictions.detections import BOX_FUSION
+
+        return self.ensemble.mode != BOX_FUSION
 
     @property
     def three_d(self) -> bool:

@@ -33,7 +33,6 @@ from medres.io.grid import (
     squeeze_single_slice_volume,
 )
 from medres.io.volume import ScanKind
-from medres.predictions.detections import BOX_FUSION
 from medres.predictions.layout import RunFolder, ScanFolder
 from medres.predictions.records import ModelProvenance, read_summary
 from medres.report.html import NOTICE, index_page, scan_page
@@ -66,7 +65,7 @@ def _dicom_objects(scan: ScanPrediction, result: ScanReport) -> str:
     if problem is not None:
         result.dicom_export = f"skipped: {problem}"
         return f"DICOM SEG/SR {result.dicom_export}."
-    segmented = scan.record.ensemble.mode != BOX_FUSION
+    segmented = scan.record.segmented
     boxes = scan.detections.reported_boxes if scan.detections is not None else []
     try:
         seg = None

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medres._version import __version__
-from medres.predictions.detections import BOX_FUSION, DetectionsRecord
+from medres.predictions.detections import DetectionsRecord
 from medres.predictions.records import Lesion, ModelProvenance, ScanRecord
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ def scan_page(
             ],
             detections=detections,
             max_boxes=MAX_LISTED_BOXES,
-            segmented=record.ensemble.mode != BOX_FUSION,
+            segmented=record.segmented,
             orientation_note=orientation_note,
             dicom_note=dicom_note,
             fmt=_fmt,

@@ -25,7 +25,7 @@ from medres.inference.scan_step import ScanPrediction
 from medres.io import discover
 from medres.io.nifti import read_nifti
 from medres.pipeline import PipelineConfig
-from medres.predictions.detections import BOX_FUSION, DetectionsRecord
+from medres.predictions.detections import DetectionsRecord
 from medres.predictions.layout import RunFolder, ScanFolder
 from medres.predictions.records import RunRecord, ScanRecord
 from medres.report.build import ScanReport, report_scan, write_index
@@ -80,7 +80,7 @@ def _scan_prediction(
     detections = None
     if folder.detections_json.is_file():
         detections = DetectionsRecord.read(folder)
-    if record.ensemble.mode == BOX_FUSION:  # only a detector predicted it: no mask
+    if not record.segmented:  # only a detector predicted it: no mask
         empty = np.zeros(volume.spatial_shape, np.uint8)
         return ScanPrediction(folder, volume, empty, record, cfg, detections)
     labels = read_nifti(folder.seg).array[0]
