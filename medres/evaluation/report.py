@@ -33,7 +33,13 @@ def _save_png(out: Path, name: str, figure: Any) -> str:
     return name
 
 
-def _froc_plot(title: str, ylabel: str, curves: list[tuple[str, dict[str, Any], bool]]) -> Any:
+def _froc_plot(
+    title: str,
+    ylabel: str,
+    curves: list[tuple[str, dict[str, Any], bool]],
+    *,
+    max_fp: float | None = None,
+) -> Any:
     """FROC curves ``(name, curve, bold)`` on one figure: ``curve`` holds ``fp_per_case``
     and ``sensitivity`` (and ``dashed``: draw a thin curve dashed); bold ones (ensembles)
     are drawn thicker."""
@@ -50,6 +56,8 @@ def _froc_plot(title: str, ylabel: str, curves: list[tuple[str, dict[str, Any], 
             linestyle="-" if bold or not curve.get("dashed") else "--",
         )
     axis.set_xscale("symlog", linthresh=0.125)
+    if max_fp is not None:  # a detector's low-score tail runs to thousands of FPs
+        axis.set_xlim(0, max_fp)
     axis.set_xlabel("false positives per case")
     axis.set_ylabel(ylabel)
     axis.set_ylim(0, 1.02)
@@ -120,7 +128,7 @@ def _box_froc_figure(label: str, by_model: dict[str, Any]) -> Any:
         (f"{model} (CPM {entry['cpm']:.2f})", {**entry["froc"], "dashed": True}, "/" not in model)
         for model, entry in by_model.items()
     ]
-    return _froc_plot(f"FROC of boxes: {label}", "lesion sensitivity (boxes)", curves)
+    return _froc_plot(f"FROC of boxes: {label}", "lesion sensitivity (boxes)", curves, max_fp=16)
 
 
 def write_plots(out: Path, summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> list[str]:
