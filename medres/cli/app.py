@@ -56,13 +56,24 @@ def main_options(
 
 
 def _register() -> None:
-    from medres.cli import convert, demo, doctor, evaluate, inspect, predict, report, train
+    from medres.cli import (
+        convert,
+        demo,
+        doctor,
+        evaluate,
+        export,
+        inspect,
+        predict,
+        report,
+        train,
+    )
 
     app.command("inspect")(inspect.inspect_command)
     app.command("convert")(convert.convert_command)
     app.command("train")(train.train_command)
     app.command("predict")(predict.predict_command)
     app.command("evaluate")(evaluate.evaluate_command)
+    app.command("export")(export.export_command)
     app.command("report")(report.report_command)
     app.command("demo")(demo.demo_command)
     app.command("doctor")(doctor.doctor_command)

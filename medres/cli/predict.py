@@ -57,6 +57,14 @@ def predict_command(
         ),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    runtime: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="What runs the segmentation networks: auto (the fastest the model folders "
+            "hold, see medres export), torch, onnx, openvino, onnx-int8 or openvino-int8.",
+        ),
+    ] = "auto",
     members: Annotated[
         bool,
         typer.Option("--members", help="Also write each member's mask (for medres evaluate)."),
@@ -126,6 +134,7 @@ def predict_command(
             report=report,
             report_pdf=report and pdf,
             report_phi=report and show_phi,
+            runtime=runtime,
         )
         run, index = _run(scans, model, out, options, spec)
     _print_run(run, scans=scans, out=out, device=options.device, index=index)
@@ -148,6 +157,7 @@ def _run(
     for item in opened:
         names = ", ".join(f.pipeline.name for f in item.folders)
         combine = "box fusion" if item.is_detector else f"ensemble {item.mode}"
+        combine += f", runtime {item.runtime}"
         kind = "detector" if item.is_detector else "segmentation"
         err_console.print(
             f"model {names} ({kind}): {item.n_members} member(s), {item.cfg.dims}D, "

@@ -173,6 +173,7 @@ def open_ensembles(model_dirs: Sequence[str | Path], *, options: PredictOptions)
                 tta=options.tta,
                 mode=options.ensemble,
                 overlap=options.overlap,
+                runtime=options.runtime,
             )
         )
     return ensembles

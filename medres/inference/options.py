@@ -24,9 +24,12 @@ class PredictOptions:
         report: An after-scan step writes reports (part of what "complete" means).
         report_pdf: That step also writes ``report.pdf``.
         report_phi: The reports show patient fields (``--show-phi``).
+        runtime: What runs the segmentation networks: ``auto``, ``torch``, ``onnx``,
+            ``openvino``, ``onnx-int8`` or ``openvino-int8`` (detectors always run on
+            torch); see :mod:`medres.inference.runtimes`.
 
     Raises:
-        ConfigError: ``ensemble`` is not a known mode.
+        ConfigError: ``ensemble`` is not a known mode, or ``runtime`` not a known runtime.
     """
 
     device: str = "cpu"
@@ -40,8 +43,15 @@ class PredictOptions:
     report: bool = False
     report_pdf: bool = False
     report_phi: bool = False
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
+        from medres.models.exported import RUNTIMES
+
+        if self.runtime != "auto" and self.runtime not in RUNTIMES:
+            from medres.errors import ConfigError
+
+            raise ConfigError(f"runtime {self.runtime!r}: use auto, {', '.join(RUNTIMES)}")
         if self.ensemble is not None and not isinstance(self.ensemble, EnsembleMode):
             from medres.errors import ConfigError
 

@@ -43,7 +43,13 @@ from medres.errors import ConfigError, ModelError
 from medres.inference.accumulate import FolderSums, ScanGridSums
 from medres.inference.postprocess import remove_small_lesions
 from medres.inference.resample import resample_to_grid
-from medres.inference.sliding import member_groups, to_device, window_logits
+from medres.inference.sliding import (
+    fits_one_window,
+    member_groups,
+    one_window_logits,
+    to_device,
+    window_logits,
+)
 from medres.inference.tta import FlipTTA
 from medres.io.grid import Grid, affine_2d_as_4x4, squeeze_single_slice_shape
 from medres.io.volume import Volume
@@ -198,9 +204,14 @@ class Ensemble:
         tta: Flip test-time augmentation; None uses each pipeline's setting.
         mode: ``mean`` (of probabilities) or ``vote``; None uses the first pipeline's.
         overlap: Sliding-window overlap; None uses each pipeline's setting.
+        runtime: What runs the member networks: ``torch`` (eager, the reference),
+            ``onnx``, ``openvino``, ``onnx-int8`` or ``openvino-int8`` (exported files
+            of ``medres export``), or ``auto``: the fastest of those that every folder
+            holds and that is installed (:func:`~medres.inference.runtimes.choose_runtime`).
 
     Raises:
-        ModelError: Incompatible folders, or more than :data:`MAX_MEMBERS` members.
+        ModelError: Incompatible folders, more than :data:`MAX_MEMBERS` members, or a
+            runtime the folders hold no export for (or whose package is missing).
     """
 
     #: False: labels on voxels (a DetectionEnsemble puts boxes on lesions)
@@ -214,7 +225,9 @@ class Ensemble:
         tta: bool | None = None,
         mode: EnsembleMode | str | None = None,
         overlap: float | None = None,
+        runtime: str = "torch",
     ) -> None:
+        from medres.inference.runtimes import choose_runtime, load_member_network
         from medres.transforms.presets import validation_transforms
 
         if not folders:
@@ -231,6 +244,10 @@ class Ensemble:
                 "windows per volume for the same result as 0.5)"
             )
         self.overlap = overlap
+        #: the runtime the members run on (``auto`` resolved)
+        self.runtime = (
+            "torch" if self.is_detector else choose_runtime(self.folders, runtime, device=device)
+        )
         self.runners: list[_FolderRunner] = []
         for folder in self.folders:
             members = list(folder.members)
@@ -238,7 +255,10 @@ class Ensemble:
                 _FolderRunner(
                     folder=folder,
                     members=members,
-                    networks=[folder.load_network(m, device=device) for m in members],
+                    networks=[
+                        load_member_network(folder, m, self.runtime, device=device)
+                        for m in members
+                    ],
                     preprocess=validation_transforms(folder.pipeline, with_label=False),
                 )
             )
@@ -279,9 +299,11 @@ class Ensemble:
         tta = cfg.inference.tta if self.tta is None else self.tta
         return tuple(cfg.augmentation.flip_axes) if tta else ()
 
-    def _tta(self, runner: _FolderRunner, nets: Sequence[Any]) -> FlipTTA:
-        """Flip-TTA inference of members sharing one pass of windows over the model grid:
-        logits ``(K, ...)`` for one member (the CPU path), ``(M, K, ...)`` for several."""
+    def _tta(self, runner: _FolderRunner, nets: Sequence[Any], shape: Sequence[int]) -> FlipTTA:
+        """Flip-TTA inference of members sharing one pass of windows over the model grid
+        (``shape``: its spatial shape): logits ``(K, ...)`` for one member (the CPU path),
+        ``(M, K, ...)`` for several. An image that fits in one window is predicted with
+        all its flips in one batch on the CPU (:func:`one_window_logits`)."""
         cfg = runner.folder.pipeline
         overlap = cfg.inference.overlap if self.overlap is None else self.overlap
 
@@ -289,7 +311,14 @@ class Ensemble:
             logits = window_logits(nets, x, cfg, device=self.device, overlap=overlap)
             return logits[0] if len(nets) == 1 else logits
 
-        return FlipTTA(infer, spatial_axes=self._flips(runner))
+        def infer_views(views: Any) -> Any:
+            logits = one_window_logits(nets, views, cfg)  # (V, M, K, ...)
+            return logits[:, 0] if len(nets) == 1 else logits
+
+        one_window = self.device == "cpu" and fits_one_window(shape, cfg.roi_size)
+        return FlipTTA(
+            infer, spatial_axes=self._flips(runner), infer_views=infer_views if one_window else None
+        )
 
     def _preprocess(
         self, runner: _FolderRunner, volume: Volume, source: str
@@ -332,7 +361,7 @@ class Ensemble:
         import torch
 
         with torch.inference_mode():
-            probs = self._tta(runner, [net for _, net in group])(tensor)
+            probs = self._tta(runner, [net for _, net in group], tensor.shape[1:])(tensor)
             by_member = probs[None] if len(group) == 1 else probs
             # a blocking copy: the host reads it at once (and the timing covers the GPU)
             foregrounds = [p[1:].cpu().numpy().astype(np.float32, copy=False) for p in by_member]

@@ -57,6 +57,7 @@ def fingerprint(ensemble: Ensemble, options: PredictOptions, sources: Sequence[s
         str(options.report),
         str(options.report_pdf),
         str(options.report_phi),
+        getattr(ensemble, "runtime", "torch"),
     ]
     parts += _file_states(sources)
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]

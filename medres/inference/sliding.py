@@ -262,6 +262,44 @@ def window_logits(
     )
 
 
+def fits_one_window(spatial_shape: Sequence[int], roi_size: Sequence[int]) -> bool:
+    """Whether an image no larger than the window along every axis (one window covers it)."""
+    return all(n <= r for n, r in zip(spatial_shape, roi_size, strict=True))
+
+
+def one_window_logits(nets: Sequence[Any], images: Any, cfg: PipelineConfig) -> Any:
+    """Logits ``(V, M, C, ...)`` float32 of ``M`` networks on ``V`` images that each fit in
+    one window (:func:`fits_one_window`), run as one batch of ``V`` windows per network.
+
+    Each image is zero-padded to the window as MONAI's sliding window pads it (half the
+    difference before, the rest after) and the logits are cut back, so the result is the
+    sliding window's: with a single window its Gaussian weights cancel out. The views go
+    through in batches of the pipeline's ``sw_batch_size`` (the sliding window's memory).
+    CPU only.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    spatial = images.shape[2:]
+    pad: list[int] = []
+    for n, r in zip(reversed(spatial), reversed(tuple(cfg.roi_size)), strict=True):
+        diff = max(r - n, 0)
+        pad += [diff // 2, diff - diff // 2]
+    with torch.inference_mode():
+        batch = torch.as_tensor(images, dtype=torch.float32)
+        if any(pad):
+            batch = F.pad(batch, pad, mode="constant", value=0.0)
+        step = max(cfg.inference.sw_batch_size, 1)  # the sliding window's batch: its memory
+        chunks = [batch[i : i + step] for i in range(0, len(batch), step)]
+        outputs = [torch.cat([torch.as_tensor(net(c)).float() for c in chunks]) for net in nets]
+        logits = torch.stack(outputs, dim=1)  # (V, M, C, *roi)
+        cut = tuple(
+            slice(before, before + n)
+            for before, n in zip(reversed(pad[0::2]), spatial, strict=True)
+        )
+        return logits[(slice(None), slice(None), slice(None), *cut)]
+
+
 def _stitched(
     predictor: Any,
     image: Any,
@@ -310,9 +348,11 @@ __all__ = [
     "DevicePlan",
     "cuda_free_bytes",
     "device_plan",
+    "fits_one_window",
     "is_cuda",
     "member_groups",
     "members_per_pass",
+    "one_window_logits",
     "predict_logits",
     "release_cuda_memory",
     "to_device",

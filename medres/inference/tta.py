@@ -38,12 +38,21 @@ class FlipTTA:
             for ``M`` networks.
         spatial_axes: Spatial axes (0 = x) to mirror along; every non-empty combination
             of them is one more prediction. Empty: no augmentation.
+        infer_views: Optional: the image and all its mirror images at once, ``(V, C,
+            ...)`` -> logits ``(V, K, ...)`` or ``(V, M, K, ...)`` (one network call per
+            member for every view, when the image fits in one window); used instead of
+            ``infer`` for the same result.
     """
 
     def __init__(
-        self, infer: Callable[[torch.Tensor], torch.Tensor], *, spatial_axes: Sequence[int] = ()
+        self,
+        infer: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        spatial_axes: Sequence[int] = (),
+        infer_views: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.infer = infer
+        self.infer_views = infer_views
         axes = [axis + 1 for axis in spatial_axes]  # the tensors are channel-first
         self.flips = [c for n in range(1, len(axes) + 1) for c in itertools.combinations(axes, n)]
 
@@ -59,6 +68,8 @@ class FlipTTA:
         flips."""
         import torch
 
+        if self.infer_views is not None:
+            return self._all_views(image)
         probs = self.probabilities(image)
         if not self.flips:
             return probs
@@ -67,6 +78,20 @@ class FlipTTA:
             flipped = self.probabilities(torch.flip(image, dims))
             probs += torch.flip(flipped, tuple(d + shift for d in dims)).to(probs.device)
         return probs / (len(self.flips) + 1)
+
+    def _all_views(self, image: torch.Tensor) -> torch.Tensor:
+        """The same mean, with every view predicted in one batch by ``infer_views``."""
+        import torch
+
+        assert self.infer_views is not None
+        views = torch.stack([image, *(torch.flip(image, dims) for dims in self.flips)])
+        logits = self.infer_views(views)
+        probs = torch.softmax(logits, logits.ndim - image.ndim)  # over K
+        shift = probs.ndim - 1 - image.ndim  # the member axis, when there is one
+        total = probs[0].clone()
+        for n, dims in enumerate(self.flips, start=1):
+            total += torch.flip(probs[n], tuple(d + shift for d in dims))
+        return total / (len(self.flips) + 1)
 
 
 __all__ = ["FlipTTA"]

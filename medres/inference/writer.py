@@ -215,6 +215,7 @@ def models_provenance(ensembles: Sequence[Ensemble]) -> list[ModelProvenance]:
         ModelProvenance(
             ensemble=ensemble_name(ensemble),
             mode=str(ensemble.mode),
+            runtime=ensemble.runtime,
             takes=InputKindRecord(dims=ensemble.cfg.dims, channels=list(ensemble.cfg.channels)),
             labels=list(ensemble.labels),
             folders=[

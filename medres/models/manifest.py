@@ -87,6 +87,51 @@ class MemberEntry(BaseModel):
         return value
 
 
+class ExportEntry(BaseModel):
+    """One exported file of a member (written by ``medres export``), as in ``model.json``.
+
+    Attributes:
+        member: The member's name (``fold_0``).
+        runtime: What runs the file: ``onnx`` (ONNX Runtime) or ``openvino``.
+        precision: ``fp32``, or ``int8`` (post-training quantised, calibrated on scans).
+        file: Path inside the member's folder (``model.onnx``, ``model.int8.xml``...).
+        sha256: Checksum of ``file``.
+        data_file / data_sha256: OpenVINO's weights (``.bin``) beside its ``.xml``.
+        weights_sha256: The ``model.pt`` it was exported from (an export of other weights
+            is never used).
+        window: The input window ``(C_in, x, y[, z])`` it was checked on (any batch runs).
+        max_abs_logit_difference: Largest ``|logit - torch logit|`` on the check input.
+        label_agreement: Share of the check input's voxels whose label (arg-max) equals
+            the PyTorch network's.
+        check_input: What the check ran on (``calibration windows`` or ``random``).
+        versions: The packages that wrote it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    member: str = Field(max_length=64)
+    runtime: Literal["onnx", "openvino"]
+    precision: Literal["fp32", "int8"]
+    file: str = Field(max_length=200)
+    sha256: str = Field(pattern=_SHA256)
+    data_file: str | None = Field(default=None, max_length=200)
+    data_sha256: str | None = Field(default=None, pattern=_SHA256)
+    weights_sha256: str = Field(pattern=_SHA256)
+    window: tuple[int, ...] = Field(min_length=3, max_length=4)
+    max_abs_logit_difference: float = Field(ge=0)
+    label_agreement: float = Field(ge=0, le=1)
+    check_input: str = Field(max_length=200)
+    versions: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("file", "data_file")
+    @classmethod
+    def _plain_file(cls, value: str | None) -> str | None:
+        """An exported file sits in its member's folder: a plain name, never a path."""
+        if value is not None and (not _PLAIN_NAME.match(value) or value in {".", ".."}):
+            raise ValueError(f"{value[:40]!r} is not a plain file name inside the member folder")
+        return value
+
+
 class ModelManifest(BaseModel):
     """The validated ``model.json`` of a model folder.
 
@@ -106,6 +151,8 @@ class ModelManifest(BaseModel):
             medres versions (then the pipeline is not verified, see
             :attr:`ModelFolder.unverified`).
         members: The trained members.
+        exports: The members' exported networks (``medres export``); dropped when the
+            members are retrained.
     """
 
     model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
@@ -121,6 +168,7 @@ class ModelManifest(BaseModel):
     versions: dict[str, str] = Field(default_factory=dict)
     pipeline_sha256: str | None = Field(default=None, pattern=_SHA256)
     members: tuple[MemberEntry, ...] = Field(max_length=MAX_MEMBERS)
+    exports: tuple[ExportEntry, ...] = Field(default=(), max_length=8 * MAX_MEMBERS)
 
     @field_validator("members")
     @classmethod

@@ -46,13 +46,15 @@ class InputKindRecord(Record):
 
 
 class ModelProvenance(Record):
-    """One ensemble of a run: its input, labels and folders (``run.json`` ``models``)."""
+    """One ensemble of a run: its input, labels and folders (``run.json`` ``models``);
+    ``runtime`` is what ran the member networks (``torch``, ``openvino``...)."""
 
     ensemble: str
     mode: str
     takes: InputKindRecord
     labels: list[str]
     folders: list[FolderProvenance]
+    runtime: str = "torch"
 
 
 class ScanStatus(StrEnum):

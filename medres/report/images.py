@@ -11,12 +11,12 @@ Display conventions (stated on every report):
 * Windowing: CT with the pipeline's CT window (soft tissue -160..240 HU when it has
   none); other modalities from the 1st to the 99th percentile of the non-zero voxels.
 * Outlines are drawn twice, a dark wide line under a bright thin one, so they stay
-  visible on bright and dark tissue; every lesion carries its id; a scale bar gives mm.
+  visible on bright and dark tissue; every lesion carries its id; a scale bar gives mm
+  (the drawing itself is :mod:`medres.report.drawing`'s).
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -190,212 +190,6 @@ def image_view(
     )
 
 
-def _scale_bar_mm(width_mm: float) -> float:
-    for candidate in (100.0, 50.0, 20.0, 10.0, 5.0, 2.0, 1.0):
-        if candidate <= width_mm / 4:
-            return candidate
-    return 1.0
-
-
-def _draw_outlines(axis: Any, label_map: npt.NDArray[np.uint8], view: View) -> None:
-    """Outline every label of ``label_map`` (view pixels): a dark wide line, a bright thin one."""
-    from skimage import measure
-
-    for value in sorted(int(v) for v in np.unique(label_map) if v):
-        colour = OUTLINE_COLOURS[(value - 1) % len(OUTLINE_COLOURS)]
-        padded = np.pad(label_map == value, 1).astype(np.float32)
-        for contour in measure.find_contours(padded, 0.5):  # type: ignore[no-untyped-call]
-            ys = (contour[:, 0] - 1 + 0.5) * view.row_mm
-            xs = (contour[:, 1] - 1 + 0.5) * view.column_mm
-            axis.plot(xs, ys, color="black", linewidth=2.6, alpha=0.8)
-            axis.plot(xs, ys, color=colour, linewidth=1.1)
-
-
-def _draw_lesion_ids(
-    axis: Any,
-    lesions: Sequence[dict[str, Any]],
-    view: View,
-    corner: tuple[int, int],
-    size_mm: tuple[float, float],
-) -> None:
-    """Each lesion's id at its ``(row, column)``, when inside the shown window.
-
-    Args:
-        axis: The matplotlib axes (mm coordinates, rows down).
-        lesions: Dicts with ``lesion_id``, ``row`` and ``column`` in view pixels.
-        view: The view the positions refer to.
-        corner: ``(row, column)`` of the view pixel at the window's top left.
-        size_mm: ``(height, width)`` of the shown window in mm.
-    """
-    height_mm, width_mm = size_mm
-    for lesion in lesions:
-        y = (lesion["row"] - corner[0] + 0.5) * view.row_mm
-        x = (lesion["column"] - corner[1] + 0.5) * view.column_mm
-        if 0 <= y <= height_mm and 0 <= x <= width_mm:
-            axis.text(
-                x,
-                y,
-                str(lesion["lesion_id"]),
-                color="white",
-                fontsize=9,
-                fontweight="bold",
-                ha="center",
-                va="center",
-                bbox={"boxstyle": "round,pad=0.15", "facecolor": "black", "alpha": 0.65, "lw": 0},
-            )
-
-
-def _draw_scale_bar(axis: Any, height_mm: float, width_mm: float, outline: list[Any]) -> None:
-    """A white bar of a round length in mm at the bottom right, with its length above."""
-    from matplotlib.patches import Rectangle
-
-    bar = _scale_bar_mm(width_mm)
-    x0, y0 = width_mm * 0.95 - bar, height_mm * 0.94
-    axis.add_patch(
-        Rectangle(
-            (x0, y0),
-            bar,
-            height_mm * 0.012 + 0.5,
-            facecolor="white",
-            edgecolor="black",
-            linewidth=0.8,
-        )
-    )
-    axis.text(
-        x0 + bar / 2,
-        y0 - height_mm * 0.015,
-        f"{bar:g} mm",
-        color="white",
-        ha="center",
-        va="bottom",
-        fontsize=8,
-        path_effects=outline,
-    )
-
-
-def _draw_orientation(
-    axis: Any, letters: str, height_mm: float, width_mm: float, outline: list[Any]
-) -> None:
-    """The patient-direction letters at the left, right, top and bottom edges."""
-    left, right, top, bottom = (letters[n] for n in range(4))
-    for text, x, y, ha, va in (
-        (left, width_mm * 0.02, height_mm / 2, "left", "center"),
-        (right, width_mm * 0.98, height_mm / 2, "right", "center"),
-        (top, width_mm / 2, height_mm * 0.03, "center", "top"),
-        (bottom, width_mm / 2, height_mm * 0.98, "center", "bottom"),
-    ):
-        axis.text(
-            x,
-            y,
-            text,
-            ha=ha,
-            va=va,
-            color="#ffb000",
-            fontsize=9,
-            fontweight="bold",
-            path_effects=outline,
-        )
-
-
-def _draw_boxes(
-    axis: Any, boxes: Sequence[dict[str, Any]], view: View, corner: tuple[int, int], outline: Any
-) -> None:
-    """A detector's boxes as dashed cyan rectangles with ``B<id> <score>`` above them.
-
-    Args:
-        axis: The matplotlib axes (mm coordinates, rows down).
-        boxes: Dicts with ``text`` and the pixel-edge corners ``row0``, ``col0``, ``row1``,
-            ``col1`` in view pixels (a box of pixels 3..5 spans 3 to 6).
-        view: The view the corners refer to.
-        corner: ``(row, column)`` of the view pixel at the window's top left.
-        outline: Path effects that keep the text readable.
-    """
-    from matplotlib.patches import Rectangle
-
-    for box in boxes:
-        y0 = (box["row0"] - corner[0]) * view.row_mm
-        x0 = (box["col0"] - corner[1]) * view.column_mm
-        height = (box["row1"] - box["row0"]) * view.row_mm
-        width = (box["col1"] - box["col0"]) * view.column_mm
-        for colour, line in (("black", 2.4), (BOX_COLOUR, 1.2)):
-            axis.add_patch(
-                Rectangle((x0, y0), width, height, fill=False, edgecolor=colour, lw=line, ls="--")
-            )
-        axis.text(
-            x0,
-            y0 - 0.8 * view.row_mm,
-            box["text"],
-            color=BOX_COLOUR,
-            fontsize=8,
-            fontweight="bold",
-            ha="left",
-            va="bottom",
-            path_effects=outline,
-            clip_on=True,
-        )
-
-
-def render(
-    view: View,
-    *,
-    lesions: Sequence[dict[str, Any]] = (),
-    boxes: Sequence[dict[str, Any]] = (),
-    label_names: Sequence[str] = (),
-    crop: tuple[slice, slice] | None = None,
-    size_inches: float = 4.2,
-) -> bytes:
-    """PNG of a view with outlines, lesion ids, detector boxes and a scale bar.
-
-    Args:
-        view: What to draw.
-        lesions: ``(lesion_id, row, column)`` positions to label, as dicts with keys
-            ``lesion_id``, ``row`` and ``column`` in view pixels.
-        boxes: A detector's boxes in view pixels (see :func:`_draw_boxes`).
-        label_names: Label names by index (legend colours).
-        crop: Optional ``(rows, columns)`` window of the view.
-        size_inches: Width of the figure.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib import patheffects
-
-    image, label_map = view.image, view.label_map
-    row0 = col0 = 0
-    if crop is not None:
-        image, label_map = image[crop], label_map[crop]
-        row0, col0 = crop[0].start or 0, crop[1].start or 0
-    height_mm = image.shape[0] * view.row_mm
-    width_mm = image.shape[1] * view.column_mm
-    figure, axis = plt.subplots(
-        figsize=(size_inches, size_inches * height_mm / max(width_mm, 1e-6))
-    )
-    axis.imshow(
-        image,
-        cmap="gray",
-        vmin=0.0,
-        vmax=1.0,
-        extent=(0, width_mm, height_mm, 0),
-        interpolation="nearest",
-    )
-    _draw_outlines(axis, label_map, view)
-    _draw_lesion_ids(axis, lesions, view, (row0, col0), (height_mm, width_mm))
-    outline = [patheffects.withStroke(linewidth=2.2, foreground="black")]  # readable on white
-    _draw_boxes(axis, boxes, view, (row0, col0), outline)
-    axis.set_xlim(0, width_mm)
-    axis.set_ylim(height_mm, 0)
-    _draw_scale_bar(axis, height_mm, width_mm, outline)
-    if view.orientation:
-        _draw_orientation(axis, view.orientation, height_mm, width_mm, outline)
-    axis.set_title(view.title, fontsize=9)
-    axis.set_axis_off()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    plt.close(figure)
-    return buffer.getvalue()
-
-
 def lesion_crop(view: View, row: int, column: int, *, half_mm: float) -> tuple[slice, slice]:
     """A square window of ``2 * half_mm`` around a point of the view."""
     half_rows = max(int(half_mm / view.row_mm), 8)
@@ -415,7 +209,6 @@ __all__ = [
     "image_view",
     "lesion_crop",
     "orthogonal_views",
-    "render",
     "to_ras",
     "window",
 ]

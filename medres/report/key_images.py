@@ -18,6 +18,7 @@ from medres.io.volume import ScanKind, Volume
 from medres.pipeline import IntensityKind, PipelineConfig
 from medres.predictions.detections import DetectionBox
 from medres.predictions.records import Lesion
+from medres.report.drawing import render
 from medres.report.images import (
     View,
     display_channel,
@@ -25,7 +26,6 @@ from medres.report.images import (
     lesion_crop,
     orthogonal_views,
     ras_index,
-    render,
     to_ras,
     window,
 )
@@ -131,7 +131,7 @@ def _images_2d(
         for x in lesions
     ]
     drawn = _boxes_2d(boxes)
-    images.append(("overview.png", render(view, lesions=marks, boxes=drawn, size_inches=5.5)))
+    images.append(("overview.png", render(view, lesions=marks, boxes=drawn, width_px=600)))
     for lesion in lesions[:MAX_KEY_IMAGES]:
         row, column = round(lesion.center_ijk[1]), round(lesion.center_ijk[0])
         crop = lesion_crop(view, row, column, half_mm=max(lesion.longest_axial_diameter_mm, 15.0))
@@ -179,7 +179,7 @@ def _images_3d(
         placed = [_mark(view, x, ras_affine, ras_shape) for x in lesions]
         plane = view.title.split(",")[0]
         drawn = _boxes_3d(plane, through(center), ras_boxes, ras_shape)
-        image = render(view, lesions=[m for m in placed if m], boxes=drawn, size_inches=3.4)
+        image = render(view, lesions=[m for m in placed if m], boxes=drawn, width_px=380)
         images.append((f"overview_{plane}.png", image))
     for lesion in lesions[:MAX_KEY_IMAGES]:
         (view,) = orthogonal_views(img_ras, lab_ras, ras_affine, lesion.center_ras_mm, only="axial")

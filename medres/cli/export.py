@@ -1,0 +1,81 @@
+"""``medres export MODEL_DIR``: the members exported for ONNX Runtime / OpenVINO (and int8)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def export_command(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder written by medres train.")],
+    fmt: Annotated[
+        list[str],
+        typer.Option(
+            "--format",
+            help="onnx (ONNX Runtime) and/or openvino (OpenVINO IR; the ONNX file is written "
+            "too). Repeat for both.",
+        ),
+    ] = ["onnx"],  # noqa: B006 - typer needs a list default
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8", help="Also write post-training int8 versions (needs --calibration)."
+        ),
+    ] = False,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibration",
+            help="Training data to calibrate int8 on and to check each file against (any "
+            "medres train --data layout; the model's held-out groups are left out).",
+        ),
+    ] = None,
+    data_root: Annotated[
+        Path | None,
+        typer.Option("--data-root", help="Root for relative paths of a datalist JSON."),
+    ] = None,
+) -> None:
+    """Export every member of a segmentation model folder for `medres predict --runtime`.
+
+    Writes model.onnx (and model.int8.onnx, model.xml/.bin, model.int8.xml/.bin) beside
+    each member's model.pt, runs each on the same input as the PyTorch network, and
+    records its checksum, largest logit difference and label agreement in model.json.
+    Needs the extras: pip install 'medres[onnx]' (and 'medres[openvino]').
+    """
+    from rich.table import Table
+
+    from medres.cli.console import console, err_console, fail_cleanly
+    from medres.training.export import export_model
+
+    formats = [f for value in fmt for f in value.split(",") if f]
+    with fail_cleanly():
+        result = export_model(
+            model_dir,
+            formats=formats,
+            int8=int8,
+            calibration=calibration,
+            base_dir=data_root,
+            on_member=lambda name: err_console.print(f"exporting {name}", highlight=False),
+        )
+    table = Table(title=f"{model_dir}: exported networks (checked on {result.check_input})")
+    for column in ("member", "runtime", "precision", "file", "max |logit diff|", "same label"):
+        table.add_column(
+            column, justify="right" if "diff" in column or "same" in column else "left"
+        )
+    for entry in result.entries:
+        table.add_row(
+            entry.member,
+            entry.runtime,
+            entry.precision,
+            entry.file,
+            f"{entry.max_abs_logit_difference:.2e}",
+            f"{100 * entry.label_agreement:.3f} %",
+        )
+    console.print(table)
+    err_console.print(
+        f"recorded in {model_dir / 'model.json'}; use: medres predict ... --model {model_dir} "
+        "--runtime onnx|openvino" + ("|onnx-int8|openvino-int8" if int8 else ""),
+        highlight=False,
+    )

@@ -1,0 +1,113 @@
+"""Which runtime runs an ensemble's member networks (``medres predict --runtime``).
+
+``torch`` (eager PyTorch) is the reference and the only runtime on a GPU. On the CPU a
+model folder exported with ``medres export`` can also run on ONNX Runtime or OpenVINO,
+in float32 or int8 (:mod:`medres.models.exported`). ``auto`` takes the first runtime of
+:data:`AUTO_ORDER` that every folder of the ensemble holds for every member and whose
+package is installed; the order is what ``benchmarks/bench_runtime.py`` measured on this
+project's networks (docs/runtimes.md). int8 is never chosen by ``auto``: it changes the
+masks (see the docs for how much), so it is used only when asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from medres.errors import ConfigError, ModelError
+from medres.models.exported import (
+    RUNTIMES,
+    exported_runtimes,
+    load_runtime_network,
+    runtime_installed,
+    split_runtime,
+)
+from medres.models.folder import ModelFolder
+
+logger = logging.getLogger(__name__)
+
+#: ``auto``'s preference on the CPU, fastest first (measured: benchmarks/bench_runtime.py).
+AUTO_ORDER = ("openvino", "torch")
+
+
+def check_runtime_name(runtime: str) -> str:
+    """``runtime`` when it is ``auto`` or one of :data:`RUNTIMES`.
+
+    Raises:
+        ConfigError: Any other name (the message lists them).
+    """
+    if runtime != "auto" and runtime not in RUNTIMES:
+        raise ConfigError(f"runtime {runtime!r}: use auto, {', '.join(RUNTIMES)}")
+    return runtime
+
+
+def choose_runtime(folders: Sequence[ModelFolder], requested: str, *, device: str) -> str:
+    """The runtime an ensemble of ``folders`` runs on.
+
+    Args:
+        folders: The ensemble's model folders.
+        requested: ``auto`` or one of :data:`RUNTIMES`.
+        device: ``cpu`` or ``cuda[:N]``.
+
+    Raises:
+        ConfigError: An unknown name, or an exported runtime asked for on a GPU.
+        ModelError: An exported runtime asked for that a folder does not hold.
+    """
+    check_runtime_name(requested)
+    on_gpu = device != "cpu"
+    if requested == "auto":
+        if on_gpu:
+            return "torch"
+        for runtime in AUTO_ORDER:
+            if runtime == "torch" or (
+                runtime_installed(split_runtime(runtime)[0])
+                and all(runtime in _held(folder) for folder in folders)
+            ):
+                return runtime
+        return "torch"
+    if requested != "torch" and on_gpu:
+        raise ConfigError(
+            f"--runtime {requested} runs on the CPU only; on {device} use --runtime torch (or auto)"
+        )
+    if requested != "torch":
+        for folder in folders:
+            if requested not in _held(folder):
+                engine, precision = split_runtime(requested)
+                fmt = "openvino" if engine == "openvino" else "onnx"
+                flag = " --int8" if precision == "int8" else ""
+                raise ModelError(
+                    f"{folder.path}: holds no {requested} export of its members; run: "
+                    f"medres export {folder.path} --format {fmt}{flag}"
+                )
+    return requested
+
+
+def _held(folder: ModelFolder) -> list[str]:
+    """Runtimes the folder's exports cover, counting only exports of the current weights."""
+    weights = {m.name: m.weights_sha256 for m in folder.members}
+    current = [e for e in folder.manifest.exports if weights.get(e.member) == e.weights_sha256]
+    return exported_runtimes(current, list(weights))
+
+
+def load_member_network(folder: ModelFolder, member: Any, runtime: str, *, device: str) -> Any:
+    """One member's network for ``runtime``: the PyTorch module, or an exported file's
+    runner called the same way.
+
+    Raises:
+        ModelError: The weights or the exported file are missing, changed or unreadable,
+            or the runtime's package is not installed (the message names the extra).
+    """
+    if runtime == "torch":
+        return folder.load_network(member, device=device)
+    current = [e for e in folder.manifest.exports if e.weights_sha256 == member.weights_sha256]
+    return load_runtime_network(
+        folder.path / member.name,
+        current,
+        member.name,
+        runtime,
+        verify=folder.verify,
+    )
+
+
+__all__ = ["AUTO_ORDER", "check_runtime_name", "choose_runtime", "load_member_network"]
