@@ -1,4 +1,4 @@
-"""What this machine has of what medres needs: Python packages, system libraries, tools.
+"""What this machine has of what medres needs: Python packages, runtimes, tools.
 
 ``medres doctor`` prints these checks; ``make test`` runs it first, so a missing system
 package is named (with its Debian package) before a test fails for it.
@@ -11,12 +11,10 @@ Example:
 
 from __future__ import annotations
 
-import ctypes.util
 import importlib.metadata
 import importlib.util
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 from medres.types import StrEnum
 
@@ -26,7 +24,7 @@ class Need(StrEnum):
 
     #: medres does not run without it.
     REQUIRED = "required"
-    #: PDF reports are not written without it (``--no-pdf`` works).
+    #: Reports (key images, DICOM SEG/SR) are not written without it (``--no-report``).
     REPORTS = "reports"
     #: Works without it, with a warning (or more slowly).
     RECOMMENDED = "recommended"
@@ -67,21 +65,17 @@ PYTHON_PACKAGES = (
     ("cc3d", "connected-components-3d", Need.REQUIRED),
     ("highdicom", "highdicom", Need.REPORTS),
     ("matplotlib", "matplotlib", Need.REPORTS),
-    ("weasyprint", "weasyprint", Need.REPORTS),
+    ("PIL", "pillow", Need.REPORTS),
     ("distributed", "distributed", Need.RECOMMENDED),  # --workers / --scheduler (Dask)
 )
-#: Shared libraries WeasyPrint loads (ctypes name, Debian package, need).
-SYSTEM_LIBRARIES = (
-    ("pango-1.0", "libpango-1.0-0", Need.REPORTS),
-    ("pangoft2-1.0", "libpangoft2-1.0-0", Need.REPORTS),
-    ("harfbuzz", "libharfbuzz0b", Need.REPORTS),
-    ("fontconfig", "libfontconfig1", Need.REPORTS),
-    ("harfbuzz-subset", "libharfbuzz-subset0", Need.RECOMMENDED),
+#: The exported-network runtimes (import name, distribution, extra that installs it).
+RUNTIME_PACKAGES = (
+    ("onnxruntime", "onnxruntime", "medres[onnx]"),
+    ("openvino", "openvino", "medres[openvino]"),
+    ("nncf", "nncf", "medres[openvino]"),
 )
 #: Programs the tests use to look at reports (program, Debian package).
 TEST_PROGRAMS = (("chromium", "chromium"), ("pdftoppm", "poppler-utils"))
-#: Where fonts live on Linux; a PDF needs at least one.
-FONT_FOLDERS = ("/usr/share/fonts", "/usr/local/share/fonts")
 
 
 def _python_check(module: str, distribution: str, need: Need) -> Check:
@@ -92,29 +86,6 @@ def _python_check(module: str, distribution: str, need: Need) -> Check:
     except importlib.metadata.PackageNotFoundError:
         version = "installed"
     return Check(distribution, need, True, version, f"pip install {distribution}")
-
-
-def _library_check(name: str, package: str, need: Need) -> Check:
-    found = ctypes.util.find_library(name)
-    return Check(
-        f"lib{name}",
-        need,
-        found is not None,
-        found or "not found",
-        f"apt-get install {package}",
-    )
-
-
-def _font_check() -> Check:
-    fonts = [
-        path
-        for folder in FONT_FOLDERS
-        if Path(folder).is_dir()
-        for path in Path(folder).rglob("*")
-        if path.suffix.lower() in {".ttf", ".otf", ".ttc"}
-    ]
-    detail = f"{len(fonts)} font files" if fonts else "no TrueType/OpenType font found"
-    return Check("a font", Need.REPORTS, bool(fonts), detail, "apt-get install fonts-dejavu-core")
 
 
 def _gpu_check() -> Check:
@@ -133,8 +104,10 @@ def _gpu_check() -> Check:
 def check_environment(*, gpu: bool = True) -> list[Check]:
     """Every component medres uses, found or not (nothing is imported but torch for ``gpu``)."""
     checks = [_python_check(*item) for item in PYTHON_PACKAGES]
-    checks += [_library_check(*item) for item in SYSTEM_LIBRARIES]
-    checks.append(_font_check())
+    for module, distribution, extra in RUNTIME_PACKAGES:  # medres export / --runtime
+        found = _python_check(module, distribution, Need.RECOMMENDED)
+        install = f"pip install '{extra}'"
+        checks.append(Check(found.name, found.need, found.ok, found.detail, install))
     for program, package in TEST_PROGRAMS:
         path = shutil.which(program)
         checks.append(

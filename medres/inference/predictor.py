@@ -256,8 +256,7 @@ class Ensemble:
                     folder=folder,
                     members=members,
                     networks=[
-                        load_member_network(folder, m, self.runtime, device=device)
-                        for m in members
+                        load_member_network(folder, m, self.runtime, device=device) for m in members
                     ],
                     preprocess=validation_transforms(folder.pipeline, with_label=False),
                 )

@@ -278,7 +278,7 @@ def one_window_logits(nets: Sequence[Any], images: Any, cfg: PipelineConfig) -> 
     CPU only.
     """
     import torch
-    import torch.nn.functional as F
+    from torch.nn import functional
 
     spatial = images.shape[2:]
     pad: list[int] = []
@@ -288,7 +288,7 @@ def one_window_logits(nets: Sequence[Any], images: Any, cfg: PipelineConfig) -> 
     with torch.inference_mode():
         batch = torch.as_tensor(images, dtype=torch.float32)
         if any(pad):
-            batch = F.pad(batch, pad, mode="constant", value=0.0)
+            batch = functional.pad(batch, pad, mode="constant", value=0.0)
         step = max(cfg.inference.sw_batch_size, 1)  # the sliding window's batch: its memory
         chunks = [batch[i : i + step] for i in range(0, len(batch), step)]
         outputs = [torch.cat([torch.as_tensor(net(c)).float() for c in chunks]) for net in nets]
@@ -297,7 +297,8 @@ def one_window_logits(nets: Sequence[Any], images: Any, cfg: PipelineConfig) -> 
             slice(before, before + n)
             for before, n in zip(reversed(pad[0::2]), spatial, strict=True)
         )
-        return logits[(slice(None), slice(None), slice(None), *cut)]
+        index = (slice(None), slice(None), slice(None), *cut)
+        return logits[index]
 
 
 def _stitched(

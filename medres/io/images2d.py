@@ -133,7 +133,7 @@ def _imread(path: Path) -> tuple[npt.NDArray[Any], tuple[str, ...]]:
     """
     from PIL import ImageFile
 
-    # WeasyPrint (the PDF reports) sets this process-wide on import; a truncated scan must
+    # a library may set this process-wide on import (WeasyPrint does); a truncated scan must
     # still be refused, so it is off for medres's own decoding and restored afterwards.
     lenient = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False

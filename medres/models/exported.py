@@ -24,8 +24,9 @@ out), so sliding windows, TTA, the ensemble and the mapping to the scan grid are
 same code for every runtime.
 
 The runtimes are optional dependencies: ``pip install 'medres[onnx]'`` (onnx,
-onnxruntime) and ``'medres[openvino]'`` (openvino, nncf). Without them a :class:`~medres.errors.ModelError`
-names the extra to install; :func:`installed_runtimes` tells what is there.
+onnxruntime) and ``'medres[openvino]'`` (openvino, nncf). Without them a
+:class:`~medres.errors.ModelError` names the extra to install; :func:`installed_runtimes`
+tells what is there.
 """
 
 from __future__ import annotations

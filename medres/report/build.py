@@ -2,11 +2,11 @@
 
 :func:`report_scan` turns one predicted scan, in memory (a
 :class:`~medres.inference.scan_step.ScanPrediction`: the loaded scan, its label map and its
-record), into ``report.html`` (self-contained: images embedded), ``report.pdf``
-(weasyprint), ``overlays/*.png`` and, for DICOM input, ``seg.dcm`` and ``sr.dcm``, in the
-scan's folder. :func:`write_index` writes ``OUT/index.html`` listing every scan of
-``summary.csv``. The key images are :mod:`~medres.report.key_images`' and the pages
-:mod:`~medres.report.html`'s.
+record), into ``report.html`` (self-contained: images embedded), ``report.pdf`` (the same
+facts on A4 pages, :mod:`~medres.report.pdf_report`), ``overlays/*.png`` and, for DICOM
+input, ``seg.dcm`` and ``sr.dcm``, in the scan's folder. :func:`write_index` writes
+``OUT/index.html`` listing every scan of ``summary.csv``. The key images are
+:mod:`~medres.report.key_images`' and the pages :mod:`~medres.report.html`'s.
 
 Privacy: by default no patient name, ID, birth date, sex or study date appears in the
 HTML, PDF, PNG, JSON or CSV outputs or in any file name (the scan is named by its scan
@@ -35,8 +35,9 @@ from medres.io.grid import (
 from medres.io.volume import ScanKind
 from medres.predictions.layout import RunFolder, ScanFolder
 from medres.predictions.records import ModelProvenance, read_summary
-from medres.report.html import NOTICE, index_page, scan_page
+from medres.report.html import NOTICE, index_page, page_facts, scan_page
 from medres.report.key_images import key_images
+from medres.report.pdf_report import scan_pdf
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def report_scan(
     else:
         result.dicom_export = "skipped: --no-dicom"
         dicom_note = f"DICOM SEG/SR {result.dicom_export}."
-    page = scan_page(
+    facts = page_facts(
         record,
         volume,
         images,
@@ -149,13 +150,10 @@ def report_scan(
         show_phi=show_phi,
         detections=scan.detections,
     )
-    write_text_atomic(folder.report_html, page)
+    write_text_atomic(folder.report_html, scan_page(facts))
     result.files.append(folder.relative(folder.report_html))
     if pdf:
-        from medres.report.pdf import render_pdf
-
-        document = render_pdf(page, base_url=str(folder.path))
-        write_bytes_atomic(folder.report_pdf, document)
+        write_bytes_atomic(folder.report_pdf, scan_pdf(facts))
         result.files.append(folder.relative(folder.report_pdf))
     result.seconds = time.perf_counter() - start
     return result

@@ -64,7 +64,6 @@ def _centre(lesion: Lesion) -> str:
 class _Image:
     name: str
     uri: str
-    lesion_id: int = 0
 
 
 def _data_uri(png: bytes) -> str:
@@ -99,7 +98,97 @@ def _identity(record: ScanRecord, volume: Volume, *, show_phi: bool) -> list[tup
 MAX_LISTED_BOXES = 50
 
 
-def scan_page(
+@dataclass(frozen=True)
+class Table:
+    """A table of a report page: header cells, rows of text, and which columns are text
+    (left-aligned; the others are numbers, right-aligned)."""
+
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    text_columns: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class PageFacts:
+    """Everything one scan's report shows, for its HTML page and its PDF alike."""
+
+    scan_id: str
+    identity: list[tuple[str, str]]
+    notes: list[str]
+    model_lines: list[str]
+    checksums: list[str]
+    findings_title: str | None
+    lesions: Table | None
+    lesions_note: str
+    boxes_title: str | None
+    boxes: Table | None
+    boxes_note: str
+    overview: list[tuple[str, bytes]]
+    key_images: list[tuple[str, bytes, str]]
+    no_key_images: str
+    footnote: str
+    made: str
+
+
+def _lesion_table(record: ScanRecord, detections: DetectionsRecord | None) -> Table:
+    three_d = record.three_d
+    headers = [
+        "id",
+        "label",
+        "volume (ml)" if three_d else "area (mm²)",
+        "longest axial diameter (mm)",
+        "centre (RAS mm)",
+        "slice",
+        "score (max p)",
+        "mean p",
+        "members",
+        "uncertainty",
+    ]
+    rows = []
+    for x in record.lesions:
+        row = [
+            str(x.lesion_id),
+            x.label,
+            _fmt(x.volume_ml if three_d else x.area_mm2, 3 if three_d else 1),
+            _fmt(x.longest_axial_diameter_mm, 1),
+            _centre(x),
+            _fmt(x.axial_slice),
+            _fmt(x.max_probability),
+            _fmt(x.mean_probability),
+            f"{_fmt(x.members_detecting)}/{_fmt(x.n_members)}",
+            _fmt(x.uncertainty, 3),
+        ]
+        if detections is not None:
+            row.append(
+                f"B{x.detection_box_id} {_fmt(x.detection_score)}"
+                if x.detection_score is not None
+                else "-"
+            )
+        rows.append(tuple(row))
+    if detections is not None:
+        headers.append("box")
+    return Table(tuple(headers), tuple(rows), frozenset({1, 4}))
+
+
+def _box_table(detections: DetectionsRecord) -> Table:
+    n_members = len(detections.members)
+    rows = tuple(
+        (
+            f"B{b.box_id}",
+            b.label,
+            _fmt(b.score),
+            ", ".join(f"{v:.1f}" for v in b.center_ras_mm),
+            " x ".join(f"{v:.1f}" for v in b.size_mm),
+            f"{len(b.members)}/{n_members}",
+            str(b.lesion_id) if b.lesion_id is not None else "-",
+        )
+        for b in detections.reported_boxes[:MAX_LISTED_BOXES]
+    )
+    headers = ("box", "label", "score", "centre (RAS mm)", "size (mm)", "members", "lesion")
+    return Table(headers, rows, frozenset({1, 3, 4}))
+
+
+def page_facts(
     record: ScanRecord,
     volume: Volume,
     images: Sequence[tuple[str, bytes]],
@@ -109,65 +198,117 @@ def scan_page(
     models: Sequence[ModelProvenance] | None,
     show_phi: bool,
     detections: DetectionsRecord | None = None,
-) -> str:
-    """One scan's self-contained ``report.html``.
+) -> PageFacts:
+    """What one scan's report says and shows (:func:`scan_page` and the PDF lay it out).
 
     Args:
         record: The scan's record (lesions, grid, source, models).
         volume: The scan as loaded (modality, patient fields for ``show_phi``).
-        images: ``(file name, png)``: ``overview*.png`` and ``lesion_NN.png``.
+        images: ``(file name, png)``: ``overview*.png``, ``lesion_NN.png``, ``box_NN.png``.
         orientation_note: How the images are oriented.
         dicom_note: Whether DICOM SEG/SR were written, or why not.
         models: The run's models (member checksums are listed); None: not listed.
         show_phi: Put patient fields on the page.
         detections: A detector ensemble's boxes of the scan (``detections.json``).
+
+    Long: one sentence per part of the page.
     """
-    three_d = record.three_d
-    checksums = [
-        f"{folder.pipeline}/{member.name}: {member.weights_sha256[:16]}..."
-        for model in models or ()
-        for folder in model.folders
-        for member in folder.members
-    ]
+    three_d, segmented = record.three_d, record.segmented
+    model_lines = []
+    if segmented:
+        ensemble = record.ensemble
+        model_lines.append(
+            f"Segmentation: ensemble of {len(ensemble.members)} member(s) "
+            f"({', '.join(ensemble.pipelines)}), combined by {ensemble.mode}."
+        )
+    if detections is not None:
+        model_lines.append(
+            f"Detection: ensemble of {len(detections.members)} member(s) "
+            f"({', '.join(detections.pipelines)}), {detections.tta_views} flip view(s) each, "
+            f"boxes fused by weighted box fusion (IoU {detections.fusion_iou})."
+        )
     total = (
         f"{record.total_volume_ml:.3f} ml"
         if three_d and record.total_volume_ml is not None
         else f"{record.total_area_mm2 or 0.0:.1f} mm²"
     )
-    notes = list(dict.fromkeys([*record.notes, *volume.warnings]))
+    lesions_note = (
+        "Score: the highest ensemble probability in the lesion. Members: how many ensemble "
+        "members found it. Uncertainty: the members' mean disagreement (standard deviation "
+        "of their probabilities) over the lesion. Sizes and diameters are measured on the "
+        "scan's own grid."
+    )
+    if detections is not None:
+        lesions_note += (
+            " Box: the detector's box that overlaps the lesion most (box IoU at least its "
+            "match IoU) and its score; the two models are independent."
+        )
+    boxes_note = ""
+    if detections is not None:
+        boxes_note = (
+            "Score: the fused score of the members' boxes (each member's and flip view's score "
+            "summed over their number, so agreement raises it). Members: how many members put "
+            'a box there. Boxes (dashed cyan, "B<id> <score>") are drawn on every image they '
+            "cross; detections.json lists every box down to score "
+            f"{detections.score_threshold} with voxel and RAS corners."
+        )
+        if detections.n_reported > MAX_LISTED_BOXES:
+            boxes_note = (
+                f"The {MAX_LISTED_BOXES} best of {detections.n_reported} boxes are listed; "
+                f"detections.json has all. {boxes_note}"
+            )
+    key = [
+        (n, png, f"lesion {n.split('_')[1].split('.')[0].lstrip('0')}")
+        for n, png in images
+        if n.startswith("lesion_")
+    ]
+    key += [
+        (n, png, f"box B{n.split('_')[1].split('.')[0].lstrip('0')}")
+        for n, png in images
+        if n.startswith("box_")
+    ]
+    return PageFacts(
+        scan_id=record.scan_id,
+        identity=_identity(record, volume, show_phi=show_phi),
+        notes=list(dict.fromkeys([*record.notes, *volume.warnings])),
+        model_lines=model_lines,
+        checksums=[
+            f"{folder.pipeline}/{member.name}: {member.weights_sha256[:16]}..."
+            for model in models or ()
+            for folder in model.folders
+            for member in folder.members
+        ],
+        findings_title=f"Findings: {record.n_lesions} lesion(s), total {total}"
+        if segmented
+        else None,
+        lesions=_lesion_table(record, detections) if segmented else None,
+        lesions_note=lesions_note if segmented else "",
+        boxes_title=f"Detector boxes: {detections.n_reported} with score ≥ "
+        f"{detections.report_score}"
+        if detections is not None
+        else None,
+        boxes=_box_table(detections) if detections is not None else None,
+        boxes_note=boxes_note,
+        overview=[(n, p) for n, p in images if n.startswith("overview")],
+        key_images=key,
+        no_key_images="No lesion found." if segmented else "No box reached the report score.",
+        footnote=f"{orientation_note} Outlines: yellow over black. {dicom_note}",
+        made=f"medres {__version__}, report made "
+        f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
+    )
+
+
+def scan_page(facts: PageFacts) -> str:
+    """One scan's self-contained ``report.html`` (images embedded as data URIs)."""
     return (
         _environment()
         .get_template("scan_report.html.j2")
         .render(
-            record=record,
+            facts=facts,
             style=_style(),
             notice=NOTICE,
-            identity=_identity(record, volume, show_phi=show_phi),
-            notes=notes,
-            checksums=checksums,
-            total=total,
-            three_d=three_d,
-            size_head="volume (ml)" if three_d else "area (mm²)",
-            overview=[_Image(n, _data_uri(p)) for n, p in images if n.startswith("overview")],
-            key_images=[
-                _Image(n, _data_uri(p), int(n.split("_")[1].split(".")[0]))
-                for n, p in images
-                if n.startswith("lesion_")
-            ],
-            box_images=[
-                _Image(n, _data_uri(p), int(n.split("_")[1].split(".")[0]))
-                for n, p in images
-                if n.startswith("box_")
-            ],
-            detections=detections,
-            max_boxes=MAX_LISTED_BOXES,
-            segmented=record.segmented,
-            orientation_note=orientation_note,
-            dicom_note=dicom_note,
-            fmt=_fmt,
-            centre=_centre,
-            version=__version__,
-            made=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            overview=[_Image(n, _data_uri(p)) for n, p in facts.overview],
+            key_images=[_Image(caption, _data_uri(p)) for _, p, caption in facts.key_images],
         )
     )
 
@@ -199,4 +340,4 @@ def index_page(
     )
 
 
-__all__ = ["NOTICE", "index_page", "scan_page"]
+__all__ = ["NOTICE", "PageFacts", "Table", "index_page", "page_facts", "scan_page"]

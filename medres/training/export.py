@@ -78,7 +78,9 @@ def _excluded_groups(folder: ModelFolder) -> set[str]:
     return {str(g) for g in groups}
 
 
-def _windows_of(image: npt.NDArray[np.float32], roi: Sequence[int], count: int, seed: int) -> list:
+def _windows_of(
+    image: npt.NDArray[np.float32], roi: Sequence[int], count: int, seed: int
+) -> list[npt.NDArray[np.float32]]:
     """Up to ``count`` windows ``(C, *roi)`` of a preprocessed image: its centre window,
     then random ones (the image zero-padded to at least ``roi``, as sliding windows are)."""
     pad = [(0, 0)] + [

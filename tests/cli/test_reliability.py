@@ -21,34 +21,38 @@ runner = CliRunner()
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo_ct_3d"
 
 
-def test_doctor_names_the_missing_debian_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = doctor.ctypes.util.find_library
+def test_doctor_names_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = doctor.importlib.util.find_spec
     monkeypatch.setattr(
-        doctor.ctypes.util,
-        "find_library",
-        lambda name: None if name in {"harfbuzz-subset", "pango-1.0"} else real(name),
+        doctor.importlib.util,
+        "find_spec",
+        lambda name: None if name in {"highdicom", "openvino"} else real(name),
     )
+    monkeypatch.setattr(doctor.shutil, "which", lambda program: None)
     result = runner.invoke(app, ["doctor", "--no-gpu", "--json"])
-    assert result.exit_code == 1, result.output  # Pango is needed for PDF reports
+    assert result.exit_code == 1, result.output  # highdicom is needed for reports
     checks = {c["name"]: c for c in json.loads(result.stdout)}
-    assert checks["libharfbuzz-subset"]["ok"] is False
-    assert checks["libharfbuzz-subset"]["install"] == "apt-get install libharfbuzz-subset0"
-    assert checks["libpango-1.0"]["need"] == "reports"
+    assert checks["highdicom"]["ok"] is False and checks["highdicom"]["need"] == "reports"
+    assert checks["openvino"]["install"] == "pip install 'medres[openvino]'"
     result = runner.invoke(app, ["doctor", "--no-gpu"])
-    assert "apt-get install libpango-1.0-0 libharfbuzz-subset0" in result.stdout
+    assert "apt-get install chromium poppler-utils" in result.stdout
 
 
 def test_doctor_passes_when_only_optional_parts_are_missing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = doctor.ctypes.util.find_library
+    real = doctor.importlib.util.find_spec
     monkeypatch.setattr(
-        doctor.ctypes.util, "find_library", lambda n: None if n == "harfbuzz-subset" else real(n)
+        doctor.importlib.util,
+        "find_spec",
+        lambda name: None if name in {"onnxruntime", "openvino", "nncf"} else real(name),
     )
     monkeypatch.setattr(doctor.shutil, "which", lambda program: None)
     result = runner.invoke(app, ["doctor", "--no-gpu"])
     assert result.exit_code == 0, result.output
     assert "chromium" in result.stdout and "poppler-utils" in result.stdout
+    checks = {c["name"]: c for c in json.loads(runner.invoke(app, ["doctor", "--json"]).stdout)}
+    assert checks["nncf"]["ok"] is False and checks["nncf"]["need"] == "recommended"
 
 
 def test_plain_progress_lines_at_start_interval_and_end(capsys: pytest.CaptureFixture[str]) -> None:

@@ -107,19 +107,31 @@ def test_sr_gives_back_the_lesion_measurements(reported: tuple[Path, Path]) -> N
         assert values["Probability"] == pytest.approx(lesion["max_probability"])
 
 
-def test_pdf_pages_convert_to_png(reported: tuple[Path, Path], tmp_path: Path) -> None:
-    if shutil.which("pdftoppm") is None:
-        pytest.skip("pdftoppm not installed (Debian package poppler-utils)")
-    import weasyprint
-
+def test_pdf_pages_convert_to_png_and_hold_the_findings(
+    reported: tuple[Path, Path], tmp_path: Path
+) -> None:
+    if shutil.which("pdftoppm") is None or shutil.which("pdftotext") is None:
+        pytest.skip("pdftoppm / pdftotext not installed (Debian package poppler-utils)")
     _, out = reported
     scan_dir = _dicom_dir(out)
-    expected = len(weasyprint.HTML(filename=str(scan_dir / "report.html")).render().pages)
+    document = (scan_dir / "report.pdf").read_bytes()
+    expected = document.count(b"/Type /Page ")
     subprocess.run(
         ["pdftoppm", "-r", "40", "-png", str(scan_dir / "report.pdf"), str(tmp_path / "page")],
         check=True,
+        capture_output=True,
     )
-    assert expected >= 2 and len(list(tmp_path.glob("page*.png"))) == expected
+    assert expected >= 1 and len(list(tmp_path.glob("page*.png"))) == expected
+    text = subprocess.run(
+        ["pdftotext", "-layout", str(scan_dir / "report.pdf"), "-"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    record = json.loads((scan_dir / "lesions.json").read_text())
+    assert f"Lesion report: {record['scan_id']}" in text
+    assert f"Findings: {len(record['lesions'])} lesion(s)" in text
+    assert "Research use only" in text and "lesion 1" in text
 
 
 def test_report_renders_in_headless_chromium(reported: tuple[Path, Path]) -> None:
