@@ -17,8 +17,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
+# the tests cover the exported-network runtimes too (medres export, predict --runtime)
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,onnx,openvino]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -55,6 +56,8 @@ bench: dev
 	$(BIN)/python benchmarks/bench_dicom_load.py
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_predict.py
+	$(BIN)/python benchmarks/bench_runtime.py
+	$(BIN)/python benchmarks/bench_report.py
 	$(BIN)/python benchmarks/bench_evaluate.py
 
 clean:

@@ -32,7 +32,7 @@ tells what is there.
 from __future__ import annotations
 
 import importlib.util
-import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +119,8 @@ class OnnxRuntimeNetwork:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # no busy-waiting between calls: the torch work around the network needs the cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 str(path), options, providers=["CPUExecutionProvider"]
@@ -268,7 +270,10 @@ def export_onnx(net: nn.Module, window: Sequence[int], path: Path) -> None:
     example = torch.zeros((1, *window), dtype=torch.float32)
     dims = len(window) - 1
     try:
-        with torch.no_grad():
+        # the TorchScript exporter (dynamo=False) warns that it is the legacy one; it is
+        # the one that needs no onnxscript and gives the same graph for these networks
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             torch.onnx.export(
                 net.cpu().eval(),
                 (example,),
@@ -316,25 +321,24 @@ def quantize_int8(source: Path, target: Path, windows: npt.NDArray[np.float32]) 
     )
 
     try:
-        quantize_static(
-            str(source),
-            str(target),
-            _CalibrationReader(windows, "windows"),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_static(
+                str(source),
+                str(target),
+                _CalibrationReader(windows, "windows"),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            )
     except Exception as exc:  # the quantiser raises many kinds
         raise ModelError(f"{source}: int8 quantisation failed: {_first_line(exc)}") from None
     finally:
         for leftover in source.parent.glob("*-inferred.onnx"):
             leftover.unlink(missing_ok=True)
-        augmented = Path("augmented_model.onnx")
-        if augmented.is_file() and not os.environ.get("MEDRES_KEEP_AUGMENTED"):
-            augmented.unlink(missing_ok=True)
 
 
 def quantize_openvino_int8(source: Path, target: Path, windows: npt.NDArray[np.float32]) -> Path:
@@ -355,11 +359,13 @@ def quantize_openvino_int8(source: Path, target: Path, windows: npt.NDArray[np.f
 
     samples = [np.ascontiguousarray(windows[i : i + 1]) for i in range(len(windows))]
     try:
-        model = ov.Core().read_model(str(source))
-        # the default (performance) preset: symmetric activations, which the CPU's int8
-        # kernels take directly (the mixed preset measured 1.8x slower here)
-        quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
-        ov.save_model(quantized, str(target), compress_to_fp16=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # NNCF's notes on its own dependencies
+            model = ov.Core().read_model(str(source))
+            # the default (performance) preset: symmetric activations, which the CPU's
+            # int8 kernels take directly (the mixed preset measured 1.8x slower here)
+            quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
+            ov.save_model(quantized, str(target), compress_to_fp16=False)
     except Exception as exc:  # nncf and openvino raise many kinds
         raise ModelError(f"{source}: NNCF int8 quantisation failed: {_first_line(exc)}") from None
     return target.with_suffix(".bin")

@@ -15,7 +15,8 @@ evaluation plots), so every machine draws the same letters.
 from __future__ import annotations
 
 import functools
-import io
+import struct
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,8 @@ from medres.report.images import BOX_COLOUR, OUTLINE_COLOURS, View
 IMAGE_WIDTH_PX = 440
 #: A very tall view (a long sagittal) is drawn at most this many times its width.
 MAX_ASPECT = 3.0
-#: PNG compression level: 1 costs a third of the default's time for about 15 % more bytes.
-PNG_COMPRESS_LEVEL = 1
+#: zlib level of the PNGs: 2 costs a third of level 6's time for 30 % more bytes.
+PNG_COMPRESS_LEVEL = 2
 TITLE_PX = 20
 _DIRECTION_COLOUR = (255, 176, 0)
 
@@ -263,9 +264,33 @@ def render(
     ImageDraw.Draw(page).text(
         (size[0] / 2, TITLE_PX / 2), view.title, font=_font(12), fill=(0, 0, 0), anchor="mm"
     )
-    buffer = io.BytesIO()
-    page.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buffer.getvalue()
+    return png_bytes(np.asarray(page))
 
 
-__all__ = ["IMAGE_WIDTH_PX", "render"]
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bytes(rgb: npt.NDArray[np.uint8]) -> bytes:
+    """An 8-bit RGB PNG of ``(rows, columns, 3)`` pixels, every row "Up"-filtered.
+
+    One vectorised filter instead of Pillow's per-row adaptive choice: 1.6x faster on
+    these block-upscaled images for 5 % more bytes, and a stream that a PDF embeds as it
+    is (:mod:`medres.report.pdf_writer`).
+    """
+    height, width, _ = rgb.shape
+    rows = np.ascontiguousarray(rgb, dtype=np.uint8).reshape(height, width * 3)
+    raw = np.empty((height, width * 3 + 1), dtype=np.uint8)
+    raw[:, 0] = 2  # PNG filter type "Up": each byte minus the one above (mod 256)
+    raw[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(raw.tobytes(), PNG_COMPRESS_LEVEL))
+        + _chunk(b"IEND", b"")
+    )
+
+
+__all__ = ["IMAGE_WIDTH_PX", "png_bytes", "render"]

@@ -131,7 +131,7 @@ def _images_2d(
         for x in lesions
     ]
     drawn = _boxes_2d(boxes)
-    images.append(("overview.png", render(view, lesions=marks, boxes=drawn, width_px=600)))
+    images.append(("overview.png", render(view, lesions=marks, boxes=drawn, width_px=520)))
     for lesion in lesions[:MAX_KEY_IMAGES]:
         row, column = round(lesion.center_ijk[1]), round(lesion.center_ijk[0])
         crop = lesion_crop(view, row, column, half_mm=max(lesion.longest_axial_diameter_mm, 15.0))
