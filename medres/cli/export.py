@@ -72,8 +72,26 @@ def export_command(
             entry.file,
             f"{entry.max_abs_logit_difference:.2e}",
             f"{100 * entry.label_agreement:.3f} %",
+            f"{entry.foreground_dice:.4f}" if entry.foreground_dice is not None else "-",
         )
     console.print(table)
+    if int8:
+        from medres.inference.runtimes import INT8_AUTO_MIN_DICE
+
+        int8_files = [
+            e for e in result.entries if e.precision == "int8" and e.runtime == "openvino"
+        ]
+        good = bool(int8_files) and all(
+            (e.foreground_dice or 0.0) >= INT8_AUTO_MIN_DICE for e in int8_files
+        )
+        err_console.print(
+            "--runtime auto will use openvino-int8 (every member's foreground Dice >= "
+            f"{INT8_AUTO_MIN_DICE})"
+            if good
+            else f"--runtime auto stays on torch: an int8 member's foreground Dice is below "
+            f"{INT8_AUTO_MIN_DICE} (or no OpenVINO int8 file); --runtime openvino-int8 uses it",
+            highlight=False,
+        )
     err_console.print(
         f"recorded in {model_dir / 'model.json'}; use: medres predict ... --model {model_dir} "
         "--runtime onnx|openvino" + ("|onnx-int8|openvino-int8" if int8 else ""),

@@ -4,9 +4,17 @@
 model folder exported with ``medres export`` can also run on ONNX Runtime or OpenVINO,
 in float32 or int8 (:mod:`medres.models.exported`). ``auto`` takes the first runtime of
 :data:`AUTO_ORDER` that every folder of the ensemble holds for every member and whose
-package is installed; the order is what ``benchmarks/bench_runtime.py`` measured on this
-project's networks (docs/runtimes.md). int8 is never chosen by ``auto``: it changes the
-masks (see the docs for how much), so it is used only when asked for.
+package is installed. The order is what ``benchmarks/bench_predict.py`` measured end to
+end on this project's networks (docs/runtimes.md): OpenVINO's int8 files are the only
+runtime reliably faster than torch eager inside ``predict`` (float32 OpenVINO and ONNX
+Runtime are as fast or slower once the work around the network is counted). int8 files
+exist only when ``medres export --int8`` was asked for, and they change the masks a
+little, so ``auto`` takes them only when every member's foreground Dice against its
+PyTorch network on the export's calibration windows is at least
+:data:`INT8_AUTO_MIN_DICE` (``--runtime openvino-int8`` uses them regardless, ``--runtime
+torch`` never). That check is a floor, not a guarantee: docs/runtimes.md gives the
+measured mask differences (small on the LGG and BraTS networks, larger on the tiny demo
+CT network over a 512x512x300 CT).
 """
 
 from __future__ import annotations
@@ -27,8 +35,11 @@ from medres.models.folder import ModelFolder
 
 logger = logging.getLogger(__name__)
 
-#: ``auto``'s preference on the CPU, fastest first (measured: benchmarks/bench_runtime.py).
-AUTO_ORDER = ("openvino", "torch")
+#: ``auto``'s preference on the CPU, fastest first (measured: benchmarks/bench_predict.py).
+AUTO_ORDER = ("openvino-int8", "torch")
+#: Smallest foreground Dice (int8 file vs the PyTorch network, on the calibration windows)
+#: with which ``auto`` takes an int8 file.
+INT8_AUTO_MIN_DICE = 0.97
 
 
 def check_runtime_name(runtime: str) -> str:
@@ -62,7 +73,7 @@ def choose_runtime(folders: Sequence[ModelFolder], requested: str, *, device: st
         for runtime in AUTO_ORDER:
             if runtime == "torch" or (
                 runtime_installed(split_runtime(runtime)[0])
-                and all(runtime in _held(folder) for folder in folders)
+                and all(runtime in _held(folder, for_auto=True) for folder in folders)
             ):
                 return runtime
         return "torch"
@@ -83,10 +94,17 @@ def choose_runtime(folders: Sequence[ModelFolder], requested: str, *, device: st
     return requested
 
 
-def _held(folder: ModelFolder) -> list[str]:
-    """Runtimes the folder's exports cover, counting only exports of the current weights."""
+def _held(folder: ModelFolder, *, for_auto: bool = False) -> list[str]:
+    """Runtimes the folder's exports cover, counting only exports of the current weights
+    (and, ``for_auto``, only int8 files that agree with torch well enough)."""
     weights = {m.name: m.weights_sha256 for m in folder.members}
     current = [e for e in folder.manifest.exports if weights.get(e.member) == e.weights_sha256]
+    if for_auto:
+        current = [
+            e
+            for e in current
+            if e.precision == "fp32" or (e.foreground_dice or 0.0) >= INT8_AUTO_MIN_DICE
+        ]
     return exported_runtimes(current, list(weights))
 
 
@@ -110,4 +128,10 @@ def load_member_network(folder: ModelFolder, member: Any, runtime: str, *, devic
     )
 
 
-__all__ = ["AUTO_ORDER", "check_runtime_name", "choose_runtime", "load_member_network"]
+__all__ = [
+    "AUTO_ORDER",
+    "INT8_AUTO_MIN_DICE",
+    "check_runtime_name",
+    "choose_runtime",
+    "load_member_network",
+]

@@ -254,6 +254,7 @@ class CheckResult:
 
     max_abs_logit_difference: float
     label_agreement: float
+    foreground_dice: float
 
 
 def export_onnx(net: nn.Module, window: Sequence[int], path: Path) -> None:
@@ -393,19 +394,27 @@ def compare_logits(
     candidate: Callable[[Any], Any],
     inputs: npt.NDArray[np.float32],
 ) -> CheckResult:
-    """Largest logit difference and arg-max agreement of two networks on ``inputs``."""
+    """Largest logit difference, arg-max agreement and foreground Dice (voxels whose
+    arg-max is not the background) of two networks on ``inputs``."""
     import torch
 
-    worst, same, total = 0.0, 0, 0
+    worst, same, total, both, either = 0.0, 0, 0, 0, 0
     with torch.inference_mode():
         for start in range(0, len(inputs), 2):
             batch = torch.from_numpy(np.ascontiguousarray(inputs[start : start + 2]))
             ref = reference(batch).float()
             out = candidate(batch).float()
             worst = max(worst, float((ref - out).abs().max()))
-            same += int((ref.argmax(1) == out.argmax(1)).sum())
-            total += int(ref[:, 0].numel())
-    return CheckResult(max_abs_logit_difference=worst, label_agreement=same / max(total, 1))
+            ref_labels, out_labels = ref.argmax(1), out.argmax(1)
+            same += int((ref_labels == out_labels).sum())
+            total += int(ref_labels.numel())
+            both += int(((ref_labels > 0) & (out_labels > 0)).sum())
+            either += int((ref_labels > 0).sum() + (out_labels > 0).sum())
+    return CheckResult(
+        max_abs_logit_difference=worst,
+        label_agreement=same / max(total, 1),
+        foreground_dice=2 * both / either if either else 1.0,
+    )
 
 
 __all__ = [

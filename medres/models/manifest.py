@@ -103,6 +103,11 @@ class ExportEntry(BaseModel):
         max_abs_logit_difference: Largest ``|logit - torch logit|`` on the check input.
         label_agreement: Share of the check input's voxels whose label (arg-max) equals
             the PyTorch network's.
+        foreground_dice: Dice of the voxels labelled foreground by it and by the PyTorch
+            network on the check input (1 when neither labels any; None in entries of
+            an earlier medres, which ``auto`` then passes over); ``--runtime auto``
+            takes an int8 file only when it is at least
+            :data:`~medres.inference.runtimes.INT8_AUTO_MIN_DICE`.
         check_input: What the check ran on (``calibration windows`` or ``random``).
         versions: The packages that wrote it.
     """
@@ -120,6 +125,7 @@ class ExportEntry(BaseModel):
     window: tuple[int, ...] = Field(min_length=3, max_length=4)
     max_abs_logit_difference: float = Field(ge=0)
     label_agreement: float = Field(ge=0, le=1)
+    foreground_dice: float | None = Field(default=None, ge=0, le=1)
     check_input: str = Field(max_length=200)
     versions: dict[str, str] = Field(default_factory=dict)
 

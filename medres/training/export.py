@@ -203,6 +203,7 @@ def _entry(
         window=tuple(window),
         max_abs_logit_difference=round(check.max_abs_logit_difference, 8),
         label_agreement=round(check.label_agreement, 6),
+        foreground_dice=round(check.foreground_dice, 6),
         check_input=check_input,
         versions=_versions(),
     )

@@ -139,6 +139,7 @@ def test_export_records_checked_files_with_their_checksums(
         assert "windows of 4 cases" in entry.check_input
         if entry.precision == "fp32":
             assert entry.max_abs_logit_difference < 1e-2 and entry.label_agreement > 0.999
+            assert entry.foreground_dice > 0.99
         if entry.runtime == "openvino":
             assert (member_dir / entry.data_file).is_file()
     assert not list(folder.path.rglob(".export-*"))  # no temporary file left behind
@@ -174,22 +175,38 @@ def test_fp32_runtimes_give_torch_masks_on_odd_grids(
         assert (result.label_map != reference.label_map).mean() < 1e-3, runtime
 
 
-def test_auto_takes_openvino_when_exported_and_torch_otherwise(
+def _with_int8_dice(source: Path, target: Path, dice: float) -> ModelFolder:
+    shutil.copytree(source, target)
+    manifest = json.loads((target / "model.json").read_text())
+    for entry in manifest["exports"]:
+        if entry["precision"] == "int8":
+            entry["foreground_dice"] = dice
+    (target / "model.json").write_text(json.dumps(manifest))
+    return ModelFolder.open(target)
+
+
+def test_auto_takes_int8_only_when_it_agrees_with_torch(
     exported_folders: dict[str, Path], tmp_path: Path
 ) -> None:
-    folder = ModelFolder.open(exported_folders["3d"])
-    assert choose_runtime([folder], "auto", device="cpu") == "openvino"
-    assert choose_runtime([folder], "auto", device="cuda") == "torch"
+    fp32_only = ModelFolder.open(exported_folders["3d"])
+    assert choose_runtime([fp32_only], "auto", device="cpu") == "torch"  # fp32: not faster
+    agreeing = _with_int8_dice(exported_folders["2d"], tmp_path / "good", 0.99)
+    assert choose_runtime([agreeing], "auto", device="cpu") == "openvino-int8"
+    assert choose_runtime([agreeing], "auto", device="cuda") == "torch"
+    assert Ensemble([agreeing], runtime="auto").runtime == "openvino-int8"
+    assert Ensemble([agreeing]).runtime == "torch"  # the library default: the reference
+    poor = _with_int8_dice(exported_folders["2d"], tmp_path / "poor", 0.9)
+    assert choose_runtime([poor], "auto", device="cpu") == "torch"
+    assert choose_runtime([poor], "openvino-int8", device="cpu") == "openvino-int8"
     plain = _folder(tmp_path, PIPELINE_3D, 1)
-    assert choose_runtime([ModelFolder.open(plain)], "auto", device="cpu") == "torch"
     with pytest.raises(ModelError, match="run: medres export .* --format onnx"):
         choose_runtime([ModelFolder.open(plain)], "onnx", device="cpu")
     with pytest.raises(ModelError, match="--int8"):
-        choose_runtime([folder], "openvino-int8", device="cpu")
+        choose_runtime([fp32_only], "openvino-int8", device="cpu")
     with pytest.raises(ConfigError, match="runs on the CPU only"):
-        choose_runtime([folder], "openvino", device="cuda")
+        choose_runtime([fp32_only], "openvino", device="cuda")
     with pytest.raises(ConfigError, match="use auto, torch, onnx"):
-        choose_runtime([folder], "tensorrt", device="cpu")
+        choose_runtime([fp32_only], "tensorrt", device="cpu")
 
 
 def test_exports_of_other_weights_are_never_used(
