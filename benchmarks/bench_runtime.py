@@ -12,10 +12,11 @@ gives), side by side in one process, the same input for every row:
 * ``torch eager fp32`` (the reference: what ``--runtime torch`` runs),
 * ``torch bf16 autocast`` (for the record: not a medres runtime),
 * ``ONNX Runtime fp32`` / ``OpenVINO fp32`` (``--runtime onnx`` / ``openvino``),
-* ``ONNX Runtime int8`` / ``OpenVINO int8`` (``--runtime onnx-int8`` / ``openvino-int8``),
-  calibrated on the same random-normal windows the timing uses, so their logit
-  differences here say nothing about accuracy (``bench_predict.py`` measures that on
-  real scans).
+* ``ONNX Runtime int8`` (``--runtime onnx-int8``: ONNX Runtime's QDQ file) and
+  ``OpenVINO int8 (NNCF)`` (``--runtime openvino-int8``: the IR quantised by NNCF), and
+  for the record ``OpenVINO on the QDQ file``; all calibrated on random-normal windows,
+  so their logit differences here say nothing about accuracy (``bench_predict.py``
+  measures that on real scans).
 
 Each row: median milliseconds per call over ``--repeats`` calls after two warm-ups, the
 speed against torch eager, the network's GFLOP/s (multiply-adds x 2, counted by
@@ -121,8 +122,10 @@ def main() -> None:
     from medres.models.exported import (
         OnnxRuntimeNetwork,
         OpenVinoNetwork,
+        convert_openvino,
         export_onnx,
         quantize_int8,
+        quantize_openvino_int8,
         runtime_installed,
     )
     from medres.runtime import tune_allocator
@@ -139,7 +142,11 @@ def main() -> None:
             export_onnx(net, window, onnx_path)
             calibration = np.random.default_rng(0).standard_normal((4, *window), np.float32)
             int8_path = onnx_path.with_suffix(".int8.onnx")
-            quantize_int8(onnx_path, int8_path, calibration)
+            quantize_int8(onnx_path, int8_path, calibration)  # ONNX Runtime's QDQ
+            ir_path = onnx_path.with_suffix(".xml")
+            convert_openvino(onnx_path, ir_path)
+            ir_int8_path = onnx_path.with_suffix(".int8.xml")
+            quantize_openvino_int8(ir_path, ir_int8_path, calibration)  # NNCF
             runners: dict[str, Callable[[Any], Any]] = {"torch eager fp32": net}
 
             def bf16(x: Any, net: Any = net) -> Any:
@@ -151,8 +158,9 @@ def main() -> None:
                 runners["ONNX Runtime fp32"] = OnnxRuntimeNetwork(onnx_path)
                 runners["ONNX Runtime int8"] = OnnxRuntimeNetwork(int8_path)
             if runtime_installed("openvino"):
-                runners["OpenVINO fp32"] = OpenVinoNetwork(onnx_path)
-                runners["OpenVINO int8"] = OpenVinoNetwork(int8_path)
+                runners["OpenVINO fp32"] = OpenVinoNetwork(ir_path)
+                runners["OpenVINO int8 (NNCF)"] = OpenVinoNetwork(ir_int8_path)
+                runners["OpenVINO on the QDQ file"] = OpenVinoNetwork(int8_path)
             for batch in batches:
                 x = torch.randn(batch, *window)
                 flops = forward_flops(net, x)

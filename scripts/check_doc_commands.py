@@ -34,6 +34,7 @@ DOCUMENTS = (
     "docs/architecture.md",
     "docs/scaling-out.md",
     "docs/detection.md",
+    "docs/runtimes.md",
 )
 PLACEHOLDER = re.compile(r"(^|[\s=/])[A-Z][A-Z0-9_]+($|[\s/])|\[|\.\.\.|…|<")
 

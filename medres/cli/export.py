@@ -60,10 +60,9 @@ def export_command(
             on_member=lambda name: err_console.print(f"exporting {name}", highlight=False),
         )
     table = Table(title=f"{model_dir}: exported networks (checked on {result.check_input})")
-    for column in ("member", "runtime", "precision", "file", "max |logit diff|", "same label"):
-        table.add_column(
-            column, justify="right" if "diff" in column or "same" in column else "left"
-        )
+    numbers = ("max |logit diff|", "same label", "foreground Dice")
+    for column in ("member", "runtime", "precision", "file", *numbers):
+        table.add_column(column, justify="right" if column in numbers else "left")
     for entry in result.entries:
         table.add_row(
             entry.member,

@@ -229,14 +229,16 @@ class _ScanStep:
         """
         item, result, folder = self.item, self.result, self.folder
         folder.clear()
+        load_start = time.perf_counter()
         volume = load_input(item)
+        load_seconds = time.perf_counter() - load_start
         result.modality = volume.modality
         result.shape, result.spacing_mm = _describe(volume)
         plan = self._choose(volume)
         result.model = _plan_name(plan)
         segmenter = next((e for e in plan if not e.is_detector), None)
         detector = next((e for e in plan if isinstance(e, DetectionEnsemble)), None)
-        seconds: dict[str, float] = {}
+        seconds: dict[str, float] = {"load": load_seconds}  # reading the scan's files
         written: list[str] = []
         notes = ([item.note] if item.note else []) + list(volume.warnings)
         expected = plan_fingerprint(plan, self.options, item.paths)

@@ -330,7 +330,19 @@ def export_model(
             check_input=result.check_input,
         )
     _record(folder, result.entries)
+    _remove_unlisted(folder, result.entries)
     return result
+
+
+def _remove_unlisted(folder: ModelFolder, entries: Sequence[ExportEntry]) -> None:
+    """Delete exported files of an earlier export that this one did not write again (an
+    export replaces the folder's exports: ``model.json`` lists exactly what is there)."""
+    kept = {(e.member, name) for e in entries for name in (e.file, e.data_file) if name}
+    for member in folder.members:
+        for name in FILE_NAMES.values():
+            for candidate in (name, str(Path(name).with_suffix(".bin"))):
+                if (member.name, candidate) not in kept:
+                    (folder.path / member.name / candidate).unlink(missing_ok=True)
 
 
 def _record(folder: ModelFolder, entries: Sequence[ExportEntry]) -> None:

@@ -315,3 +315,15 @@ def test_cli_export_and_predict_on_a_runtime(
     assert result.exit_code != 0 and "--int8 needs --calibration DATA" in result.output
     result = runner.invoke(app, ["export", str(exported_folders["3d"]), "--format", "tflite"])
     assert result.exit_code != 0 and "--format tflite: use onnx and/or openvino" in result.output
+
+
+def test_an_export_replaces_the_earlier_one(
+    exported_folders: dict[str, Path], tmp_path: Path
+) -> None:
+    copy = tmp_path / "again"
+    shutil.copytree(exported_folders["2d"], copy)
+    result = export_model(copy, formats=["onnx"])
+    assert [(e.runtime, e.precision) for e in result.entries] == [("onnx", "fp32")]
+    files = sorted(p.name for p in (copy / "fold_0").iterdir() if p.name.startswith("model."))
+    assert files == ["model.onnx", "model.pt"]  # the int8 and OpenVINO files are gone
+    assert len(ModelFolder.open(copy).manifest.exports) == 1
