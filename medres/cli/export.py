@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from medres.training.export import ExportResult
 
 
 def export_command(
@@ -44,9 +47,7 @@ def export_command(
     records its checksum, largest logit difference and label agreement in model.json.
     Needs the extras: pip install 'medres[onnx]' (and 'medres[openvino]').
     """
-    from rich.table import Table
-
-    from medres.cli.console import console, err_console, fail_cleanly
+    from medres.cli.console import err_console, fail_cleanly
     from medres.training.export import export_model
 
     formats = [f for value in fmt for f in value.split(",") if f]
@@ -59,6 +60,15 @@ def export_command(
             base_dir=data_root,
             on_member=lambda name: err_console.print(f"exporting {name}", highlight=False),
         )
+    _print_exports(result, model_dir, int8=int8)
+
+
+def _print_exports(result: ExportResult, model_dir: Path, *, int8: bool) -> None:
+    """The table of written files, what ``--runtime auto`` will take, and how to use them."""
+    from rich.table import Table
+
+    from medres.cli.console import console, err_console
+
     table = Table(title=f"{model_dir}: exported networks (checked on {result.check_input})")
     numbers = ("max |logit diff|", "same label", "foreground Dice")
     for column in ("member", "runtime", "precision", "file", *numbers):
@@ -91,8 +101,11 @@ def export_command(
             f"{INT8_AUTO_MIN_DICE} (or no OpenVINO int8 file); --runtime openvino-int8 uses it",
             highlight=False,
         )
+    written = dict.fromkeys(
+        e.runtime + ("-int8" if e.precision == "int8" else "") for e in result.entries
+    )
     err_console.print(
         f"recorded in {model_dir / 'model.json'}; use: medres predict ... --model {model_dir} "
-        "--runtime onnx|openvino" + ("|onnx-int8|openvino-int8" if int8 else ""),
+        f"--runtime {'|'.join(written)}",
         highlight=False,
     )
