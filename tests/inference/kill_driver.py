@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
 
     from medres.inference import batch, writer
     from medres.predictions import records
-    from medres.report import build, pdf
+    from medres.report import build
 
     state = {"scan": -1}
 
@@ -80,14 +80,14 @@ def main(argv: list[str]) -> int:
 
         build.write_bytes_atomic = cut_overlay  # type: ignore[assignment]
     if stage == "pdf":
-        original_pdf = pdf.render_pdf
+        original_pdf = build.scan_pdf
 
-        def cut_pdf(page: str, *, base_url: str) -> bytes:
+        def cut_pdf(facts: Any) -> bytes:
             if state["scan"] == index:
                 _die()
-            return original_pdf(page, base_url=base_url)
+            return original_pdf(facts)
 
-        pdf.render_pdf = cut_pdf  # type: ignore[assignment]
+        build.scan_pdf = cut_pdf  # type: ignore[assignment]
 
     from medres.inference.batch import PredictOptions, open_ensembles
     from medres.report.build import report_hook
