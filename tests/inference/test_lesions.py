@@ -109,3 +109,22 @@ def test_small_lesion_removal_measures_a_sheared_grid_by_its_determinant() -> No
     assert kept.sum() == 0  # 16 mm^3 < 18 mm^3, as find_lesions measures it
     (lesion,) = find_lesions(labels, affine=affine)
     assert lesion.volume_ml == pytest.approx(0.016)
+
+
+def test_in_plane_diameter_equals_the_brute_force_farthest_pair() -> None:
+    """Only each row's end voxels are compared; the answer is that of every voxel pair."""
+    from medres.inference.lesions import _in_plane_diameter
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        shape = (int(rng.integers(9, 50)), int(rng.integers(9, 50)))
+        ij = np.argwhere(rng.random(shape) < rng.uniform(0.2, 0.9)).astype(np.int64)
+        columns = rng.normal(size=(3, 2))  # any sheared, anisotropic in-plane axes
+        mm = ij.astype(np.float64) @ columns.T
+        basis, _ = np.linalg.qr(columns)
+        planar = mm @ basis
+        dist = np.sqrt(((planar[:, None] - planar[None]) ** 2).sum(-1))
+        a, b = np.unravel_index(int(np.argmax(dist)), dist.shape)
+        direction = (planar[a] - planar[b]) / dist[a, b]
+        extent = float(np.abs(np.abs(columns.T @ basis) @ direction).max())
+        assert _in_plane_diameter(ij, columns) == pytest.approx(dist[a, b] + extent, rel=1e-9)
