@@ -17,7 +17,7 @@ Each input is predicted once (torch, TTA off), then its report is written by
   "-" without it). SEG/SR are left
   out of the plain way, so its figure is a lower bound.
 
-Seconds are medians over ``--repeats`` reports of the same scan, after one warm-up
+Seconds are medians over ``--repeats`` reports of the same scan, after two warm-ups
 (imports and font loading excluded on both sides), next to the prediction seconds of
 the same scan (``predict``), which the issue asks the report to stay below.
 """
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = REPO_ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _inputs(args: argparse.Namespace) -> list[tuple[str, Path, Path]]:
@@ -88,13 +88,10 @@ def _plain_png(view: Any) -> bytes:
 
 
 def _median(call: Any, repeats: int) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median seconds of ``call`` (bench_runtime's timer: two warm-ups, then ``repeats``)."""
+    from bench_runtime import _median_ms
+
+    return _median_ms(call, repeats) / 1000.0
 
 
 def main() -> None:

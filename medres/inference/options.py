@@ -46,12 +46,9 @@ class PredictOptions:
     runtime: str = "auto"
 
     def __post_init__(self) -> None:
-        from medres.models.exported import RUNTIMES
+        from medres.models.exported import check_runtime_name
 
-        if self.runtime != "auto" and self.runtime not in RUNTIMES:
-            from medres.errors import ConfigError
-
-            raise ConfigError(f"runtime {self.runtime!r}: use auto, {', '.join(RUNTIMES)}")
+        check_runtime_name(self.runtime)
         if self.ensemble is not None and not isinstance(self.ensemble, EnsembleMode):
             from medres.errors import ConfigError
 

@@ -25,13 +25,15 @@ from typing import Any
 
 from medres.errors import ConfigError, ModelError
 from medres.models.exported import (
-    RUNTIMES,
+    check_runtime_name,
+    export_command,
     exported_runtimes,
     load_runtime_network,
     runtime_installed,
     split_runtime,
 )
 from medres.models.folder import ModelFolder
+from medres.models.manifest import ExportEntry
 
 logger = logging.getLogger(__name__)
 
@@ -40,17 +42,6 @@ AUTO_ORDER = ("openvino-int8", "torch")
 #: Smallest foreground Dice (int8 file vs the PyTorch network, on the calibration windows)
 #: with which ``auto`` takes an int8 file.
 INT8_AUTO_MIN_DICE = 0.97
-
-
-def check_runtime_name(runtime: str) -> str:
-    """``runtime`` when it is ``auto`` or one of :data:`RUNTIMES`.
-
-    Raises:
-        ConfigError: Any other name (the message lists them).
-    """
-    if runtime != "auto" and runtime not in RUNTIMES:
-        raise ConfigError(f"runtime {runtime!r}: use auto, {', '.join(RUNTIMES)}")
-    return runtime
 
 
 def choose_runtime(folders: Sequence[ModelFolder], requested: str, *, device: str) -> str:
@@ -84,28 +75,31 @@ def choose_runtime(folders: Sequence[ModelFolder], requested: str, *, device: st
     if requested != "torch":
         for folder in folders:
             if requested not in _held(folder):
-                engine, precision = split_runtime(requested)
-                fmt = "openvino" if engine == "openvino" else "onnx"
-                flag = " --int8" if precision == "int8" else ""
                 raise ModelError(
                     f"{folder.path}: holds no {requested} export of its members; run: "
-                    f"medres export {folder.path} --format {fmt}{flag}"
+                    f"{export_command(folder.path, requested)}"
                 )
     return requested
 
 
-def _held(folder: ModelFolder, *, for_auto: bool = False) -> list[str]:
-    """Runtimes the folder's exports cover, counting only exports of the current weights
-    (and, ``for_auto``, only int8 files that agree with torch well enough)."""
+def current_exports(folder: ModelFolder) -> list[ExportEntry]:
+    """The folder's exports made from its members' current weights (the others are stale:
+    never counted, never loaded)."""
     weights = {m.name: m.weights_sha256 for m in folder.members}
-    current = [e for e in folder.manifest.exports if weights.get(e.member) == e.weights_sha256]
+    return [e for e in folder.manifest.exports if weights.get(e.member) == e.weights_sha256]
+
+
+def _held(folder: ModelFolder, *, for_auto: bool = False) -> list[str]:
+    """Runtimes the folder's current exports cover (and, ``for_auto``, only with int8
+    files that agree with torch well enough)."""
+    current = current_exports(folder)
     if for_auto:
         current = [
             e
             for e in current
             if e.precision == "fp32" or (e.foreground_dice or 0.0) >= INT8_AUTO_MIN_DICE
         ]
-    return exported_runtimes(current, list(weights))
+    return exported_runtimes(current, [m.name for m in folder.members])
 
 
 def load_member_network(folder: ModelFolder, member: Any, runtime: str, *, device: str) -> Any:
@@ -118,10 +112,9 @@ def load_member_network(folder: ModelFolder, member: Any, runtime: str, *, devic
     """
     if runtime == "torch":
         return folder.load_network(member, device=device)
-    current = [e for e in folder.manifest.exports if e.weights_sha256 == member.weights_sha256]
     return load_runtime_network(
         folder.path / member.name,
-        current,
+        current_exports(folder),
         member.name,
         runtime,
         verify=folder.verify,
@@ -133,5 +126,6 @@ __all__ = [
     "INT8_AUTO_MIN_DICE",
     "check_runtime_name",
     "choose_runtime",
+    "current_exports",
     "load_member_network",
 ]

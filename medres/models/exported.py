@@ -67,6 +67,26 @@ FILE_NAMES = {
 }
 
 
+def check_runtime_name(runtime: str) -> str:
+    """``runtime`` when it is ``auto`` or one of :data:`RUNTIMES`.
+
+    Raises:
+        ConfigError: Any other name (the message lists them).
+    """
+    if runtime != "auto" and runtime not in RUNTIMES:
+        from medres.errors import ConfigError
+
+        raise ConfigError(f"runtime {runtime!r}: use auto, {', '.join(RUNTIMES)}")
+    return runtime
+
+
+def export_command(model_dir: Path | str, runtime: str) -> str:
+    """The ``medres export`` command that writes ``runtime``'s files into ``model_dir``."""
+    engine, precision = split_runtime(runtime)
+    fmt = "openvino" if engine == "openvino" else "onnx"
+    return f"medres export {model_dir} --format {fmt}" + (" --int8" if precision == "int8" else "")
+
+
 def split_runtime(runtime: str) -> tuple[str, str]:
     """``openvino-int8`` -> ``("openvino", "int8")``; ``onnx`` -> ``("onnx", "fp32")``."""
     engine, _, precision = runtime.partition("-")
@@ -231,11 +251,9 @@ def load_runtime_network(
     try:
         entry = _entry(exports, member, engine, precision)
     except LookupError:
-        flag = " --int8" if precision == "int8" else ""
-        fmt = "openvino" if engine == "openvino" else "onnx"
         raise ModelError(
             f"{member_dir.parent}: member {member} has no {runtime} export; "
-            f"run: medres export {member_dir.parent} --format {fmt}{flag}"
+            f"run: {export_command(member_dir.parent, runtime)}"
         ) from None
     path = _checked_file(member_dir, entry.file, entry.sha256, verify=verify)
     if entry.data_file is not None:
@@ -425,8 +443,10 @@ __all__ = [
     "CheckResult",
     "OnnxRuntimeNetwork",
     "OpenVinoNetwork",
+    "check_runtime_name",
     "compare_logits",
     "convert_openvino",
+    "export_command",
     "export_onnx",
     "exported_runtimes",
     "installed_runtimes",
