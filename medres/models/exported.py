@@ -31,7 +31,9 @@ tells what is there.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -378,8 +380,14 @@ def quantize_openvino_int8(source: Path, target: Path, windows: npt.NDArray[np.f
 
     samples = [np.ascontiguousarray(windows[i : i + 1]) for i in range(len(windows))]
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # NNCF's notes on its own dependencies
+        # NNCF's notes on its dependencies and its progress bars (printed to stdout) are
+        # not the user's business: medres export prints its own table
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
+            warnings.simplefilter("ignore")
             model = ov.Core().read_model(str(source))
             # the default (performance) preset: symmetric activations, which the CPU's
             # int8 kernels take directly (the mixed preset measured 1.8x slower here)
