@@ -166,25 +166,41 @@ def _print_boxes(boxes: dict[str, Any]) -> None:
             )
 
 
+def short_model_names(models: list[str]) -> dict[str, str]:
+    """Names that tell the models apart in a narrow table: the part of each member's
+    name after what all members share (``lgg_flair_2d/fold0`` -> ``fold0``), whole names
+    when that would make two alike; the ensemble keeps its name."""
+    members = [m for m in models if "/" in m]
+    prefixes = {m.rsplit("/", 1)[0] for m in members}
+    short = {m: m for m in models}
+    if len(prefixes) == 1:
+        tails = {m: m.rsplit("/", 1)[1] for m in members}
+        if len(set(tails.values())) == len(tails) and not set(tails.values()) & set(models):
+            short.update(tails)
+    return short
+
+
 def _print_results(result: EvaluationRun) -> None:
     """One table per label (mean [95 % CI] per model), then the problems; exit 1 on any."""
     from rich.table import Table
 
     from medres.cli.console import EXIT_SOME_FAILED, console, err_console
 
+    unit = result.summary.get("length_unit", "mm")
     for label, by_model in result.summary["results"].items():
         table = Table(title=f"{label}: mean [95 % CI] over {result.summary['n_cases']} case(s)")
+        names = short_model_names(list(by_model))
+        table.add_column("model", no_wrap=True, min_width=max(len(n) for n in names.values()))
         for column in (
-            "model",
             "Dice",
-            "HD95 mm",
+            f"HD95 {unit}",
             "NSD",
             "lesion F1",
             "sensitivity",
             "FP/case",
             "CPM",
         ):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")
         for model, entry in by_model.items():
             seg = entry["segmentation"]
             det = entry["detection"]
@@ -193,7 +209,7 @@ def _print_results(result: EvaluationRun) -> None:
                 return f"{d[key]:.3f} [{d['ci_low']:.3f}, {d['ci_high']:.3f}]"
 
             table.add_row(
-                model,
+                names[model],
                 ci(seg["dice"]),
                 f"{seg['hd95_mm']['mean']:.1f}",
                 f"{seg['nsd']['mean']:.3f}",

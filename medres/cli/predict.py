@@ -65,6 +65,15 @@ def predict_command(
             "hold, see medres export), torch, onnx, openvino, onnx-int8 or openvino-int8.",
         ),
     ] = "auto",
+    pixel_size_mm: Annotated[
+        str | None,
+        typer.Option(
+            "--pixel-size-mm",
+            help="Pixel size of 2D image files (PNG, TIFF, JPEG carry none), e.g. 0.05 or "
+            "0.05,0.06 (x,y): lesions in mm instead of pixels. Default: the pipeline's "
+            "preprocessing.pixel_size_mm, else sizes in px. DICOM and NIfTI keep their own.",
+        ),
+    ] = None,
     members: Annotated[
         bool,
         typer.Option("--members", help="Also write each member's mask (for medres evaluate)."),
@@ -135,6 +144,7 @@ def predict_command(
             report_pdf=report and pdf,
             report_phi=report and show_phi,
             runtime=runtime,
+            pixel_size_mm=parse_pixel_size(pixel_size_mm),
         )
         run, index = _run(scans, model, out, options, spec)
     _print_run(run, scans=scans, out=out, device=options.device, index=index)
@@ -224,20 +234,53 @@ def _predict_with_progress(
         )
 
 
-def _print_table(run: BatchRun, *, out: Path, device: str) -> None:
+def parse_pixel_size(text: str | None) -> tuple[float, float] | None:
+    """``--pixel-size-mm`` as ``(x, y)`` mm: ``0.05`` (square) or ``0.05,0.06``.
+
+    Raises:
+        ConfigError: Not one or two numbers above 0 and at most 100.
+    """
+    from medres.errors import ConfigError
+    from medres.io.images2d import check_pixel_size
+
+    if text is None:
+        return None
+    try:
+        return check_pixel_size(tuple(float(part) for part in text.split(",")))
+    except ValueError as exc:
+        raise ConfigError(f"--pixel-size-mm {text}: {exc}") from None
+
+
+def _size_header(run: BatchRun) -> str:
+    """The lesion-size column's header, with the units of the scans in the table."""
+    units = []
+    if any(r.lesion_volume_ml is not None for r in run.results):
+        units.append("volume ml")
+    if any(r.lesion_area_mm2 is not None for r in run.results):
+        units.append("area mm²")
+    if any(r.lesion_area_px2 is not None for r in run.results):
+        units.append("area px²")
+    return " / ".join(units) or "volume ml / area mm²"
+
+
+def _print_table(run: BatchRun, *, out: Path, device: str, with_report: bool) -> None:
     from rich.table import Table
 
     from medres.cli.console import console
 
     table = Table(title=f"medres predict: {out} ({device})")
     boxes = any(r.n_detections is not None for r in run.results)
-    columns = ["scan", "status", "model", "shape", "lesions", "volume ml / area mm²"]
-    for column in [*columns, *(["boxes"] if boxes else []), "s"]:
+    columns = ["scan", "status", "model", "shape", "lesions", _size_header(run)]
+    # wall-clock seconds of each scan, its report included when reports are written
+    seconds = "s (with report)" if with_report else "s"
+    for column in [*columns, *(["boxes"] if boxes else []), seconds]:
         table.add_column(column)
     for result in run.results[:MAX_ROWS]:
         size = result.lesion_volume_ml
         if size is None:
-            size = result.lesion_area_mm2
+            size = (
+                result.lesion_area_mm2 if result.lesion_area_px2 is None else result.lesion_area_px2
+            )
         cells = [
             result.scan_id,
             str(result.status),
@@ -248,7 +291,7 @@ def _print_table(run: BatchRun, *, out: Path, device: str) -> None:
         ]
         if boxes:  # a detector's boxes at or above its report score
             cells.append("" if result.n_detections is None else str(result.n_detections))
-        table.add_row(*cells, f"{result.seconds:.1f}")
+        table.add_row(*cells, f"{result.scan_seconds:.1f}")
     console.print(table)
 
 
@@ -259,7 +302,7 @@ def _print_run(run: BatchRun, *, scans: Path, out: Path, device: str, index: Pat
     from medres.predictions.records import ScanStatus
 
     folder = RunFolder(out)
-    _print_table(run, out=out, device=device)
+    _print_table(run, out=out, device=device, with_report=index is not None)
     if index is not None:
         err_console.print(f"reports: {index}")
     if len(run.results) > MAX_ROWS:

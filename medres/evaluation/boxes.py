@@ -212,6 +212,7 @@ class BoxScoring:
 
     iou_threshold: float = 0.1
     min_size: float = 0.0
+    length_unit: str = "mm"
     models: dict[str, dict[str, _ModelMatches]] = field(default_factory=dict)
     cases: list[str] = field(default_factory=list)
 
@@ -372,7 +373,7 @@ class BoxScoring:
                 "sensitivity": sens.tolist(),
                 "threshold": [float(t) if np.isfinite(t) else None for t in thresholds],
             },
-            "by_size": sensitivity_by_size(pooled),
+            "by_size": sensitivity_by_size(pooled, self.length_unit),
             "n_cases": len(all_cases),
         }
 

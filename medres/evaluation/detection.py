@@ -386,10 +386,27 @@ SIZE_BINS_MM: dict[str, tuple[float, float]] = {
 }
 
 
-def sensitivity_by_size(matches: Sequence[LesionMatch]) -> dict[str, dict[str, float | int]]:
-    """Sensitivity of the true lesions in each size bin (equivalent diameter)."""
+#: The bins of images measured in pixels (equivalent diameter in px).
+SIZE_BINS_PX: dict[str, tuple[float, float]] = {
+    "< 10 px": (0.0, 10.0),
+    "10-30 px": (10.0, 30.0),
+    "30-100 px": (30.0, 100.0),
+    "> 100 px": (100.0, float("inf")),
+}
+
+
+def size_bins(length_unit: str = "mm") -> dict[str, tuple[float, float]]:
+    """The lesion size bins (equivalent diameter) of scans measured in ``length_unit``."""
+    return SIZE_BINS_PX if length_unit == "px" else SIZE_BINS_MM
+
+
+def sensitivity_by_size(
+    matches: Sequence[LesionMatch], length_unit: str = "mm"
+) -> dict[str, dict[str, float | int]]:
+    """Sensitivity of the true lesions in each size bin (equivalent diameter, in the
+    scans' ``length_unit``: :func:`size_bins`)."""
     out: dict[str, dict[str, float | int]] = {}
-    for name, (low, high) in SIZE_BINS_MM.items():
+    for name, (low, high) in size_bins(length_unit).items():
         in_bin = [
             m
             for m in matches
@@ -408,6 +425,7 @@ __all__ = [
     "CPM_FP_RATES",
     "DETECTION_METRICS",
     "SIZE_BINS_MM",
+    "SIZE_BINS_PX",
     "DetectionSummary",
     "LesionKey",
     "LesionMatch",
@@ -419,6 +437,7 @@ __all__ = [
     "lesion_key",
     "match_lesions",
     "sensitivity_by_size",
+    "size_bins",
     "sized_match",
     "summarise",
 ]

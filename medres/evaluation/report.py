@@ -80,14 +80,16 @@ def _froc_figure(label: str, by_model: dict[str, Any]) -> Any:
     return _froc_plot(f"FROC: {label}", "lesion sensitivity", curves)
 
 
-def _cases_figure(label: str, by_model: dict[str, Any], rows: Sequence[dict[str, Any]]) -> Any:
-    """Box plots of Dice and HD95 per case, one box per model."""
+def _cases_figure(
+    label: str, by_model: dict[str, Any], rows: Sequence[dict[str, Any]], unit: str
+) -> Any:
+    """Box plots of Dice and HD95 per case, one box per model (HD95 in ``unit``)."""
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.8))
     for axis, metric, title in (
         (axes[0], "dice", "Dice per case"),
-        (axes[1], "hd95_mm", "HD95 per case (mm)"),
+        (axes[1], "hd95_mm", f"HD95 per case ({unit})"),
     ):
         data = [
             [r[metric] for r in rows if r["model"] == m and r["label"] == label] for m in by_model
@@ -155,7 +157,13 @@ def write_plots(out: Path, summary: dict[str, Any], rows: Sequence[dict[str, Any
     for label, by_model in summary["results"].items():
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
         written.append(_save_png(out, f"froc_{safe}.png", _froc_figure(label, by_model)))
-        written.append(_save_png(out, f"cases_{safe}.png", _cases_figure(label, by_model, rows)))
+        written.append(
+            _save_png(
+                out,
+                f"cases_{safe}.png",
+                _cases_figure(label, by_model, rows, summary.get("length_unit", "mm")),
+            )
+        )
         calibrated = {m: e["calibration"] for m, e in by_model.items() if "calibration" in e}
         if calibrated:
             figure = _reliability_figure(label, calibrated)
@@ -183,11 +191,12 @@ img { max-width: 100%; margin: 0.5em 1em 1em 0; border: 1px solid #eee; }
 predictions <code>{{ predictions }}</code>, truth <code>{{ truth }}</code>.
 Per-case figures: <a href="metrics.csv">metrics.csv</a>; every lesion match:
 <a href="lesions.csv">lesions.csv</a>; everything: <a href="summary.json">summary.json</a>.
-Means with 95&nbsp;% bootstrap confidence intervals over cases. Research use only.</p>
+Means with 95&nbsp;% bootstrap confidence intervals over cases.{% if unit == 'px' %}
+Sizes and distances are in pixels (px): the images give no pixel size.{% endif %} Research use only.</p>
 {% for label, by_model in results.items() %}
 <h2>{{ label }}</h2>
 <h3>Segmentation</h3>
-<table><tr><th>model</th>{% for m in seg_metrics %}<th>{{ m }}</th>{% endfor %}</tr>
+<table><tr><th>model</th>{% for m in seg_metrics %}<th>{{ named(m) }}</th>{% endfor %}</tr>
 {% for model, entry in by_model.items() %}
 <tr class="{{ 'ensemble' if model == 'ensemble' else '' }}"><td>{{ model }}</td>
 {% for m in seg_metrics %}{% set d = entry.segmentation[m] %}
@@ -205,7 +214,7 @@ Means with 95&nbsp;% bootstrap confidence intervals over cases. Research use onl
 {% set members = by_model.items() | selectattr('1.vs_ensemble', 'defined') | list %}
 {% if members %}
 <h3>Each member against the ensemble (member minus ensemble, paired over cases)</h3>
-<table><tr><th>member</th>{% for m in paired_metrics %}<th>{{ m }}</th>{% endfor %}</tr>
+<table><tr><th>member</th>{% for m in paired_metrics %}<th>{{ named(m) }}</th>{% endfor %}</tr>
 {% for model, entry in members %}<tr><td>{{ model }}</td>
 {% for m in paired_metrics %}{% set d = entry.vs_ensemble[m] %}
 <td>{{ fmt(d.mean_difference) }} <span class="ci">[{{ fmt(d.ci_low) }}, {{ fmt(d.ci_high) }}] p={{ fmt(d.p_value) }}</span></td>
@@ -259,8 +268,11 @@ def write_html(
     """Write ``out/evaluation.html`` (plots linked by relative path)."""
     import jinja2
 
-    from medres.evaluation.detection import DETECTION_METRICS, SIZE_BINS_MM
+    from medres.evaluation.detection import DETECTION_METRICS, size_bins
     from medres.evaluation.segmentation import SEGMENTATION_METRICS
+    from medres.io.units import unit_key
+
+    unit = summary.get("length_unit", "mm")
 
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     template = environment.from_string(_PAGE)
@@ -269,7 +281,9 @@ def write_html(
         seg_metrics=list(SEGMENTATION_METRICS),
         det_metrics=list(DETECTION_METRICS),
         paired_metrics=["dice", "hd95_mm", "nsd", "f1"],
-        size_bins=list(SIZE_BINS_MM),
+        size_bins=list(size_bins(unit)),
+        unit=unit,
+        named=lambda metric: unit_key(metric, unit),
         plots=plots,
         failed=failed,
         fmt=_fmt,

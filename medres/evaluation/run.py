@@ -51,6 +51,7 @@ from medres.evaluation.truth import TruthIndex, read_truth
 from medres.io.atomic import write_text_atomic
 from medres.io.grid import squeeze_single_slice_array
 from medres.io.nifti import read_nifti
+from medres.io.units import MM, PX, keys_in_unit
 from medres.pipeline import PipelineConfig
 from medres.predictions.detections import DetectionsRecord
 from medres.predictions.layout import MemberFolder, RunFolder, ScanFolder
@@ -177,6 +178,23 @@ class _Scoring:
     labels_seen: list[str] = field(default_factory=list)
     spacing_of_case: dict[str, float] = field(default_factory=dict)
     boxes: BoxScoring = field(default_factory=BoxScoring)
+    units: dict[str, list[str]] = field(default_factory=dict)  # unit -> scans measured in it
+
+    def length_unit(self, predictions: Path) -> str:
+        """The unit every scored scan is measured in.
+
+        Raises:
+            EvaluationError: Some scans are in mm and others in pixels: their sizes and
+                distances cannot be averaged together.
+        """
+        if len(self.units) > 1:
+            px = self.units.get(PX, [])
+            raise EvaluationError(
+                f"{predictions}: {len(px)} scan(s) are measured in pixels (image files without "
+                f"a pixel size, e.g. {px[0]}) and {len(self.units[MM])} in mm: evaluate them "
+                "apart, or predict the images with --pixel-size-mm"
+            )
+        return next(iter(self.units), MM)
 
     def _case_of(self, record: ScanRecord) -> str:
         if self.options.group_by != CaseGrouping.FOLDER:
@@ -198,6 +216,7 @@ class _Scoring:
         cfg = self.configs.get(pipelines[0], default) if pipelines else default
         grid = record.grid
         voxel_measure = grid.grid.voxel_measure
+        self.units.setdefault(grid.length_unit, []).append(scan_id)
         if self.options.skip_missing_truth and not self.index.has(scan_id):
             self.without_truth.append(scan_id)
             return
@@ -382,8 +401,10 @@ def evaluate_predictions(
         )
     models = sorted({m for per in cases.values() for m in per}, key=lambda m: (m != ENSEMBLE, m))
     models = models[1:] + models[:1]  # members first, the ensemble last
+    unit = scoring.length_unit(predictions)
+    scoring.boxes.length_unit = unit
     rows = case_rows(cases, models, labels_seen, options.tolerance_mm, spacing_of_case)
-    summary = summarise_models(rows, cases, models, labels_seen, calibration)
+    summary = summarise_models(rows, cases, models, labels_seen, calibration, unit)
     if scoring.boxes.models:
         summary["boxes"] = scoring.boxes.summary()
     seconds = time.perf_counter() - start
@@ -443,7 +464,8 @@ def write_outputs(
 
     out = evaluation.out
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / METRICS_CSV, _csv(evaluation.rows))
+    unit = evaluation.summary.get("length_unit", MM)
+    write_text_atomic(out / METRICS_CSV, _csv(keys_in_unit(evaluation.rows, unit)))
     lesion_rows = [
         {"case": case_id, "scan": scan, "model": model, "label": label, **match.to_row()}
         for case_id, per_model in sorted(cases.items())
@@ -451,10 +473,9 @@ def write_outputs(
         for label, stats in per_label.items()
         for scan, match in zip(stats.match_scans, stats.matches, strict=True)
     ]
-    write_text_atomic(out / LESIONS_CSV, _csv(lesion_rows))
-    write_text_atomic(
-        out / SUMMARY_JSON, json.dumps(_json_safe(evaluation.summary), indent=1) + "\n"
-    )
+    write_text_atomic(out / LESIONS_CSV, _csv(keys_in_unit(lesion_rows, unit)))
+    summary = keys_in_unit(_json_safe(evaluation.summary), unit)
+    write_text_atomic(out / SUMMARY_JSON, json.dumps(summary, indent=1) + "\n")
     plots = write_plots(out, evaluation.summary, evaluation.rows)
     write_html(out, evaluation.summary, evaluation.failed, plots)
 

@@ -119,8 +119,16 @@ def summarise_models(
     models: Sequence[str],
     labels: Sequence[str],
     calibration: dict[str, dict[str, ReliabilityBins]],
+    length_unit: str = "mm",
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {"models": list(models), "labels": list(labels), "results": {}}
+    """Per label and model: the summary of :mod:`medres.evaluation` (``length_unit``: of
+    the scans, for the size bins; the figures keep their in-memory ``_mm`` names)."""
+    out: dict[str, Any] = {
+        "models": list(models),
+        "labels": list(labels),
+        "length_unit": length_unit,
+        "results": {},
+    }
     for label in labels:
         by_model: dict[str, Any] = {}
         ensemble_rows = {
@@ -157,7 +165,7 @@ def summarise_models(
                     zip(["1/8", "1/4", "1/2", "1", "2", "4", "8"], cpm(fps, sens)[1], strict=True)
                 ),
             }
-            entry["sensitivity_by_size"] = sensitivity_by_size(all_matches)
+            entry["sensitivity_by_size"] = sensitivity_by_size(all_matches, length_unit)
             bins = calibration.get(model, {}).get(label)
             if bins is not None:
                 entry["calibration"] = {"ece": bins.ece(), "bins": bins.table()}

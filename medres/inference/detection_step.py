@@ -21,7 +21,7 @@ from medres.inference.boxes import box_iou_matrix, boxes_to_ras_mm
 from medres.inference.detector import DetectionEnsemble, DetectionPrediction
 from medres.inference.inputs import ScanInput
 from medres.inference.options import PredictOptions
-from medres.io.volume import Volume
+from medres.io.volume import Volume, patient_orientation
 from medres.predictions.detections import BOX_FUSION, DetectionBox, DetectionsRecord
 from medres.predictions.records import EnsembleRecord, GridRecord, Lesion, ScanRecord
 
@@ -166,7 +166,8 @@ def detection_scan_record(
         grid=GridRecord(
             shape=tuple(grid.shape),
             spacing_mm=tuple(round(s, 5) for s in grid.spacing_mm),
-            orientation=volume.orientation,
+            orientation=patient_orientation(volume),
+            length_unit=volume.length_unit,
             affine=np.round(grid.affine, 6).tolist(),
         ),
         ensemble=EnsembleRecord(

@@ -27,6 +27,8 @@ class PredictOptions:
         runtime: What runs the segmentation networks: ``auto``, ``torch``, ``onnx``,
             ``openvino``, ``onnx-int8`` or ``openvino-int8`` (detectors always run on
             torch); see :mod:`medres.inference.runtimes`.
+        pixel_size_mm: Pixel size ``(x, y)`` in mm of 2D image files (they carry none);
+            None: the pipeline's ``preprocessing.pixel_size_mm``, else sizes in pixels.
 
     Raises:
         ConfigError: ``ensemble`` is not a known mode, or ``runtime`` not a known runtime.
@@ -44,6 +46,7 @@ class PredictOptions:
     report_pdf: bool = False
     report_phi: bool = False
     runtime: str = "auto"
+    pixel_size_mm: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         from medres.models.exported import check_runtime_name

@@ -13,7 +13,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,8 @@ from medres.inference.options import PredictOptions
 from medres.inference.predictor import Ensemble
 from medres.inference.resume import is_complete, output_sizes, plan_fingerprint, source_key
 from medres.inference.writer import ensemble_name, scan_lesions, scan_record, write_masks
+from medres.io.images2d import with_pixel_size
+from medres.io.units import NO_PIXEL_SIZE_NOTE, PX
 from medres.io.volume import Volume
 from medres.pipeline import PipelineConfig
 from medres.predictions.detections import DetectionsRecord
@@ -129,9 +131,37 @@ def failed_result(item: ScanInput, root: Path, error: str) -> ScanResult:
 
 
 def _describe(volume: Volume) -> tuple[str, str]:
+    """The scan's shape and its voxel size in mm ("" when measured in pixels)."""
     shape = "x".join(str(s) for s in volume.spatial_shape)
+    if volume.length_unit == PX:
+        return shape, ""
     spacing = "x".join(f"{s:.3g}" for s in volume.spacing_mm)
     return shape, spacing
+
+
+def _set_area(result: ScanResult, record: ScanRecord) -> None:
+    """The summary row's lesion area, in the column of the scan's unit."""
+    if record.length_unit == PX:
+        result.lesion_area_px2, result.lesion_area_mm2 = record.total_area_mm2, None
+    else:
+        result.lesion_area_mm2, result.lesion_area_px2 = record.total_area_mm2, None
+
+
+def _with_pixel_size(volume: Volume, plan: Sequence[Ensemble], options: PredictOptions) -> Volume:
+    """A 2D image file on the pixel size asked for (``--pixel-size-mm``, else the first
+    pipeline's ``preprocessing.pixel_size_mm``); still in pixels when neither gives one,
+    with a note saying so."""
+    if volume.length_unit != PX:
+        return volume
+    given = options.pixel_size_mm
+    if given is None:
+        given = next(
+            (e.cfg.preprocessing.pixel_size_mm for e in plan if e.cfg.preprocessing.pixel_size_mm),
+            None,
+        )
+    if given is not None:
+        return with_pixel_size(volume, given)
+    return replace(volume, warnings=(*volume.warnings, NO_PIXEL_SIZE_NOTE))
 
 
 class _ScanStep:
@@ -172,7 +202,7 @@ class _ScanStep:
             result.error = f"{self.item.name}: {type(exc).__name__}: {exc}"
             logger.debug("%s failed:\n%s", self.item.scan_id, traceback.format_exc())
         if result.status != ScanStatus.RESUMED:
-            result.seconds = round(time.perf_counter() - start, 3)
+            result.scan_seconds = round(time.perf_counter() - start, 3)
         return result
 
     def _resumed(self) -> bool:
@@ -189,7 +219,7 @@ class _ScanStep:
             result.n_lesions = previous.n_lesions
             result.n_detections = previous.n_detections
             result.lesion_volume_ml = previous.total_volume_ml
-            result.lesion_area_mm2 = previous.total_area_mm2
+            _set_area(result, previous)
             result.notes = "; ".join(previous.notes)
             result.shape = "x".join(str(s) for s in previous.grid.shape)
             result.spacing_mm = "x".join(f"{s:.3g}" for s in previous.grid.spacing_mm)
@@ -233,8 +263,9 @@ class _ScanStep:
         volume = load_input(item)
         load_seconds = time.perf_counter() - load_start
         result.modality = volume.modality
-        result.shape, result.spacing_mm = _describe(volume)
         plan = self._choose(volume)
+        volume = _with_pixel_size(volume, plan, self.options)
+        result.shape, result.spacing_mm = _describe(volume)
         result.model = _plan_name(plan)
         segmenter = next((e for e in plan if not e.is_detector), None)
         detector = next((e for e in plan if isinstance(e, DetectionEnsemble)), None)
@@ -284,7 +315,7 @@ class _ScanStep:
         record = record.model_copy(update={"fingerprint": expected})
         result.n_lesions = record.n_lesions if segmenter is not None else None
         result.lesion_volume_ml = record.total_volume_ml
-        result.lesion_area_mm2 = record.total_area_mm2
+        _set_area(result, record)
         result.notes = "; ".join(notes)
         if self.after_scan is not None:
             record.write(folder)  # masks are kept if the report fails; not complete yet
@@ -337,7 +368,11 @@ class _ScanStep:
         on_stage("write")
         write_start = time.perf_counter()
         written += write_masks(
-            folder, prediction, ensemble, save_probabilities=self.options.save_probabilities
+            folder,
+            prediction,
+            ensemble,
+            save_probabilities=self.options.save_probabilities,
+            length_unit=volume.length_unit,
         )
         seconds["write"] = time.perf_counter() - write_start
         record = scan_record(

@@ -26,7 +26,8 @@ from medres.inference.resume import fingerprint, source_key, source_state
 from medres.io.atomic import write_bytes_atomic
 from medres.io.discover import SkippedFile, safe_name
 from medres.io.nifti import nifti_bytes
-from medres.io.volume import Volume
+from medres.io.units import MM, LengthUnit
+from medres.io.volume import Volume, patient_orientation
 from medres.models.folder import software_versions
 from medres.predictions.layout import ScanFolder, relative_to_input
 from medres.predictions.records import (
@@ -107,9 +108,11 @@ def write_masks(
     ensemble: Ensemble,
     *,
     save_probabilities: bool,
+    length_unit: LengthUnit = MM,
 ) -> list[str]:
     """Write the label map, and the probabilities and each member's outputs when the
-    prediction holds them; returns the written files relative to the scan folder."""
+    prediction holds them; returns the written files relative to the scan folder.
+    ``length_unit``: the scan's (members' lesion sizes are named in it)."""
     affine = prediction.affine
     write_bytes_atomic(folder.seg, nifti_bytes(prediction.label_map, affine))
     written = [folder.seg]
@@ -132,6 +135,7 @@ def write_masks(
             member=name,
             n_lesions=len(lesions),
             lesions=[x for x in lesions],
+            length_unit=length_unit,
         ).write(member)
         written.append(member.lesions_json)
     return [folder.relative(p) for p in written]
@@ -180,7 +184,8 @@ def scan_record(
         grid=GridRecord(
             shape=tuple(prediction.label_map.shape),
             spacing_mm=tuple(round(s, 5) for s in volume.spacing_mm[:ndim]),
-            orientation=volume.orientation,
+            orientation=patient_orientation(volume),
+            length_unit=volume.length_unit,
             affine=np.round(prediction.affine, 6).tolist(),
         ),
         ensemble=EnsembleRecord(

@@ -15,12 +15,19 @@ from medres.io.nifti import read_nifti
 from medres.io.volume import ScanKind, Volume
 
 
-def load_scan(ref: ScanRef, *, on_progress: Callable[[int, int], None] | None = None) -> Volume:
+def load_scan(
+    ref: ScanRef,
+    *,
+    on_progress: Callable[[int, int], None] | None = None,
+    pixel_size_mm: tuple[float, float] | None = None,
+) -> Volume:
     """Read the pixels of a discovered scan.
 
     Args:
         ref: From :func:`medres.io.discover.discover`.
         on_progress: ``(slices_done, slices_total)`` callback for DICOM series.
+        pixel_size_mm: The pixel size ``(x, y)`` of 2D image files, which carry none; None
+            measures them in pixels. DICOM and NIfTI scans keep their own voxel size.
 
     Returns:
         The scan as a :class:`Volume` on its own grid (RAS affine); its ``warnings`` include
@@ -54,7 +61,7 @@ def load_scan(ref: ScanRef, *, on_progress: Callable[[int, int], None] | None = 
     if ref.kind is ScanKind.NIFTI:
         return read_nifti(ref.paths[0])
     if ref.kind is ScanKind.IMAGE2D:
-        return read_image2d(ref.paths[0])
+        return read_image2d(ref.paths[0], spacing_mm=pixel_size_mm)
     raise LoadError(f"{ref.scan_id}: unknown scan kind {ref.kind!r}")
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from medres.io.units import MM, LengthUnit
 from medres.types import AffineRAS, ChannelImage
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,9 @@ class Volume:
         warnings: What the loader had to assume or repair (a default pixel spacing, a
             normalised orientation vector...), one line each; they reach the scan's row in
             ``summary.csv`` and its report.
+        length_unit: ``"mm"`` when the affine holds the physical voxel size; ``"px"`` for
+            a 2D image file without a known pixel size, whose affine then steps one unit
+            per pixel and whose sizes are reported in pixels (:mod:`medres.io.units`).
 
     Example:
         >>> import numpy as np
@@ -121,6 +125,7 @@ class Volume:
     patient: PatientInfo = field(default_factory=PatientInfo)
     channel_names: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    length_unit: LengthUnit = MM
 
     def __post_init__(self) -> None:
         if self.array.ndim not in (3, 4):
@@ -169,6 +174,12 @@ class Volume:
                 f"array spatial shape {array.shape[1:]} differs from {self.spatial_shape}"
             )
         return replace(self, array=array, channel_names=())
+
+
+def patient_orientation(volume: Volume) -> str:
+    """The axis codes of a scan placed in a patient (:attr:`Volume.orientation`), or ``""``
+    for a 2D image file, which has no patient geometry."""
+    return "" if volume.source.kind is ScanKind.IMAGE2D else volume.orientation
 
 
 def orientation_codes(affine: AffineRAS) -> str:

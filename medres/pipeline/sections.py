@@ -72,12 +72,16 @@ class PreprocessingConfig(_Strict):
         intensity: Normalisation, see :class:`IntensityConfig`.
         crop_foreground: Crop to the bounding box of non-zero image voxels (skull-stripped
             MR) before training; inverted (padded back) at prediction.
+        pixel_size_mm: Pixel size ``(x, y)`` in mm of the 2D image files this pipeline
+            predicts (PNG, TIFF, JPEG carry none): their lesions are then measured in mm,
+            not pixels. ``medres predict --pixel-size-mm`` overrides it.
     """
 
     orientation: str | None = None
     target_spacing_mm: tuple[float, ...] | None = None
     intensity: IntensityConfig = IntensityConfig()
     crop_foreground: bool = False
+    pixel_size_mm: tuple[float, float] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> PreprocessingConfig:
@@ -90,6 +94,11 @@ class PreprocessingConfig(_Strict):
                     f"orientation {self.orientation!r}: give three axis codes, one of each "
                     "L/R, A/P, S/I (e.g. RAS)"
                 )
+        if self.pixel_size_mm is not None and any(not 0 < s <= 100 for s in self.pixel_size_mm):
+            raise ValueError(
+                f"pixel_size_mm {list(self.pixel_size_mm)}: each size must be above 0 and at "
+                "most 100 mm"
+            )
         if self.target_spacing_mm is not None and any(s <= 0 for s in self.target_spacing_mm):
             raise ValueError(f"target_spacing_mm {list(self.target_spacing_mm)} must be > 0")
         low, high = SPACING_RANGE_MM

@@ -39,6 +39,7 @@ from pydantic import Field, model_validator
 
 from medres.io.atomic import write_text_atomic
 from medres.io.grid import Grid
+from medres.io.units import MM, LengthUnit, keys_in_mm, keys_in_unit
 from medres.predictions._base import Record, compact_json, read_json_record
 from medres.predictions.layout import MemberFolder, ScanFolder
 from medres.predictions.run_records import (
@@ -157,15 +158,19 @@ class GridRecord(Record):
 
     Attributes:
         shape: Spatial shape ``(x, y[, z])``.
-        spacing_mm: Voxel size per axis (norms of the affine's columns).
-        orientation: RAS axis codes (``LPS``...).
-        affine: 4x4 voxel ``(i, j, k)`` -> RAS+ mm.
+        spacing_mm: Voxel size per axis (norms of the affine's columns); 1 per pixel for
+            an image measured in pixels.
+        orientation: RAS axis codes (``LPS``...); ``""`` for a 2D image file.
+        affine: 4x4 voxel ``(i, j, k)`` -> RAS+ mm (pixels for an image without a size).
+        length_unit: ``mm``, or ``px`` when the image gave no pixel size: then every size
+            of the scan's record is in pixels and its JSON keys say so (``area_px2``).
     """
 
     shape: tuple[int, ...]
     spacing_mm: tuple[float, ...]
     orientation: str
     affine: tuple[tuple[float, float, float, float], ...]
+    length_unit: LengthUnit = MM
 
     @model_validator(mode="after")
     def _a_real_grid(self) -> GridRecord:
@@ -233,6 +238,21 @@ class ScanRecord(Record):
     complete: bool = False
     outputs: dict[str, int] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _measurements_in_mm(cls, data: Any) -> Any:
+        """A pixel-measured record's ``*_px`` keys read back under their ``*_mm`` names."""
+        return keys_in_mm(data) if isinstance(data, dict) else data
+
+    @property
+    def length_unit(self) -> LengthUnit:
+        """``mm``, or ``px`` for an image measured in pixels (:mod:`medres.io.units`)."""
+        return self.grid.length_unit
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as ``lesions.json`` stores it: sizes named in the scan's unit."""
+        return keys_in_unit(self.model_dump(mode="json"), self.length_unit)  # type: ignore[no-any-return]
+
     @classmethod
     def read(cls, folder: ScanFolder) -> ScanRecord:
         """Read and validate ``lesions.json``.
@@ -245,7 +265,7 @@ class ScanRecord(Record):
 
     def write(self, folder: ScanFolder) -> Path:
         """Write ``lesions.json`` atomically."""
-        return write_text_atomic(folder.lesions_json, compact_json(self.model_dump(mode="json")))
+        return write_text_atomic(folder.lesions_json, compact_json(self.to_json()))
 
     @property
     def segmented(self) -> bool:
@@ -267,6 +287,12 @@ class MemberLesionsRecord(Record):
     member: str
     n_lesions: int
     lesions: list[Lesion]
+    length_unit: LengthUnit = MM
+
+    @model_validator(mode="before")
+    @classmethod
+    def _measurements_in_mm(cls, data: Any) -> Any:
+        return keys_in_mm(data) if isinstance(data, dict) else data
 
     @classmethod
     def read(cls, folder: MemberFolder) -> MemberLesionsRecord:
@@ -281,8 +307,9 @@ class MemberLesionsRecord(Record):
         return record
 
     def write(self, folder: MemberFolder) -> Path:
-        """Write the member's ``lesions.json`` atomically."""
-        return write_text_atomic(folder.lesions_json, compact_json(self.model_dump(mode="json")))
+        """Write the member's ``lesions.json`` atomically (sizes named in its unit)."""
+        data = keys_in_unit(self.model_dump(mode="json"), self.length_unit)
+        return write_text_atomic(folder.lesions_json, compact_json(data))
 
 
 __all__ = [

@@ -66,7 +66,11 @@ class ScanStatus(StrEnum):
     SKIPPED = "skipped"
 
 
-#: Columns of ``summary.csv``, in order; units in the names.
+#: Columns of ``summary.csv``, in order; units in the names. ``spacing_mm`` and
+#: ``lesion_area_mm2`` are empty for an image measured in pixels, whose lesion area is in
+#: ``lesion_area_px2``. ``scan_seconds``: wall-clock seconds of the scan from its load to its
+#: last output, the report included when reports are written (``run.json`` splits the same
+#: time by stage in ``stage_seconds``, whose ``total`` it is).
 SUMMARY_COLUMNS = (
     "scan_id",
     "status",
@@ -78,8 +82,9 @@ SUMMARY_COLUMNS = (
     "n_lesions",
     "lesion_volume_ml",
     "lesion_area_mm2",
+    "lesion_area_px2",
     "n_detections",
-    "seconds",
+    "scan_seconds",
     "error",
     "notes",
     "source",
@@ -103,8 +108,9 @@ class ScanResult:
     n_lesions: int | None = None
     lesion_volume_ml: float | None = None
     lesion_area_mm2: float | None = None
+    lesion_area_px2: float | None = None
     n_detections: int | None = None
-    seconds: float = 0.0
+    scan_seconds: float = 0.0
     error: str = ""
     notes: str = ""
     source: str = ""

@@ -4,9 +4,10 @@
 their true aspect (each scan pixel becomes a block of screen pixels sized by its
 spacing), each label's outline (the mask's marching-squares contour, a dark wide line
 under a bright thin one), lesion ids, a detector's dashed boxes with their ``B<id>
-<score>`` text, a scale bar of a round length in mm, the patient-direction letters and
-a title strip. It costs a few milliseconds per image, where a matplotlib figure per
-image cost about 0.1 s (``benchmarks/bench_report.py``).
+<score>`` text, a scale bar of a round length in mm (in pixels for an image without a
+pixel size), the patient-direction letters and a title strip. It costs a few
+milliseconds per image, where a matplotlib figure per image cost about 0.1 s
+(``benchmarks/bench_report.py``).
 
 Fonts are the DejaVu faces matplotlib ships (matplotlib is a dependency for the
 evaluation plots), so every machine draws the same letters.
@@ -56,7 +57,8 @@ def _rgb(colour: str) -> tuple[int, int, int]:
 
 
 def _scale_bar_mm(width_mm: float) -> float:
-    for candidate in (100.0, 50.0, 20.0, 10.0, 5.0, 2.0, 1.0):
+    """The longest round length up to a quarter of the width (mm, or px: 1000 px and less)."""
+    for candidate in (1000.0, 500.0, 200.0, 100.0, 50.0, 20.0, 10.0, 5.0, 2.0, 1.0):
         if candidate <= width_mm / 4:
             return candidate
     return 1.0
@@ -73,14 +75,17 @@ def _screen_size(
 
 
 def _pixels(image: npt.NDArray[np.float32], size: tuple[int, int]) -> Any:
-    """The 0..1 image as an RGB Pillow image of ``size``, scan pixels as blocks."""
+    """The 0..1 image (grey, or ``(rows, columns, 3)`` colour) as an RGB Pillow image of
+    ``size``, scan pixels as blocks."""
     from PIL import Image
 
-    grey = np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
-    rows = np.minimum((np.arange(size[1]) * grey.shape[0]) // size[1], grey.shape[0] - 1)
-    cols = np.minimum((np.arange(size[0]) * grey.shape[1]) // size[0], grey.shape[1] - 1)
-    block = grey[rows[:, None], cols[None, :]]
-    return Image.fromarray(np.repeat(block[:, :, None], 3, axis=2), mode="RGB")
+    levels = np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    rows = np.minimum((np.arange(size[1]) * levels.shape[0]) // size[1], levels.shape[0] - 1)
+    cols = np.minimum((np.arange(size[0]) * levels.shape[1]) // size[0], levels.shape[1] - 1)
+    block = levels[rows[:, None], cols[None, :]]
+    if block.ndim == 2:
+        block = np.repeat(block[:, :, None], 3, axis=2)
+    return Image.fromarray(np.ascontiguousarray(block), mode="RGB")
 
 
 def _outlines(draw: Any, label_map: npt.NDArray[np.uint8], scale: tuple[float, float]) -> None:
@@ -187,8 +192,9 @@ def _boxes(
         _text(draw, (x0, y0 - 3), box["text"], size=11, fill=cyan, anchor="lb")
 
 
-def _scale_bar(draw: Any, size: tuple[int, int], width_mm: float) -> None:
-    """A white bar of a round length in mm at the bottom right, its length above it."""
+def _scale_bar(draw: Any, size: tuple[int, int], width_mm: float, unit: str = "mm") -> None:
+    """A white bar of a round length in mm (or image pixels, ``unit="px"``) at the bottom
+    right, its length above it."""
     bar_mm = _scale_bar_mm(width_mm)
     px_per_mm = size[0] / max(width_mm, 1e-6)
     x1 = size[0] * 0.95
@@ -200,7 +206,7 @@ def _scale_bar(draw: Any, size: tuple[int, int], width_mm: float) -> None:
     _text(
         draw,
         ((x0 + x1) / 2, y0 - 3),
-        f"{bar_mm:g} mm",
+        f"{bar_mm:g} {unit}",
         size=11,
         fill=(255, 255, 255),
         anchor="mb",
@@ -256,7 +262,7 @@ def render(
     _outlines(draw, label_map, scale)
     _lesion_ids(draw, lesions, corner, scale, size)
     _boxes(draw, boxes, corner, scale)
-    _scale_bar(draw, size, image.shape[1] * view.column_mm)
+    _scale_bar(draw, size, image.shape[1] * view.column_mm, view.length_unit)
     if view.orientation:
         _directions(draw, view.orientation, size)
     page = Image.new("RGB", (size[0], size[1] + TITLE_PX), (255, 255, 255))

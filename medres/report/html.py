@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medres._version import __version__
+from medres.io.units import PX, area_unit, volume_unit
 from medres.predictions.detections import DetectionsRecord
 from medres.predictions.records import Lesion, ModelProvenance, ScanRecord
 
@@ -56,7 +57,10 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
-def _centre(lesion: Lesion) -> str:
+def _centre(lesion: Lesion, unit: str) -> str:
+    """RAS mm of a scan in a patient; the pixel ``(x, y)`` of an image in pixels."""
+    if unit == PX:
+        return ", ".join(f"{v:.1f}" for v in lesion.center_ras_mm[:2])
     return ", ".join(f"{v:.1f}" for v in lesion.center_ras_mm)
 
 
@@ -70,6 +74,13 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def _spacing(record: ScanRecord) -> tuple[str, str]:
+    grid = record.grid
+    if grid.length_unit == PX:
+        return ("Pixel size", "not given: sizes in pixels (px)")
+    return ("Spacing (mm)", " x ".join(f"{s:.3g}" for s in grid.spacing_mm))
+
+
 def _identity(record: ScanRecord, volume: Volume, *, show_phi: bool) -> list[tuple[str, str]]:
     grid = record.grid
     identity = [
@@ -77,8 +88,8 @@ def _identity(record: ScanRecord, volume: Volume, *, show_phi: bool) -> list[tup
         ("Kind", record.source.kind),
         ("Modality", volume.modality or record.source.modality or "-"),
         ("Size", " x ".join(str(s) for s in grid.shape)),
-        ("Spacing (mm)", " x ".join(f"{s:.3g}" for s in grid.spacing_mm)),
-        ("Orientation", grid.orientation),
+        _spacing(record),
+        ("Orientation", grid.orientation or "- (an image file: no patient orientation)"),
     ]
     if show_phi:
         patient = volume.patient
@@ -131,13 +142,14 @@ class PageFacts:
 
 
 def _lesion_table(record: ScanRecord, detections: DetectionsRecord | None) -> Table:
-    three_d = record.three_d
+    three_d, unit = record.three_d, record.length_unit
+    image_file = record.grid.orientation == ""
     headers = [
         "id",
         "label",
-        "volume (ml)" if three_d else "area (mm²)",
-        "longest axial diameter (mm)",
-        "centre (RAS mm)",
+        f"volume ({volume_unit(unit)})" if three_d else f"area ({area_unit(unit)})",
+        f"longest {'' if image_file else 'axial '}diameter ({unit})",
+        "centre (x, y px)" if unit == PX else "centre (RAS mm)",
         "slice",
         "score (max p)",
         "mean p",
@@ -151,7 +163,7 @@ def _lesion_table(record: ScanRecord, detections: DetectionsRecord | None) -> Ta
             x.label,
             _fmt(x.volume_ml if three_d else x.area_mm2, 3 if three_d else 1),
             _fmt(x.longest_axial_diameter_mm, 1),
-            _centre(x),
+            _centre(x, unit),
             _fmt(x.axial_slice),
             _fmt(x.max_probability),
             _fmt(x.mean_probability),
@@ -170,7 +182,7 @@ def _lesion_table(record: ScanRecord, detections: DetectionsRecord | None) -> Ta
     return Table(tuple(headers), tuple(rows), frozenset({1, 4}))
 
 
-def _box_table(detections: DetectionsRecord) -> Table:
+def _box_table(detections: DetectionsRecord, unit: str) -> Table:
     n_members = len(detections.members)
     rows = tuple(
         (
@@ -184,7 +196,8 @@ def _box_table(detections: DetectionsRecord) -> Table:
         )
         for b in detections.reported_boxes[:MAX_LISTED_BOXES]
     )
-    headers = ("box", "label", "score", "centre (RAS mm)", "size (mm)", "members", "lesion")
+    centre = "centre (x, y px)" if unit == PX else "centre (RAS mm)"
+    headers = ("box", "label", "score", centre, f"size ({unit})", "members", "lesion")
     return Table(headers, rows, frozenset({1, 3, 4}))
 
 
@@ -230,13 +243,14 @@ def page_facts(
     total = (
         f"{record.total_volume_ml:.3f} ml"
         if three_d and record.total_volume_ml is not None
-        else f"{record.total_area_mm2 or 0.0:.1f} mm²"
+        else f"{record.total_area_mm2 or 0.0:.1f} {area_unit(record.length_unit)}"
     )
     lesions_note = (
         "Score: the highest ensemble probability in the lesion. Members: how many ensemble "
         "members found it. Uncertainty: the members' mean disagreement (standard deviation "
         "of their probabilities) over the lesion. Sizes and diameters are measured on the "
-        "scan's own grid."
+        "scan's own grid"
+        + (", in pixels: the image file gives no pixel size." if record.length_unit == PX else ".")
     )
     if detections is not None:
         lesions_note += (
@@ -287,7 +301,7 @@ def page_facts(
         f"{detections.report_score}"
         if detections is not None
         else None,
-        boxes=_box_table(detections) if detections is not None else None,
+        boxes=_box_table(detections, record.length_unit) if detections is not None else None,
         boxes_note=boxes_note,
         overview=[(n, p) for n, p in images if n.startswith("overview")],
         key_images=key,
@@ -313,6 +327,18 @@ def scan_page(facts: PageFacts) -> str:
     )
 
 
+def _size_cell(row: dict[str, str]) -> str:
+    """A summary row's lesion volume or area, with its unit."""
+    for column, unit in (
+        ("lesion_volume_ml", "ml"),
+        ("lesion_area_mm2", "mm²"),
+        ("lesion_area_px2", "px²"),
+    ):
+        if row.get(column):
+            return f"{row[column]} {unit}"
+    return ""
+
+
 def index_page(
     rows: Sequence[dict[str, str]], *, reports: dict[str, str], run_json: str, summary_csv: str
 ) -> str:
@@ -327,7 +353,7 @@ def index_page(
         {
             **row,
             "report": reports.get(row["scan_id"], ""),
-            "size": row["lesion_volume_ml"] or row["lesion_area_mm2"],
+            "size": _size_cell(row),
         }
         for row in rows
     ]

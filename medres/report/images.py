@@ -39,11 +39,13 @@ class View:
     """One 2D view ready to draw.
 
     Attributes:
-        image: Display-ordered pixels (rows top to bottom, columns left to right).
+        image: Display-ordered pixels (rows top to bottom, columns left to right), 0..1:
+            ``(rows, columns)`` grey or ``(rows, columns, 3)`` colour.
         label_map: The label map on the same pixels.
-        row_mm / column_mm: Pixel size along rows and columns on screen (mm).
+        row_mm / column_mm: Pixel size along rows and columns on screen (in ``length_unit``).
         title: e.g. ``axial, z -16.0 mm`` (the plane's RAS coordinate).
         orientation: Letters at the left, right, top and bottom edges (e.g. ``"RLAP"``).
+        length_unit: ``mm``, or ``px`` for an image without a pixel size (the scale bar's).
     """
 
     image: npt.NDArray[np.float32]
@@ -52,6 +54,7 @@ class View:
     column_mm: float
     title: str
     orientation: str
+    length_unit: str = "mm"
 
 
 def display_channel(array: npt.NDArray[Any], channel_names: Sequence[str]) -> npt.NDArray[Any]:
@@ -177,24 +180,53 @@ def orthogonal_views(
 
 
 def image_view(
-    image: npt.NDArray[Any], label_map: npt.NDArray[np.uint8], spacing: Sequence[float]
+    image: npt.NDArray[Any],
+    label_map: npt.NDArray[np.uint8],
+    spacing: Sequence[float],
+    *,
+    length_unit: str = "mm",
 ) -> View:
-    """A 2D image as stored: ``(x, y)`` arrays shown with ``y`` down the screen."""
+    """A 2D image as stored: ``(x, y)`` arrays (``(x, y, 3)`` in colour) shown with ``y``
+    down the screen."""
+    pixels = np.asarray(image, dtype=np.float32)
+    shown = np.swapaxes(pixels, 0, 1) if pixels.ndim == 3 else pixels.T
     return View(
-        image=np.ascontiguousarray(np.asarray(image, dtype=np.float32).T),
+        image=np.ascontiguousarray(shown),
         label_map=np.ascontiguousarray(label_map.T),
         row_mm=float(spacing[1]),
         column_mm=float(spacing[0]),
         title="image",
         orientation="",
+        length_unit=length_unit,
     )
+
+
+def colour_image(array: npt.NDArray[Any], channel_names: Sequence[str]) -> npt.NDArray[Any] | None:
+    """A colour photograph's ``(x, y, 3)`` pixels scaled to 0..1, or None when ``array``
+    ``(C, x, y)`` is not an RGB image (channels named R, G, B).
+
+    8-bit images keep their colours exactly (divided by 255); others are scaled by the
+    1st-99th percentile of all three channels together, so the hues stay as they are.
+    """
+    if array.ndim != 3 or array.shape[0] != 3:
+        return None
+    if [n.upper() for n in channel_names] != ["R", "G", "B"]:
+        return None
+    rgb = np.moveaxis(np.asarray(array), 0, -1)
+    if rgb.dtype == np.uint8:
+        return rgb.astype(np.float32) / 255.0
+    low, high = (float(v) for v in np.percentile(rgb, [1.0, 99.0]))
+    scaled: npt.NDArray[np.float32] = np.clip(
+        (rgb.astype(np.float32) - low) / max(high - low, 1e-6), 0.0, 1.0
+    )
+    return scaled
 
 
 def lesion_crop(view: View, row: int, column: int, *, half_mm: float) -> tuple[slice, slice]:
     """A square window of ``2 * half_mm`` around a point of the view."""
     half_rows = max(int(half_mm / view.row_mm), 8)
     half_cols = max(int(half_mm / view.column_mm), 8)
-    rows, cols = view.image.shape
+    rows, cols = view.image.shape[:2]
     r0 = min(max(row - half_rows, 0), max(rows - 2 * half_rows, 0))
     c0 = min(max(column - half_cols, 0), max(cols - 2 * half_cols, 0))
     return slice(r0, min(r0 + 2 * half_rows, rows)), slice(c0, min(c0 + 2 * half_cols, cols))
@@ -205,6 +237,7 @@ __all__ = [
     "OUTLINE_COLOURS",
     "SOFT_TISSUE_WINDOW",
     "View",
+    "colour_image",
     "display_channel",
     "image_view",
     "lesion_crop",

@@ -14,13 +14,15 @@ import numpy as np
 import numpy.typing as npt
 
 from medres.io.grid import boxes_between_grids
-from medres.io.volume import ScanKind, Volume
+from medres.io.units import PX
+from medres.io.volume import Volume
 from medres.pipeline import IntensityKind, PipelineConfig
 from medres.predictions.detections import DetectionBox
 from medres.predictions.records import Lesion
 from medres.report.drawing import render
 from medres.report.images import (
     View,
+    colour_image,
     display_channel,
     image_view,
     lesion_crop,
@@ -97,23 +99,32 @@ def key_images(
     note. ``boxes`` (a detector's reported boxes) are drawn on every image they cross;
     each also gets its own key image (``box_NN.png``) when no lesion was segmented."""
     channel_names = cfg.channels if cfg is not None else volume.channel_names
+    colour = colour_image(volume.array, volume.channel_names)
+    if colour is not None:  # a photograph: shown in its own colours
+        labels = labels.reshape(colour.shape[:2])
+        images = _images_2d(colour, labels, volume, lesions, boxes)
+        return images, _note_2d(volume, colour=True)
     shown = display_channel(volume.array, channel_names or ())
     modality = volume.modality or ("CT" if _ct_window(cfg) else "")
     shown = window(shown, modality=modality, ct_window=_ct_window(cfg))
     labels = labels.reshape(shown.shape)
     if shown.ndim == 2:
-        images = _images_2d(shown, labels, volume, lesions, boxes)
-        note = "2D image shown as stored (first row at the top)."
-        if volume.source.kind is ScanKind.IMAGE2D:
-            note += (
-                " Image files carry no pixel spacing: sizes and the scale bar assume 1 mm pixels."
-            )
-        return images, note
+        return _images_2d(shown, labels, volume, lesions, boxes), _note_2d(volume, colour=False)
     note = (
         "Radiological convention: patient right on the image left; axial views anterior "
         "at the top; coronal and sagittal views superior at the top."
     )
     return _images_3d(shown, labels, volume, lesions, boxes), note
+
+
+def _note_2d(volume: Volume, *, colour: bool) -> str:
+    """How a 2D image is shown, and in which unit its scale bar is."""
+    note = (
+        f"2D image shown as stored{' in its own colours' if colour else ''} (first row at the top)."
+    )
+    if volume.length_unit == PX:
+        note += " The image gives no pixel size: sizes and the scale bar are in pixels (px)."
+    return note
 
 
 def _images_2d(
@@ -125,7 +136,7 @@ def _images_2d(
 ) -> list[tuple[str, bytes]]:
     """Overview, per-lesion and per-box PNGs of a 2D image."""
     images: list[tuple[str, bytes]] = []
-    view = image_view(shown, labels, volume.spacing_mm)
+    view = image_view(shown, labels, volume.spacing_mm, length_unit=volume.length_unit)
     marks = [
         {"lesion_id": x.lesion_id, "row": round(x.center_ijk[1]), "column": round(x.center_ijk[0])}
         for x in lesions

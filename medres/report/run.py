@@ -23,7 +23,9 @@ from medres.inference.inputs import ScanInput, assemble_inputs, load_input
 from medres.inference.resume import refresh_outputs, source_key, source_state
 from medres.inference.scan_step import ScanPrediction
 from medres.io import discover
+from medres.io.images2d import with_pixel_size
 from medres.io.nifti import read_nifti
+from medres.io.units import MM
 from medres.pipeline import PipelineConfig
 from medres.predictions.detections import DetectionsRecord
 from medres.predictions.layout import RunFolder, ScanFolder
@@ -77,6 +79,8 @@ def _scan_prediction(
     folder: ScanFolder, record: ScanRecord, item: ScanInput, cfg: PipelineConfig
 ) -> ScanPrediction:
     volume = load_input(item)
+    if record.grid.length_unit == MM:  # a 2D image file measured with a given pixel size
+        volume = with_pixel_size(volume, tuple(record.grid.spacing_mm[:2]))
     detections = None
     if folder.detections_json.is_file():
         detections = DetectionsRecord.read(folder)
