@@ -127,6 +127,55 @@ def disc_image(
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask
 
 
+def skin_photo(
+    *, size: tuple[int, int] = (77, 101), seed: int = 0
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """A dermoscopy-like colour photograph (rows, cols, 3) of one lesion, and its 0/255 mask.
+
+    Skin-toned background with uneven lighting and a few dark hairs; one brown lesion
+    with a wavy border (a randomly perturbed ellipse), darker in its centre. The image
+    carries no pixel size, as a photograph does.
+    """
+    rng = np.random.default_rng(seed)
+    rows, cols = size
+    yy, xx = _grid((rows, cols))
+    light = 1.0 - 0.25 * (((yy - rows * 0.4) / rows) ** 2 + ((xx - cols * 0.6) / cols) ** 2)
+    skin = np.array([224.0, 172.0, 150.0]) * rng.uniform(0.9, 1.05)
+    image = light[..., None] * skin[None, None, :]
+    cy, cx = rng.uniform(0.35, 0.65) * rows, rng.uniform(0.35, 0.65) * cols
+    ry, rx = rng.uniform(0.15, 0.3) * rows, rng.uniform(0.15, 0.3) * cols
+    angle = np.arctan2(yy - cy, xx - cx)
+    wobble = 1.0 + sum(
+        rng.uniform(0.03, 0.09) * np.cos(k * angle + rng.uniform(0, 2 * np.pi)) for k in (3, 5, 7)
+    )
+    radius = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
+    lesion = radius <= wobble
+    brown = np.array([120.0, 70.0, 45.0]) * rng.uniform(0.8, 1.1)
+    depth = np.clip(1.0 - radius / wobble, 0.0, 1.0)[..., None]
+    image = np.where(lesion[..., None], brown * (1.0 - 0.35 * depth), image)
+    for _ in range(int(rng.integers(1, 4))):  # hairs: thin dark lines across the photo
+        slope, offset = rng.uniform(-1.5, 1.5), rng.uniform(0, rows)
+        hair = np.abs(yy - (slope * (xx - cols / 2) + offset)) < 0.6
+        image = np.where(hair[..., None], image * 0.45, image)
+    image = image + rng.normal(0.0, 5.0, image.shape)
+    mask = np.where(lesion, 255, 0).astype(np.uint8)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask
+
+
+def write_photo_set(out_dir: str | Path, *, n_cases: int = 12) -> list[Path]:
+    """A photograph data set as many exports lay it out: ``images/lesion_NN.png`` (RGB,
+    odd sizes) and their masks of the same name in ``masks/`` (0/255), no pixel size."""
+    out = Path(out_dir)
+    written: list[Path] = []
+    for index in range(1, n_cases + 1):
+        size = (71 + 6 * (index % 4), 97 + 4 * (index % 3))
+        image, mask = skin_photo(size=size, seed=500 + index)
+        name = f"lesion_{index:02d}.png"
+        written.append(write_bytes_atomic(out / "images" / name, _png_bytes(image)))
+        written.append(write_bytes_atomic(out / "masks" / name, _png_bytes(mask)))
+    return written
+
+
 def _png_bytes(array: npt.NDArray[np.uint8]) -> bytes:
     from PIL import Image
 
@@ -239,11 +288,23 @@ Total size: {total} bytes.
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m medres.synthetic OUT``: write the sample data set into OUT."""
+    """``python -m medres.synthetic OUT``: write the sample data set into OUT;
+    ``--photos``: a colour photograph set (``images/`` + ``masks/``) instead."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("out", type=Path, help="output folder, e.g. sample_data")
+    parser.add_argument(
+        "--photos",
+        type=int,
+        metavar="N",
+        default=0,
+        help="write N dermoscopy-like photographs with their masks in masks/ instead",
+    )
     args = parser.parse_args(argv)
-    files = write_sample_data(args.out)
+    files = (
+        write_photo_set(args.out, n_cases=args.photos)
+        if args.photos
+        else write_sample_data(args.out)
+    )
     print(f"wrote {len(files)} files to {args.out}")
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from medres.io.volume import Volume
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +22,30 @@ def _fmt_shape(shape: tuple[int, ...] | None) -> str:
 
 def _fmt_spacing(spacing: tuple[float, ...] | None) -> str:
     return "x".join(f"{s:.3g}" for s in spacing) if spacing else "?"
+
+
+def _fmt_mask(mask: str | None, scan_path: str) -> str:
+    """The mask file relative to its scan's folder (``x_mask.png``, ``../masks/x.png``)."""
+    return os.path.relpath(mask, Path(scan_path).parent) if mask else "-"
+
+
+def _mask_taken_as_scan(vol: Volume, path: str, mask_suffix: str) -> list[str]:
+    """The warning for a 2D scan whose pixels hold only 0 and one other value, else none."""
+    import numpy as np
+
+    from medres.io.images2d import looks_like_mask
+
+    if not looks_like_mask(vol):
+        return []
+    values = np.unique(vol.array)
+    if values.size != 2:
+        return []  # all black: nothing says it is a mask
+    name = Path(path)
+    return [
+        f"holds only 0 and {float(values[-1]):g}: this looks like a mask taken as a scan; "
+        f"name it {name.stem}{mask_suffix or '_mask'}{name.suffix} beside its image, or put "
+        "masks in a masks/ folder beside images/"
+    ]
 
 
 def inspect_command(
@@ -47,6 +75,7 @@ def inspect_command(
     from medres.errors import LoadError
     from medres.io.discover import discover
     from medres.io.load import load_scan
+    from medres.io.volume import ScanKind
 
     with fail_cleanly(), progress_bar() as progress:
         task = progress.add_task("discover", total=None, item="")
@@ -69,6 +98,7 @@ def inspect_command(
                 "orientation": ref.orientation,
                 "description": ref.description,
                 "mask": ref.mask_path,
+                "length_unit": "px" if ref.kind is ScanKind.IMAGE2D else "mm",
                 "path": ref.paths[0] if len(ref.paths) == 1 else str(Path(ref.paths[0]).parent),
                 "status": "ok",
                 "problem": "",
@@ -93,11 +123,14 @@ def inspect_command(
                         shape=list(vol.spatial_shape),
                         channels=vol.n_channels,
                         spacing_mm=[round(s, 4) for s in vol.spacing_mm],
+                        length_unit=vol.length_unit,
                         orientation=vol.orientation if vol.spatial_ndim == 3 else "",
                         dtype=str(vol.array.dtype),
                         value_range=[float(vol.array.min()), float(vol.array.max())],
                         modality=vol.modality or row["modality"],
                     )
+                    if ref.kind is ScanKind.IMAGE2D and ref.mask_path is None:
+                        row["warnings"] += _mask_taken_as_scan(vol, ref.paths[0], mask_suffix)
             rows.append(row)
             progress.advance(load_task)
 
@@ -127,7 +160,7 @@ def _print_tables(
     from medres.cli.console import console
 
     table = Table(title="Scans", show_lines=False)
-    for col in ("scan id", "kind", "mod", "shape", "spacing mm", "orient", "status"):
+    for col in ("scan id", "kind", "mod", "shape", "spacing (mm)", "orient", "mask", "status"):
         table.add_column(col, overflow="fold")
     for r in rows:
         shape = _fmt_shape(tuple(r["shape"]) if r["shape"] else None)
@@ -141,8 +174,11 @@ def _print_tables(
             r["kind"],
             r["modality"] or "-",
             shape,
-            _fmt_spacing(tuple(r["spacing_mm"]) if r["spacing_mm"] else None),
+            "- (px)"
+            if r["length_unit"] == "px"
+            else _fmt_spacing(tuple(r["spacing_mm"]) if r["spacing_mm"] else None),
             r["orientation"] or "-",
+            _fmt_mask(r["mask"], r["path"]),
             status,
         )
     console.print(table)

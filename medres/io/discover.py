@@ -2,10 +2,11 @@
 
 :func:`discover` walks a folder and returns :class:`ScanRef` records (one per volume: a
 DICOM series, or part of one when a series holds several volumes; a NIfTI file; a 2D
-image with its mask) plus a :class:`SkippedFile` for every other file with the reason it
-was not used. It never decodes pixel data, so it is fast on large PACS exports; the
-geometry checks of :func:`medres.io.dicom.plan_series` (gaps, duplicates, mixed slices)
-run here already and a broken series carries its error in ``ScanRef.problem``.
+image with its mask, paired by :mod:`medres.io.pairing`) plus a :class:`SkippedFile` for
+every other file with the reason it was not used. It never decodes pixel data, so it is
+fast on large PACS exports; the geometry checks of :func:`medres.io.dicom.plan_series`
+(gaps, duplicates, mixed slices) run here already and a broken series carries its error
+in ``ScanRef.problem``.
 
 Discovery isolates every file: only regular files are opened (a FIFO or a link to
 ``/dev/zero`` is skipped unopened), files above
@@ -45,6 +46,7 @@ from medres.io.dicom import (
 )
 from medres.io.images2d import is_image2d_path
 from medres.io.nifti import is_nifti_path, nifti_stem
+from medres.io.pairing import pair_masks
 from medres.io.scan_refs import DiscoveryResult, ScanRef, SkippedFile, safe_name
 from medres.io.series_refs import _damaged_by_folder, _dicom_scans
 from medres.io.volume import ScanKind
@@ -116,11 +118,6 @@ def iter_files(root: Path) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
-def _is_mask(stem: str, mask_suffix: str) -> bool:
-    """Whether a file stem names a mask (``case_mask`` with suffix ``_mask``)."""
-    return bool(mask_suffix) and stem.endswith(mask_suffix) and len(stem) > len(mask_suffix)
-
-
 def discover(
     root: str | Path,
     *,
@@ -132,7 +129,9 @@ def discover(
     Args:
         root: A folder (searched recursively) or a single file.
         mask_suffix: Stem suffix that marks a mask: ``case_mask.png`` is the mask of
-            ``case.png``, ``case_mask.nii.gz`` of ``case.nii.gz``. ``""`` disables pairing.
+            ``case.png``, ``case_mask.nii.gz`` of ``case.nii.gz``. ``""`` disables that
+            rule; masks in mask folders (``images/x.png`` + ``masks/x.png``, ``labelsTr/``)
+            pair by stem either way (:mod:`medres.io.pairing`).
         on_progress: Called with ``(files_done, files_total, path)``.
 
     Returns:
@@ -176,8 +175,8 @@ def discover(
         on_progress(len(files), len(files), "")
 
     result.scans.extend(_dicom_scans(dicom_slices, _damaged_by_folder(result.skipped)))
-    result.scans.extend(_file_scans(nifti_files, ScanKind.NIFTI, mask_suffix, result))
-    result.scans.extend(_file_scans(image_files, ScanKind.IMAGE2D, mask_suffix, result))
+    result.scans.extend(_file_scans(nifti_files, ScanKind.NIFTI, mask_suffix, result, root_path))
+    result.scans.extend(_file_scans(image_files, ScanKind.IMAGE2D, mask_suffix, result, root_path))
     _make_ids_unique(result.scans)
     logger.info(
         "%s: %d scans, %d files skipped (%d unreadable)",
@@ -287,50 +286,28 @@ def _same_bytes(a: Path, b: Path) -> bool:
         return False
 
 
-_DECATHLON_LABELS = {"labelsTr": "imagesTr", "labelsTs": "imagesTs"}
-
-
 def _file_scans(
-    files: list[Path], kind: ScanKind, mask_suffix: str, result: DiscoveryResult
+    files: list[Path], kind: ScanKind, mask_suffix: str, result: DiscoveryResult, root: Path
 ) -> list[ScanRef]:
-    """One ScanRef per NIfTI or 2D image file, paired with its mask; orphan masks skipped.
+    """One ScanRef per NIfTI or 2D image file, paired with its mask; unused masks skipped.
 
-    Masks are ``<stem><mask_suffix>`` beside the image, or the Decathlon / nnU-Net
-    ``labelsTr/<case>`` of ``imagesTr/<case>[_0000]``.
+    Masks are found by :func:`medres.io.pairing.pair_masks`: ``<stem><mask_suffix>`` beside
+    the image, the same stem in a mask folder beside the image's folder (``masks/``,
+    ``labels/``, ``case_mask/``...), or the Decathlon / nnU-Net ``labelsTr/<case>`` of
+    ``imagesTr/<case>[_0000]``.
     """
     stem_of = nifti_stem if kind is ScanKind.NIFTI else (lambda p: Path(p).stem)
-    images: dict[tuple[Path, str], Path] = {}
-    masks: dict[tuple[Path, str], Path] = {}
-    for path in files:
-        stem = stem_of(path)
-        if path.parent.name in _DECATHLON_LABELS:
-            # Decathlon / nnU-Net layout: labelsTr/case.nii.gz labels imagesTr/case.nii.gz
-            images_dir = path.parent.parent / _DECATHLON_LABELS[path.parent.name]
-            masks[(images_dir, stem)] = path
-        elif _is_mask(stem, mask_suffix):
-            masks[(path.parent, stem[: -len(mask_suffix)])] = path
-        else:
-            images[(path.parent, stem)] = path
-    for parent, stem in list(images):
-        # nnU-Net names the first channel case_0000: its label is labelsTr/case
-        if parent.name in _DECATHLON_LABELS.values() and stem.endswith("_0000"):
-            key = (parent, stem[:-5])
-            if key in masks and key not in images:
-                masks[(parent, stem)] = masks.pop(key)
-    for key, orphan in masks.items():
-        if key not in images:
-            result.skipped.append(
-                SkippedFile(str(orphan), f"mask without an image named '{key[1]}' beside it")
-            )
+    found = pair_masks(files, root=root, mask_suffix=mask_suffix, stem_of=stem_of)
+    result.skipped.extend(found.skipped)
     scans = []
-    for (parent, stem), path in sorted(images.items(), key=lambda kv: str(kv[1])):
-        mask = masks.get((parent, stem))
+    for pair in found.pairs:
+        stem = stem_of(pair.image)
         scans.append(
             ScanRef(
                 scan_id=safe_name(stem, max_length=80),
                 kind=kind,
-                paths=(str(path),),
-                mask_path=str(mask) if mask else None,
+                paths=(str(pair.image),),
+                mask_path=str(pair.mask) if pair.mask else None,
                 description=stem,
             )
         )

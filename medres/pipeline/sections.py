@@ -280,7 +280,7 @@ class PostprocessingConfig(_Strict):
 
     Attributes:
         min_lesion_size: Connected components smaller than this are removed: mm^3 for 3D
-            pipelines, mm^2 for 2D ones.
+            pipelines, mm^2 for 2D ones (px^2 for image files measured in pixels).
     """
 
     min_lesion_size: float = Field(

@@ -7,11 +7,10 @@ Three layouts are accepted (see docs/user-guide.md):
   resolved against ``base_dir`` (default: the JSON file's folder);
 * a **Decathlon folder** with ``imagesTr/`` and ``labelsTr/`` (4D multi-channel images,
   or nnU-Net-style ``case_0000.nii.gz``, ``case_0001.nii.gz`` channel files);
-* **2D image/mask pairs** (``name.tif`` + ``name_mask.tif``), grouped by patient: the
-  sub-folder of the data root, or the file name without its trailing ``_<slice>``.
+* **2D image/mask pairs** (``name.tif`` + ``name_mask.tif``, ``images/`` + ``masks/``...:
+  :mod:`medres.io.pairing`), by patient: the sub-folder, or the name before ``_<slice>``.
 
-Cross-validation folds are split by patient group, never by slice, and deterministically
-for a given seed.
+Folds are split by patient group, never by slice, deterministically for a given seed.
 
 Example:
     >>> cases = find_training_cases("sample_data/ct_train", dims=3)  # doctest: +SKIP
@@ -37,6 +36,7 @@ from medres.io.discover import iter_files
 from medres.io.grid import squeeze_single_slice_shape
 from medres.io.images2d import is_image2d_path
 from medres.io.nifti import is_nifti_path, nifti_stem
+from medres.io.pairing import ImagePair, pair_masks
 from medres.pipeline import PipelineConfig
 from medres.training.box_datalist import BoxTruth, checked_boxes, read_box_entry
 
@@ -186,33 +186,36 @@ def scan_decathlon(folder: str | Path) -> list[TrainingCase]:
 
 
 def scan_image_pairs(folder: str | Path, *, mask_suffix: str = "_mask") -> list[TrainingCase]:
-    """2D image/mask pairs under ``folder``, grouped by patient.
+    """2D image/mask pairs under ``folder`` (:func:`medres.io.pairing.pair_masks`), by patient.
 
-    The group is the first sub-folder below ``folder`` when files sit in per-patient
-    folders, else the file name without its trailing ``_<number>``. Images without a
-    mask are listed as cases whose ``label_path`` does not exist, so that
-    :func:`check_cases` reports them by name.
+    The group is the first sub-folder below ``folder`` (not counting the ``images/`` of
+    ``images/`` + ``masks/``: ``images/a/x.png`` is in ``a``, ``case/case_image/x.bmp`` in
+    ``case``), else the file name without its trailing ``_<number>``. An image without a
+    mask becomes a case whose ``label_path`` does not exist, so that :func:`check_cases`
+    names it; masks not used are logged with the reason.
     """
     folder = Path(folder)
     files = [p for p in iter_files(folder) if is_image2d_path(p)]
-    by_stem = {(p.parent, nifti_stem(p.name)): p for p in files}
-    cases: list[TrainingCase] = []
-    for path in files:
-        stem = nifti_stem(path.name)
-        if stem.endswith(mask_suffix):
-            continue
-        mask = by_stem.get(
-            (path.parent, stem + mask_suffix), path.with_name(stem + mask_suffix + path.suffix)
-        )
-        match = _SLICE_NUMBER.match(stem)
-        relative = path.relative_to(folder)
-        # per-patient folders name the group; flat folders: the name before "_<slice>"
-        group = relative.parts[0] if len(relative.parts) > 1 else (match["stem"] if match else stem)
-        order = int(match["number"]) if match else 0
-        case_id = stem if stem.startswith(group) else f"{group}_{stem}"
-        cases.append(TrainingCase(case_id, group, (path,), mask, order))
+    found = pair_masks(files, root=folder, mask_suffix=mask_suffix, stem_of=nifti_stem)
+    for skipped in found.skipped:
+        logger.warning("%s: not used: %s", skipped.path, skipped.reason)
+    cases = [_image_case(pair, folder, mask_suffix) for pair in found.pairs]
     cases.sort(key=lambda c: (c.group, c.order, c.case_id))
     return cases
+
+
+def _image_case(pair: ImagePair, folder: Path, mask_suffix: str) -> TrainingCase:
+    """The training case of one 2D image: its group, slice order and mask path."""
+    path, stem = pair.image, nifti_stem(pair.image)
+    default = path.with_name(f"{stem}{mask_suffix or '_mask'}{path.suffix}")
+    mask = pair.mask or pair.expected_mask or default
+    parts = pair.parts_below(folder)
+    match = _SLICE_NUMBER.match(stem)
+    # per-patient folders name the group; flat folders: the name before "_<slice>"
+    group = parts[0] if len(parts) > 1 else (match["stem"] if match else stem)
+    order = int(match["number"]) if match else 0
+    case_id = stem if stem.startswith(group) else f"{group}_{stem}"
+    return TrainingCase(case_id, group, (path,), mask, order)
 
 
 def find_training_cases(
@@ -249,7 +252,7 @@ def find_training_cases(
         raise DatasetError(
             f"{data}: empty data set: no labelled cases found as {layout} (accepted: a "
             f"datalist JSON, a folder with imagesTr/ + labelsTr/, or 2D images with "
-            f"'{mask_suffix}' masks)"
+            f"'{mask_suffix}' masks beside them or in a masks/ folder beside images/)"
         )
     ids = [c.case_id for c in cases]
     if len(set(ids)) != len(ids):
