@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from medres.cluster.client import ClusterSpec
     from medres.training.loop import TrainingProgress
+    from medres.training.plan import TrainingPlan
     from medres.training.run import MemberRunner, TrainingRun
 
 
@@ -38,7 +39,9 @@ def train_command(
             "image/mask pairs.",
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", help="Model folder to write.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Model folder to write (not with --check).")
+    ] = None,
     folds: Annotated[
         str | None, typer.Option("--folds", help="Folds to train, e.g. 0,1 (default: all).")
     ] = None,
@@ -65,6 +68,15 @@ def train_command(
         Path | None,
         typer.Option("--data-root", help="Base folder for relative paths in a datalist JSON."),
     ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Dry run: check the pipeline and data, time a few training steps and print "
+            "the plan (cases, folds, patch, iterations per minute, epochs in the budget); "
+            "writes nothing.",
+        ),
+    ] = False,
     workers: WorkersOption = None,
     scheduler: SchedulerOption = None,
     torch_threads: TorchThreadsOption = None,
@@ -94,6 +106,13 @@ def train_command(
 
     tune_allocator()
     fold_list = _parse_folds(folds)
+    if check:
+        _check_only(
+            pipeline, data, fold_list, device, max_minutes, exclude_groups, mask_suffix, data_root
+        )
+        return
+    if out is None:
+        raise typer.BadParameter("give the model folder to write with --out", param_hint="--out")
     with fail_cleanly(), ExitStack() as stack:
         launch = launch_from_env()
         quiet = not launch.is_main  # torchrun: only rank 0 draws and prints
@@ -169,6 +188,90 @@ def train_command(
                 raise typer.Exit(130) from None
     if not quiet:
         _print_members(run, cfg_name=cfg.name)
+
+
+def _check_only(
+    pipeline: Path,
+    data: Path,
+    folds: list[int] | None,
+    device: str,
+    max_minutes: float | None,
+    exclude_groups: str | None,
+    mask_suffix: str,
+    data_root: Path | None,
+) -> None:
+    """``medres train --check``: the plan of a run, measured, and nothing written."""
+    from medres.cli.console import fail_cleanly, progress_bar
+    from medres.pipeline import load_pipeline
+    from medres.training.datasets import read_group_list
+    from medres.training.plan import plan_training
+
+    with fail_cleanly():
+        cfg = load_pipeline(pipeline)
+        groups = read_group_list(exclude_groups) if exclude_groups else []
+        with progress_bar() as progress:
+            task = progress.add_task("check data", total=None, item="")
+
+            def on_check(done: int, total: int) -> None:
+                progress.update(task, completed=done + 1, total=total)
+
+            plan = plan_training(
+                cfg,
+                data=data,
+                folds=folds,
+                device=device,
+                max_minutes=max_minutes,
+                excluded_groups=groups,
+                mask_suffix=mask_suffix,
+                data_root=data_root,
+                on_check=on_check,
+            )
+    _print_plan(plan)
+
+
+def _print_plan(plan: TrainingPlan) -> None:
+    """The plan of ``medres train --check``: data, folds, rates, what the budget allows."""
+    from rich.table import Table
+
+    from medres.cli.console import console
+
+    console.print(
+        f"pipeline {plan.pipeline} on {plan.device}: {plan.n_cases} cases, {plan.n_groups} "
+        f"patients, {plan.lesion_cases} with lesions"
+        + (f"; {len(plan.excluded)} patient(s) held out" if plan.excluded else ""),
+        highlight=False,
+    )
+    table = Table(title="members (one per fold)")
+    for column in ("member", "train patients", "train cases", "val patients", "val cases"):
+        table.add_column(column)
+    for fold in plan.folds:
+        table.add_row(
+            f"fold_{fold.index}",
+            str(fold.train_groups),
+            str(fold.train_cases),
+            str(fold.val_groups),
+            str(fold.val_cases),
+        )
+    console.print(table)
+    budget = (
+        f"{plan.max_minutes:g} wall-clock minutes per member"
+        if plan.max_minutes is not None
+        else "no time budget (epochs only)"
+    )
+    console.print(
+        f"patch {'x'.join(map(str, plan.patch_size))}, batch {plan.batch_size}, "
+        f"{plan.iterations_per_epoch} iterations per epoch, {plan.epochs} epochs, {budget}\n"
+        f"measured on fold_{plan.folds[0].index}: {plan.iterations_per_minute:.0f} iterations "
+        f"per minute ({plan.seconds_per_iteration:.3f} s each), validation "
+        f"{plan.validation_s:.1f} s, start-up {plan.startup_s:.1f} s\n"
+        f"expected: {plan.expected_epochs} of {plan.epochs} epochs per member (stopped by "
+        f"{plan.stopped_by}), about {plan.member_minutes:.1f} minutes per member, "
+        f"{plan.member_minutes * len(plan.folds):.1f} in all",
+        highlight=False,
+    )
+    for note in plan.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    console.print("nothing was written (--check)", highlight=False)
 
 
 def _cluster_runner(

@@ -11,10 +11,6 @@ Three layouts are accepted (see docs/user-guide.md):
   :mod:`medres.io.pairing`), by patient: the sub-folder, or the name before ``_<slice>``.
 
 Folds are split by patient group, never by slice, deterministically for a given seed.
-
-Example:
-    >>> cases = find_training_cases("sample_data/ct_train", dims=3)  # doctest: +SKIP
-    >>> folds = make_folds(cases, n_folds=3, seed=0)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -200,6 +196,9 @@ def scan_image_pairs(folder: str | Path, *, mask_suffix: str = "_mask") -> list[
     for skipped in found.skipped:
         logger.warning("%s: not used: %s", skipped.path, skipped.reason)
     cases = [_image_case(pair, folder, mask_suffix) for pair in found.pairs]
+    flat = all(len(pair.parts_below(folder)) <= 1 for pair in found.pairs)
+    if flat and len(cases) > 1 and len({c.group for c in cases}) == 1:
+        cases = [dataclasses.replace(c, group=c.case_id, order=0) for c in cases]
     cases.sort(key=lambda c: (c.group, c.order, c.case_id))
     return cases
 

@@ -194,11 +194,11 @@ def train_pipeline(
     out = Path(out)
     # a cluster's workers resolve the device themselves (the driver may have no GPU)
     resolved_device = resolve_device(device) if runner is None else device
-    wanted = _wanted_folds(cfg, folds)
+    wanted = wanted_folds(cfg, folds)
     build_pipeline_network(cfg)  # fail on bad model params before reading data
     with distributed_session(resolved_device) as ctx:
         cases = find_training_cases(data, mask_suffix=mask_suffix, base_dir=data_root)
-        cases, check, cfg = _checked(cfg, cases, excluded_groups, on_check)
+        cases, check, cfg = checked_cases(cfg, cases, excluded_groups, on_check)
         fold_list = make_folds(cases, n_folds=cfg.training.folds, seed=cfg.training.seed)
         split = split_to_json(fold_list, cases, excluded_groups)
         _prepare_out(out, cfg, split, resume=resume, ctx=ctx)
@@ -226,7 +226,7 @@ def train_pipeline(
     return TrainingRun(model_dir=out, device=shown, check=check, members=members)
 
 
-def _checked(
+def checked_cases(
     cfg: PipelineConfig,
     cases: Sequence[TrainingCase],
     excluded_groups: Sequence[str],
@@ -315,7 +315,7 @@ def _needs_training(member_dir: Path, index: int, *, resume: bool, remove: bool)
     return True
 
 
-def _wanted_folds(cfg: PipelineConfig, folds: Sequence[int] | None) -> list[int]:
+def wanted_folds(cfg: PipelineConfig, folds: Sequence[int] | None) -> list[int]:
     """The fold indices to train, sorted (all of them for None).
 
     Raises:
