@@ -167,15 +167,22 @@ def _print_boxes(boxes: dict[str, Any]) -> None:
 
 
 def short_model_names(models: list[str]) -> dict[str, str]:
-    """Names that tell the models apart in a narrow table: the part of each member's
-    name after what all members share (``lgg_flair_2d/fold0`` -> ``fold0``), whole names
-    when that would make two alike; the ensemble keeps its name."""
-    members = [m for m in models if "/" in m]
-    prefixes = {m.rsplit("/", 1)[0] for m in members}
+    """Names that tell the models apart in a narrow table: each member's name without
+    what all members' names start with (``lgg_flair_2d.fold_0`` -> ``fold_0``), cut at a
+    separator; whole names when that would make two alike. The ensemble keeps its name."""
+    import os
+
+    members = [m for m in models if m != "ensemble"]
     short = {m: m for m in models}
-    if len(prefixes) == 1:
-        tails = {m: m.rsplit("/", 1)[1] for m in members}
-        if len(set(tails.values())) == len(tails) and not set(tails.values()) & set(models):
+    if len(members) < 2:
+        return short
+    shared = os.path.commonprefix(members)
+    cut = max(shared.rfind(c) for c in "./") + 1  # pipeline.fold_0 -> fold_0
+    if cut == 0:
+        cut = max(shared.rfind(c) for c in "_-") + 1
+    tails = {m: m[cut:] for m in members}
+    if cut > 0 and all(tails.values()) and len(set(tails.values())) == len(tails):
+        if not set(tails.values()) & set(models):
             short.update(tails)
     return short
 
@@ -196,7 +203,7 @@ def _print_results(result: EvaluationRun) -> None:
             f"HD95 {unit}",
             "NSD",
             "lesion F1",
-            "sensitivity",
+            "sens.",
             "FP/case",
             "CPM",
         ):

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from medres.cluster.client import ClusterSpec
     from medres.inference.batch import BatchRun, PredictOptions, ScanExecutor
     from medres.inference.predictor import Ensemble
+    from medres.predictions.layout import RunFolder
+    from medres.predictions.records import ScanResult
 
 #: Scans listed on the console (all of them are in summary.csv).
 MAX_ROWS = 40
@@ -295,6 +297,26 @@ def _print_table(run: BatchRun, *, out: Path, device: str, with_report: bool) ->
     console.print(table)
 
 
+def _print_notes(noted: list[ScanResult], folder: RunFolder) -> None:
+    """Each scan's notes; a note most scans share once, with their number."""
+    from collections import Counter
+
+    from medres.cli.console import err_console
+
+    counts = Counter(note for r in noted for note in r.notes.split("; "))
+    shared = {note for note, n in counts.items() if n > 2}
+    for note in sorted(shared, key=lambda n: -counts[n]):
+        err_console.print(f"[yellow]note[/] {counts[note]} scans: {note}", highlight=False)
+    own = [(r.scan_id, [n for n in r.notes.split("; ") if n not in shared]) for r in noted]
+    own = [(scan_id, notes) for scan_id, notes in own if notes]
+    for scan_id, notes in own[:MAX_ROWS]:
+        err_console.print(f"[yellow]note[/] {scan_id}: {'; '.join(notes)}", highlight=False)
+    if len(own) > MAX_ROWS:
+        err_console.print(
+            f"... notes on {len(own) - MAX_ROWS} more scans in {folder.summary_csv.name}"
+        )
+
+
 def _print_run(run: BatchRun, *, scans: Path, out: Path, device: str, index: Path | None) -> None:
     """The results table, counts, notes and failures; exit 1 when a scan failed."""
     from medres.cli.console import EXIT_SOME_FAILED, console, err_console
@@ -319,13 +341,7 @@ def _print_run(run: BatchRun, *, scans: Path, out: Path, device: str, index: Pat
         for reason, n in reasons.most_common(5):
             err_console.print(f"  {n} x {reason}", highlight=False)
     done = (ScanStatus.OK, ScanStatus.RESUMED)
-    noted = [r for r in run.results if r.notes and r.status in done]
-    for result in noted[:MAX_ROWS]:
-        err_console.print(f"[yellow]note[/] {result.scan_id}: {result.notes}", highlight=False)
-    if len(noted) > MAX_ROWS:
-        err_console.print(
-            f"... notes on {len(noted) - MAX_ROWS} more scans in {folder.summary_csv.name}"
-        )
+    _print_notes([r for r in run.results if r.notes and r.status in done], folder)
     for failure in run.failed:
         err_console.print(f"[red]failed[/] {failure.scan_id}: {failure.error}", highlight=False)
     unmatched = [r for r in run.results if r.status == ScanStatus.SKIPPED]

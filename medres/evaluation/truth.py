@@ -4,8 +4,9 @@ The truth is a folder or a datalist JSON. A scan ``S`` (its ``scan_id`` in the p
 folder) is matched to:
 
 * in a folder (searched recursively): a file whose name without extension is
-  ``S<mask suffix>`` (``S_mask.nii.gz``, ``S_mask.tif``...) or else ``S`` (``S.nii.gz``,
-  for a folder of label maps only), or, with
+  ``S<mask suffix>`` (``S_mask.nii.gz``, ``S_mask.tif``...), or ``S`` in a mask folder
+  (``masks/S.png``, ``labels/S.nii.gz``: :func:`medres.io.pairing.is_mask_folder`), or
+  else ``S`` anywhere (``S.nii.gz``, for a folder of label maps only), or, with
   ``truth_name``, the file of that name in a folder called ``S``
   (``brats_pat0001/OTMultiClass.nii.gz``);
 * in a datalist JSON (``{"training": [...], "test": [...]}`` or a list): the ``label``
@@ -30,6 +31,7 @@ from medres.io.discover import iter_files
 from medres.io.grid import GRID_TOLERANCE_MM, Grid, squeeze_single_slice_array
 from medres.io.images2d import is_image2d_path, read_mask2d
 from medres.io.nifti import is_nifti_path, nifti_stem, read_nifti
+from medres.io.pairing import is_mask_folder
 from medres.io.volume import Volume
 from medres.pipeline import PipelineConfig
 
@@ -80,10 +82,22 @@ class TruthIndex:
                 self._add(path.parent.name, path)
                 continue
             stem = nifti_stem(path) if is_nifti_path(path) else path.stem
-            if self.mask_suffix and stem.endswith(self.mask_suffix):
+            suffixed = bool(self.mask_suffix) and stem.endswith(self.mask_suffix)
+            if suffixed:
                 self._add(stem[: -len(self.mask_suffix)], path)
+            elif self._in_mask_folder(path):  # masks/x.png: the truth of scan x
+                self._add(stem, path)
             elif not self.truth_name:
                 self._add(stem, path, plain=True)
+
+    def _in_mask_folder(self, path: Path) -> bool:
+        """Whether ``path`` lies in a ``masks/``, ``labels/``, ``case_mask/``... folder below
+        the truth folder (:func:`medres.io.pairing.is_mask_folder`)."""
+        try:
+            parts = path.parent.relative_to(self.source).parts
+        except ValueError:
+            return False
+        return any(is_mask_folder(part) for part in parts)
 
     def _from_datalist(self, root: Path) -> None:
         try:

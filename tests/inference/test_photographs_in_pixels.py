@@ -1,0 +1,116 @@
+"""A colour photograph data set from inspect to report: masks in their own folder, every
+size in pixels, colours kept; a given pixel size turns the pixels into mm.
+
+The data are the sample generator's dermoscopy-like photographs (``images/`` +
+``masks/``, odd sizes, no pixel size), trained for a few seconds with the shipped
+``pipelines/photo_lesion_2d.yaml``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from medres.cli.app import app
+from medres.synthetic import write_photo_set
+from tests.conftest import REPO
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("photos")
+    data = root / "data"
+    write_photo_set(data, n_cases=8)
+    model = root / "model"
+    pipeline = REPO / "pipelines" / "photo_lesion_2d.yaml"
+    result = runner.invoke(app, ["train", str(pipeline), "--data", str(data), "--out", str(model)])
+    assert result.exit_code == 0, result.output
+    return data, model
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_inspect_pairs_the_masks_folder_and_says_px(trained: tuple[Path, Path]) -> None:
+    data, _ = trained
+    result = runner.invoke(app, ["inspect", str(data), "--json"])
+    assert result.exit_code == 0, result.output
+    scans = json.loads(result.stdout)["scans"]
+    assert len(scans) == 8  # the masks are not listed as scans
+    for scan in scans:
+        assert Path(scan["mask"]).parent.name == "masks"
+        assert Path(scan["mask"]).name == Path(scan["path"]).name
+        assert scan["length_unit"] == "px" and scan["channels"] == 3
+
+
+def test_predict_evaluate_report_in_pixels(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, model = trained
+    out = tmp_path / "pred"
+    args = ["predict", str(data / "images"), "--model", str(model), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--members"])
+    assert result.exit_code == 0, result.output
+    assert "area px²" in result.output and "8 scans: sizes in pixels" in result.output
+    rows = _rows(out / "summary.csv")
+    assert all(r["lesion_area_px2"] and not r["lesion_area_mm2"] for r in rows)
+    assert all(r["spacing_mm"] == "" for r in rows)
+    record = json.loads((out / "lesion_01" / "lesions.json").read_text())
+    assert record["grid"]["length_unit"] == "px" and record["grid"]["orientation"] == ""
+    lesion = record["lesions"][0]
+    assert {"area_px2", "longest_axial_diameter_px", "center_px"} <= set(lesion)
+    assert not any(key.endswith(("_mm", "_mm2")) for key in lesion)
+    assert lesion["area_px2"] == lesion["voxel_count"]  # one px² per pixel
+    html = (out / "lesion_01" / "report.html").read_text()
+    assert "area (px²)" in html and "centre (x, y px)" in html and "RAS mm" not in html
+    assert "mm²" not in html and "assume" not in html
+    overview = np.asarray(
+        Image.open(out / "lesion_01" / "overlays" / "overview.png").convert("RGB")
+    )
+    body = overview[40:-40, 20:-20].reshape(-1, 3).astype(int)
+    assert np.mean(np.abs(body[:, 0] - body[:, 2])) > 30  # skin and lesion in colour, not grey
+
+    result = runner.invoke(app, ["evaluate", str(out), "--truth", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "HD95 px" in result.output and "fold_0" in result.output
+    metrics = _rows(out / "evaluation" / "metrics.csv")
+    assert "hd95_px" in metrics[0] and "hd95_mm" not in metrics[0]
+    ensemble = [r for r in metrics if r["model"] == "ensemble"]
+    assert len(ensemble) == 8 and np.mean([float(r["dice"]) for r in ensemble]) > 0.8
+    summary = json.loads((out / "evaluation" / "summary.json").read_text())
+    assert summary["length_unit"] == "px"
+    assert "< 10 px" in summary["results"]["lesion"]["ensemble"]["sensitivity_by_size"]
+    page = (out / "evaluation" / "evaluation.html").read_text()
+    assert "hd95_px" in page and "in pixels (px)" in page
+
+
+def test_a_given_pixel_size_measures_in_mm(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, model = trained
+    out_px, out_mm = tmp_path / "px", tmp_path / "mm"
+    base = ["predict", str(data / "images"), "--model", str(model), "--no-report"]
+    assert runner.invoke(app, [*base, "--out", str(out_px)]).exit_code == 0
+    result = runner.invoke(app, [*base, "--out", str(out_mm), "--pixel-size-mm", "0.1,0.2"])
+    assert result.exit_code == 0, result.output
+    for row in _rows(out_mm / "summary.csv"):
+        assert row["spacing_mm"] == "0.1x0.2" and not row["lesion_area_px2"]
+        assert row["lesion_area_mm2"] != ""
+    # min_lesion_size (20) now counts mm²: lesions below 20 mm² (1000 px) are dropped
+    for scan in sorted(out_mm.glob("lesion_*/lesions.json")):
+        record = json.loads(scan.read_text())
+        assert record["grid"]["length_unit"] == "mm"
+        for lesion in record["lesions"]:
+            assert lesion["area_mm2"] == pytest.approx(lesion["voxel_count"] * 0.02, abs=1e-3)
+            assert lesion["area_mm2"] >= 20.0
+        in_px = json.loads((out_px / scan.parent.name / "lesions.json").read_text())
+        big = [x for x in in_px["lesions"] if x["area_px2"] * 0.02 >= 20.0]
+        assert len(record["lesions"]) == len(big)
+    bad = runner.invoke(app, [*base, "--out", str(tmp_path / "bad"), "--pixel-size-mm", "0,-1"])
+    assert bad.exit_code == 2 and "--pixel-size-mm 0,-1" in bad.output
