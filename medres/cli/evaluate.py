@@ -170,20 +170,21 @@ def short_model_names(models: list[str]) -> dict[str, str]:
     """Names that tell the models apart in a narrow table: each member's name without
     what all members' names start with (``lgg_flair_2d.fold_0`` -> ``fold_0``), cut at a
     separator; whole names when that would make two alike. The ensemble keeps its name."""
-    import os
-
     members = [m for m in models if m != "ensemble"]
     short = {m: m for m in models}
     if len(members) < 2:
         return short
-    shared = os.path.commonprefix(members)
+    shared = members[0]
+    for name in members[1:]:  # the characters all names start with
+        while not name.startswith(shared):
+            shared = shared[:-1]
     cut = max(shared.rfind(c) for c in "./") + 1  # pipeline.fold_0 -> fold_0
     if cut == 0:
         cut = max(shared.rfind(c) for c in "_-") + 1
     tails = {m: m[cut:] for m in members}
-    if cut > 0 and all(tails.values()) and len(set(tails.values())) == len(tails):
-        if not set(tails.values()) & set(models):
-            short.update(tails)
+    distinct = len(set(tails.values())) == len(tails) and not set(tails.values()) & set(models)
+    if cut > 0 and all(tails.values()) and distinct:
+        short.update(tails)
     return short
 
 
