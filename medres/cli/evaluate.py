@@ -227,6 +227,16 @@ def _print_results(result: EvaluationRun) -> None:
                 f"{det['cpm']['value']:.3f}",
             )
         console.print(table)
+        calibrated = {m: e["calibration"] for m, e in by_model.items() if "calibration" in e}
+        if calibrated:
+            console.print(
+                "ECE of the voxel probabilities, all voxels / lesion region: "
+                + "; ".join(
+                    f"{names[m]} {c['ece']:.4f} / {c.get('ece_lesion_region', float('nan')):.4f}"
+                    for m, c in calibrated.items()
+                ),
+                highlight=False,
+            )
     if "boxes" in result.summary:
         _print_boxes(result.summary["boxes"])
     err_console.print(

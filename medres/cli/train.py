@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
     from medres.cluster.client import ClusterSpec
+    from medres.models.manifest import CrossValidationEntry
     from medres.training.loop import TrainingProgress
     from medres.training.plan import TrainingPlan
     from medres.training.run import MemberRunner, TrainingRun
@@ -68,6 +69,14 @@ def train_command(
         Path | None,
         typer.Option("--data-root", help="Base folder for relative paths in a datalist JSON."),
     ] = None,
+    tune: Annotated[
+        bool,
+        typer.Option(
+            "--tune/--no-tune",
+            help="After the last fold: fit each member's temperature (calibrated "
+            "probabilities) and choose the post-processing from the out-of-fold predictions.",
+        ),
+    ] = True,
     check: Annotated[
         bool,
         typer.Option(
@@ -178,6 +187,7 @@ def train_command(
                     on_progress=on_progress,
                     on_check=on_check,
                     runner=_cluster_runner(client, spec, on_progress),
+                    tune=tune,
                 )
             except KeyboardInterrupt:
                 if not quiet:
@@ -274,6 +284,23 @@ def _print_plan(plan: TrainingPlan) -> None:
     console.print("nothing was written (--check)", highlight=False)
 
 
+def _print_cross_validation(entry: CrossValidationEntry) -> None:
+    """The temperatures, ECE and post-processing the out-of-fold predictions gave."""
+    from medres.cli.console import err_console
+
+    temperatures = ", ".join(f"{k} {v:.2f}" for k, v in entry.temperatures.items())
+    ece, scores = entry.ece, entry.scores
+    err_console.print(
+        f"cross-validation ({entry.n_cases} out-of-fold cases): temperatures {temperatures}; "
+        f"ECE in the lesion region {ece['lesion_before']:.4f} -> {ece['lesion_after']:.4f}, "
+        f"over all voxels {ece['all_before']:.4f} -> {ece['all_after']:.4f}\n"
+        f"post-processing: {entry.chosen.describe(entry.size_unit)} (out-of-fold Dice "
+        f"{scores['dice_chosen']:.3f}, lesion F1 {scores['f1_chosen']:.3f}; the pipeline's "
+        f"own: Dice {scores['dice_configured']:.3f}, F1 {scores['f1_configured']:.3f})",
+        highlight=False,
+    )
+
+
 def _cluster_runner(
     client: Client | None, spec: ClusterSpec, on_progress: Callable[[TrainingProgress], None]
 ) -> MemberRunner | None:
@@ -323,3 +350,5 @@ def _print_members(run: TrainingRun, *, cfg_name: str) -> None:
         f"data: {run.check.n_cases} cases, {run.check.n_groups} patients, "
         f"{len(run.check.lesion_cases)} with lesions"
     )
+    if run.cross_validation is not None:
+        _print_cross_validation(run.cross_validation)

@@ -79,4 +79,24 @@ class ReliabilityBins:
         return rows
 
 
-__all__ = ["ReliabilityBins"]
+#: The lesion region of the lesion-region ECE: truth or prediction, dilated by this many
+#: voxels (face steps).
+LESION_REGION_VOXELS = 3
+
+
+def lesion_region(
+    truth: npt.NDArray[np.bool_], predicted: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.bool_]:
+    """Where a lesion is or was predicted, dilated by :data:`LESION_REGION_VOXELS`: the
+    voxels of the lesion-region ECE, which the many easy background voxels of a whole
+    scan cannot dilute."""
+    from scipy import ndimage
+
+    either: npt.NDArray[np.bool_] = np.asarray(truth, bool) | np.asarray(predicted, bool)
+    if not either.any():
+        return either
+    dilated = ndimage.binary_dilation(either, iterations=LESION_REGION_VOXELS)
+    return np.asarray(dilated, dtype=bool)
+
+
+__all__ = ["LESION_REGION_VOXELS", "ReliabilityBins", "lesion_region"]

@@ -38,7 +38,7 @@ import numpy.typing as npt
 from medres._version import __version__
 from medres.errors import EvaluationError, MedresError
 from medres.evaluation.boxes import SEGMENTATION, BoxScoring
-from medres.evaluation.calibration import ReliabilityBins
+from medres.evaluation.calibration import ReliabilityBins, lesion_region
 from medres.evaluation.detection import (
     lesion_key,
     match_lesions,
@@ -51,6 +51,7 @@ from medres.evaluation.truth import TruthIndex, read_truth
 from medres.io.atomic import write_text_atomic
 from medres.io.grid import squeeze_single_slice_array
 from medres.io.nifti import read_nifti
+from medres.io.order import natural_key
 from medres.io.units import MM, PX, keys_in_unit
 from medres.pipeline import PipelineConfig
 from medres.predictions.detections import DetectionsRecord
@@ -172,6 +173,8 @@ class _Scoring:
     index: TruthIndex
     cases: dict[str, dict[str, dict[str, ModelCase]]] = field(default_factory=dict)
     calibration: dict[str, dict[str, ReliabilityBins]] = field(default_factory=dict)
+    #: the same, over the lesion region only (truth or prediction, dilated)
+    lesion_calibration: dict[str, dict[str, ReliabilityBins]] = field(default_factory=dict)
     failed: list[dict[str, str]] = field(default_factory=list)
     without_truth: list[str] = field(default_factory=list)
     scored_scans: int = 0
@@ -338,6 +341,12 @@ class _Scoring:
         if probability is not None:
             bins = self.calibration.setdefault(model, {}).setdefault(label, ReliabilityBins())
             bins.add(probability, true_mask)
+            near = lesion_region(true_mask, pred_mask)
+            if near.any():
+                region = self.lesion_calibration.setdefault(model, {})
+                region.setdefault(label, ReliabilityBins()).add(
+                    np.asarray(probability)[near], true_mask[near]
+                )
 
 
 def _finished_scans(folder: RunFolder, run: RunRecord) -> list[ScanFolder]:
@@ -404,7 +413,9 @@ def evaluate_predictions(
     unit = scoring.length_unit(predictions)
     scoring.boxes.length_unit = unit
     rows = case_rows(cases, models, labels_seen, options.tolerance_mm, spacing_of_case)
-    summary = summarise_models(rows, cases, models, labels_seen, calibration, unit)
+    summary = summarise_models(
+        rows, cases, models, labels_seen, calibration, unit, scoring.lesion_calibration
+    )
     if scoring.boxes.models:
         summary["boxes"] = scoring.boxes.summary()
     seconds = time.perf_counter() - start
@@ -468,7 +479,7 @@ def write_outputs(
     write_text_atomic(out / METRICS_CSV, _csv(keys_in_unit(evaluation.rows, unit)))
     lesion_rows = [
         {"case": case_id, "scan": scan, "model": model, "label": label, **match.to_row()}
-        for case_id, per_model in sorted(cases.items())
+        for case_id, per_model in sorted(cases.items(), key=lambda item: natural_key(item[0]))
         for model, per_label in per_model.items()
         for label, stats in per_label.items()
         for scan, match in zip(stats.match_scans, stats.matches, strict=True)

@@ -32,6 +32,7 @@ from medres.evaluation.segmentation import (
     segmentation_metrics,
 )
 from medres.evaluation.statistics import bootstrap_cases_ci, describe, paired_comparison
+from medres.io.order import natural_key
 
 #: The model name of the ensemble in every table (members are named by their folders).
 ENSEMBLE = "ensemble"
@@ -55,7 +56,7 @@ def case_rows(
     spacing_of_case: dict[str, float],
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for case_id in sorted(cases):
+    for case_id in sorted(cases, key=natural_key):
         for model in models:
             for label in labels:
                 stats = cases[case_id].get(model, {}).get(label)
@@ -120,6 +121,7 @@ def summarise_models(
     labels: Sequence[str],
     calibration: dict[str, dict[str, ReliabilityBins]],
     length_unit: str = "mm",
+    lesion_calibration: dict[str, dict[str, ReliabilityBins]] | None = None,
 ) -> dict[str, Any]:
     """Per label and model: the summary of :mod:`medres.evaluation` (``length_unit``: of
     the scans, for the size bins; the figures keep their in-memory ``_mm`` names)."""
@@ -169,6 +171,9 @@ def summarise_models(
             bins = calibration.get(model, {}).get(label)
             if bins is not None:
                 entry["calibration"] = {"ece": bins.ece(), "bins": bins.table()}
+                region = (lesion_calibration or {}).get(model, {}).get(label)
+                if region is not None:
+                    entry["calibration"]["ece_lesion_region"] = region.ece()
             if model != ENSEMBLE and ensemble_rows:
                 paired = [r for r in model_rows if r["case"] in ensemble_rows]
                 entry["vs_ensemble"] = {

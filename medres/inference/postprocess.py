@@ -70,8 +70,11 @@ def remove_small_lesions(
     voxel_measure: float,
     min_size: float,
     lesion_indices: Sequence[int],
+    max_lesions: int | None = None,
 ) -> npt.NDArray[np.uint8]:
-    """Set lesion components smaller than ``min_size`` to background.
+    """Set lesion components smaller than ``min_size`` to background, and with
+    ``max_lesions`` all but the largest ``max_lesions`` of each label (one lesion per image:
+    a skin lesion, a polyp, one tumour).
 
     Args:
         label_map: Label map ``(x, y)`` or ``(x, y, z)``.
@@ -80,13 +83,16 @@ def remove_small_lesions(
             sheared gantry-tilt grids).
         min_size: Smallest kept component, in the same unit.
         lesion_indices: Labels treated as lesions (others are left alone).
+        max_lesions: Largest components kept per label (None: all); ties keep the first.
 
     Returns:
         A cleaned copy (uint8). Components are face-connected (6 in 3D, 4 in 2D).
     """
     out = np.array(label_map, dtype=np.uint8, copy=True)
-    if min_size <= 0:
+    if min_size <= 0 and max_lesions is None:
         return out
+    if max_lesions is not None and max_lesions < 1:
+        raise ValueError(f"max_lesions must be at least 1, got {max_lesions}")
     if not voxel_measure > 0:
         raise ValueError(f"voxel_measure must be positive, got {voxel_measure}")
     voxel = float(voxel_measure)
@@ -100,6 +106,9 @@ def remove_small_lesions(
             continue
         sizes = np.bincount(components.ravel()) * voxel
         drop = sizes < min_size
+        if max_lesions is not None and count > max_lesions:
+            order = np.argsort(-sizes[1:], kind="stable") + 1  # largest first
+            drop[order[max_lesions:]] = True
         drop[0] = False  # the background of the box
         if drop.any():
             region[drop[components]] = 0

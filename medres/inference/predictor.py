@@ -257,20 +257,36 @@ class Ensemble:
         tta = cfg.inference.tta if self.tta is None else self.tta
         return tuple(cfg.augmentation.flip_axes) if tta else ()
 
-    def _tta(self, runner: _FolderRunner, nets: Sequence[Any], shape: Sequence[int]) -> FlipTTA:
+    def _tta(
+        self,
+        runner: _FolderRunner,
+        nets: Sequence[Any],
+        shape: Sequence[int],
+        temperatures: Sequence[float] = (),
+    ) -> FlipTTA:
         """Flip-TTA inference of members sharing one pass of windows over the model grid
-        (``shape``: its spatial shape): logits ``(K, ...)`` for one member (the CPU path),
-        ``(M, K, ...)`` for several. An image that fits in one window is predicted with
-        all its flips in one batch on the CPU (:func:`one_window_logits`)."""
+        (``shape``): logits ``(K, ...)`` of one member, ``(M, K, ...)`` of several, each
+        divided by its member's temperature; one batch of all flips for a one-window image."""
+        import torch
+
         cfg = runner.folder.pipeline
         overlap = cfg.inference.overlap if self.overlap is None else self.overlap
+        scale = [1.0 / t for t in temperatures] if any(t != 1.0 for t in temperatures) else []
+
+        def scaled(logits: Any, member_axis: int) -> Any:
+            if not scale:
+                return logits
+            factors = torch.tensor(scale, dtype=logits.dtype, device=logits.device)
+            view = [1] * logits.ndim
+            view[member_axis] = len(scale)
+            return logits * factors.reshape(view)
 
         def infer(x: Any) -> Any:
-            logits = window_logits(nets, x, cfg, device=self.device, overlap=overlap)
+            logits = scaled(window_logits(nets, x, cfg, device=self.device, overlap=overlap), 0)
             return logits[0] if len(nets) == 1 else logits
 
         def infer_views(views: Any) -> Any:
-            logits = one_window_logits(nets, views, cfg)  # (V, M, K, ...)
+            logits = scaled(one_window_logits(nets, views, cfg), 1)  # (V, M, K, ...)
             return logits[:, 0] if len(nets) == 1 else logits
 
         one_window = self.device == "cpu" and fits_one_window(shape, cfg.roi_size)
@@ -319,7 +335,9 @@ class Ensemble:
         import torch
 
         with torch.inference_mode():
-            probs = self._tta(runner, [net for _, net in group], tensor.shape[1:])(tensor)
+            temperatures = [runner.folder.temperature(member.name) for member, _ in group]
+            nets = [net for _, net in group]
+            probs = self._tta(runner, nets, tensor.shape[1:], temperatures)(tensor)
             by_member = probs[None] if len(group) == 1 else probs
             # a blocking copy: the host reads it at once (and the timing covers the GPU)
             foregrounds = [p[1:].cpu().numpy().astype(np.float32, copy=False) for p in by_member]
@@ -461,12 +479,14 @@ class Ensemble:
     def postprocess(
         self, label_map: npt.NDArray[np.uint8], volume: Volume
     ) -> npt.NDArray[np.uint8]:
-        """Remove lesion components below the pipeline's minimum size."""
+        """Remove lesion components below the pipeline's minimum size, and all but its
+        ``max_lesions`` largest."""
         return remove_small_lesions(
             label_map,
             voxel_measure=Grid(label_map.shape, volume.affine).voxel_measure,
             min_size=self.cfg.postprocessing.min_lesion_size,
             lesion_indices=self.cfg.lesion_indices,
+            max_lesions=self.cfg.postprocessing.max_lesions,
         )
 
 

@@ -47,6 +47,7 @@ def fingerprint(ensemble: Ensemble, options: PredictOptions, sources: Sequence[s
     pipelines, options, and the source files (names, sizes, modification times)."""
     parts = [__version__]
     parts += [m.weights_sha256 for f in ensemble.folders for m in f.members]
+    parts += [f"T={f.temperature(m.name)}" for f in ensemble.folders for m in f.members]
     parts += [f.pipeline.model_dump_json() for f in ensemble.folders]
     parts += [
         str(options.tta),

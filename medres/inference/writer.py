@@ -28,7 +28,7 @@ from medres.io.discover import SkippedFile, safe_name
 from medres.io.nifti import nifti_bytes
 from medres.io.units import MM, LengthUnit
 from medres.io.volume import Volume, patient_orientation
-from medres.models.folder import software_versions
+from medres.models.folder import ModelFolder, software_versions
 from medres.predictions.layout import ScanFolder, relative_to_input
 from medres.predictions.records import (
     EnsembleRecord,
@@ -213,6 +213,26 @@ def scan_record(
     )
 
 
+def cross_validation_line(folder: ModelFolder) -> str:
+    """What the folder's out-of-fold predictions chose, for run.json and the reports
+    (``""`` when nothing was fitted for its members)."""
+    entry = folder.tuned
+    if entry is None:
+        return ""
+    applied = folder.pipeline.postprocessing.choose_from_cross_validation
+    chosen = entry.chosen.describe(entry.size_unit)
+    kept = "" if entry.chosen != entry.configured else " (the pipeline's own: no candidate beat it)"
+    temperatures = ", ".join(f"{k} {v:.2f}" for k, v in entry.temperatures.items())
+    line = (
+        f"probabilities calibrated by temperature scaling on {entry.n_cases} out-of-fold cases "
+        f"({temperatures}; ECE in the lesion region {entry.ece.get('lesion_before', 0):.3f} -> "
+        f"{entry.ece.get('lesion_after', 0):.3f})"
+    )
+    if applied:
+        line += f"; post-processing chosen by cross-validation: {chosen}{kept}"
+    return line + "."
+
+
 def models_provenance(ensembles: Sequence[Ensemble]) -> list[ModelProvenance]:
     """Per ensemble: its input, labels, and per folder the path, pipeline (resolved) and
     every member's weight checksum; what ``run.json`` and the reports show."""
@@ -229,10 +249,15 @@ def models_provenance(ensembles: Sequence[Ensemble]) -> list[ModelProvenance]:
                     pipeline=folder.pipeline.name,
                     unverified=list(folder.unverified),
                     members=[
-                        MemberProvenance(name=m.name, weights_sha256=m.weights_sha256)
+                        MemberProvenance(
+                            name=m.name,
+                            weights_sha256=m.weights_sha256,
+                            temperature=folder.temperature(m.name),
+                        )
                         for m in folder.members
                     ],
                     config=folder.pipeline.model_dump(mode="json"),
+                    cross_validation=cross_validation_line(folder),
                 )
                 for folder in ensemble.folders
             ],

@@ -46,6 +46,7 @@ from medres.io.dicom import (
 )
 from medres.io.images2d import is_image2d_path
 from medres.io.nifti import is_nifti_path, nifti_stem
+from medres.io.order import natural_key
 from medres.io.pairing import pair_masks
 from medres.io.scan_refs import DiscoveryResult, ScanRef, SkippedFile, safe_name
 from medres.io.series_refs import _damaged_by_folder, _dicom_scans
@@ -94,7 +95,8 @@ DICOM_SUFFIXES = {".dcm", ".dicom", ".ima", ".dc3"}
 
 
 def iter_files(root: Path) -> Iterator[Path]:
-    """Files under ``root`` in sorted order, skipping hidden files and folders.
+    """Files under ``root`` in natural order (``s_2`` before ``s_10``), skipping hidden
+    files and folders.
 
     Linked folders are followed (a folder of links to case folders is a common way to
     assemble a batch); a folder reached twice (a link loop) is read once. Entries are only
@@ -112,8 +114,8 @@ def iter_files(root: Path) -> Iterator[Path]:
             dirnames[:] = []
             continue
         visited.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
+        dirnames[:] = sorted((d for d in dirnames if not d.startswith(".")), key=natural_key)
+        for name in sorted(filenames, key=natural_key):
             if not name.startswith("."):
                 yield Path(dirpath) / name
 

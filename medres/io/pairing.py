@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medres.io.order import natural_path_key
 from medres.io.scan_refs import SkippedFile
 
 #: Folder names (compared in lower case) whose files are masks of a sibling folder's images.
@@ -259,7 +260,7 @@ def pair_masks(
         if reason:
             found.skipped.append(SkippedFile(str(entry.path), reason))
     mask_folders = _mask_folders_by_parent(in_folders)
-    for image in sorted(images, key=str):
+    for image in sorted(images, key=natural_path_key):
         where = index.places[image]
         folder = where[0] if where else None
         beside_masks = mask_folders.get(folder.parent, []) if folder else []

@@ -55,8 +55,11 @@ from medres.models.manifest import (
     PIPELINE,
     SPLIT,
     WEIGHTS,
+    CrossValidationEntry,
     MemberEntry,
     ModelManifest,
+    apply_cross_validation,
+    fits_members,
     parse_manifest,
     sha256_file,
     software_versions,
@@ -143,7 +146,6 @@ class ModelFolder:
         return self.pipeline.labels
 
     @classmethod
-    @classmethod
     def open(cls, path: str | Path, *, verify: bool = True) -> ModelFolder:
         """Open and (by default) verify a model folder.
 
@@ -176,6 +178,8 @@ class ModelFolder:
             raise ModelError(f"{path}: the model folder has no trained members yet")
         if not verify:
             unverified.append(f"{path}: checksums not verified (opened with verify=False)")
+        pipeline, note = apply_cross_validation(path, manifest, pipeline)
+        unverified += [note] if note else []
         return cls(
             path=path,
             pipeline=pipeline,
@@ -184,6 +188,18 @@ class ModelFolder:
             verify=verify,
             unverified=tuple(unverified),
         )
+
+    @property
+    def tuned(self) -> CrossValidationEntry | None:
+        """The temperatures and post-processing chosen by cross-validation, when they were
+        fitted for these members' weights (see ``apply_cross_validation``)."""
+        entry = self.manifest.cross_validation
+        return entry if entry is not None and fits_members(entry, self.manifest) else None
+
+    def temperature(self, member: str) -> float:
+        """The member's temperature (its logits are divided by it); 1 when none was fitted."""
+        entry = self.tuned
+        return float(entry.temperatures.get(member, 1.0)) if entry is not None else 1.0
 
     def build_network(self) -> nn.Module:
         """A freshly initialised network of this folder's architecture.

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from medres._version import __version__
 from medres.errors import ConfigError, ModelError
-from medres.pipeline import decode_config_text, format_validation_errors
+from medres.pipeline import PipelineConfig, decode_config_text, format_validation_errors
 
 MANIFEST = "model.json"
 PIPELINE = "pipeline.yaml"
@@ -138,6 +138,72 @@ class ExportEntry(BaseModel):
         return value
 
 
+class PostprocessingChoice(BaseModel):
+    """The settings that turn probabilities into lesions: threshold, smallest lesion, and
+    how many lesions a scan keeps per label (None: all)."""
+
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False, extra="forbid")
+
+    threshold: float = Field(gt=0, lt=1)
+    min_lesion_size: float = Field(ge=0)
+    max_lesions: int | None = Field(default=None, ge=1)
+
+    def describe(self, size_unit: str) -> str:
+        """e.g. ``threshold 0.5, lesions from 40 px², the largest only`` (``size_unit``:
+        of ``min_lesion_size``, ``mm³``, ``mm²`` or ``px²``)."""
+        if self.max_lesions is None:
+            kept = "all lesions kept"
+        elif self.max_lesions == 1:
+            kept = "the largest lesion only"
+        else:
+            kept = f"the {self.max_lesions} largest lesions"
+        size = f"lesions from {self.min_lesion_size:g} {size_unit}"
+        return f"threshold {self.threshold:g}, {size}, {kept}"
+
+
+class CrossValidationEntry(BaseModel):
+    """What the members' out-of-fold predictions chose (``medres train`` writes it after
+    the last fold; :mod:`medres.training.tuning`).
+
+    Attributes:
+        weights_sha256: Member name -> the weights it was fitted for; a retrained member
+            makes the entry stale (then it is not applied).
+        temperatures: Member name -> its temperature: predict divides the member's logits
+            by it before the softmax (1: unchanged).
+        configured: The pipeline's own post-processing.
+        chosen: The post-processing predict applies (the configured one when no candidate
+            beat it).
+        scores: Out-of-fold figures (``dice_configured``, ``dice_chosen``, ``f1_...``).
+        ece: Expected calibration error before and after the temperatures, over all
+            voxels and over the lesion region (``all_before``, ``lesion_after``...).
+        candidates: The best candidates tried, with their scores.
+        n_cases: Out-of-fold cases (slices or volumes) used.
+        length_unit: The scans' length unit (``mm`` or ``px``).
+        size_unit: The unit of ``min_lesion_size``: ``mm³``, ``mm²`` or ``px²``.
+    """
+
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False, extra="allow")
+
+    weights_sha256: dict[str, str]
+    temperatures: dict[str, float]
+    configured: PostprocessingChoice
+    chosen: PostprocessingChoice
+    scores: dict[str, float] = Field(default_factory=dict)
+    ece: dict[str, float] = Field(default_factory=dict)
+    candidates: list[dict[str, Any]] = Field(default_factory=list, max_length=50)
+    n_cases: int = Field(ge=1)
+    length_unit: Literal["mm", "px"] = "mm"
+    size_unit: Literal["mm³", "mm²", "px²"] = "mm³"
+
+    @field_validator("temperatures")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not 0.01 <= v <= 100}
+        if bad:
+            raise ValueError(f"temperatures must lie in 0.01..100: {bad}")
+        return value
+
+
 class ModelManifest(BaseModel):
     """The validated ``model.json`` of a model folder.
 
@@ -159,6 +225,8 @@ class ModelManifest(BaseModel):
         members: The trained members.
         exports: The members' exported networks (``medres export``); dropped when the
             members are retrained.
+        cross_validation: Temperatures and post-processing chosen from the members'
+            out-of-fold predictions (:class:`CrossValidationEntry`), or None.
     """
 
     model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
@@ -175,6 +243,7 @@ class ModelManifest(BaseModel):
     pipeline_sha256: str | None = Field(default=None, pattern=_SHA256)
     members: tuple[MemberEntry, ...] = Field(max_length=MAX_MEMBERS)
     exports: tuple[ExportEntry, ...] = Field(default=(), max_length=8 * MAX_MEMBERS)
+    cross_validation: CrossValidationEntry | None = None
 
     @field_validator("members")
     @classmethod
@@ -185,6 +254,40 @@ class ModelManifest(BaseModel):
         if twice:
             raise ValueError(f"member(s) {twice} are listed more than once")
         return members
+
+
+def fits_members(entry: CrossValidationEntry, manifest: ModelManifest) -> bool:
+    """Whether the entry was fitted for exactly these members' weights."""
+    return entry.weights_sha256 == {m.name: m.weights_sha256 for m in manifest.members}
+
+
+def apply_cross_validation(
+    path: str | Path, manifest: ModelManifest, pipeline: PipelineConfig
+) -> tuple[PipelineConfig, str]:
+    """The pipeline with the post-processing its cross-validation chose (threshold,
+    smallest lesion, lesions kept), and a note when the choice is stale or switched off."""
+    entry = manifest.cross_validation
+    if entry is None:
+        return pipeline, ""
+    if not fits_members(entry, manifest):
+        return pipeline, (
+            f"{Path(path) / MANIFEST}: the cross-validated post-processing and temperatures were "
+            "fitted for other weights (members retrained): not applied"
+        )
+    if not pipeline.postprocessing.choose_from_cross_validation:
+        return pipeline, ""
+    chosen = entry.chosen
+    return pipeline.model_copy(
+        update={
+            "inference": pipeline.inference.model_copy(update={"threshold": chosen.threshold}),
+            "postprocessing": pipeline.postprocessing.model_copy(
+                update={
+                    "min_lesion_size": chosen.min_lesion_size,
+                    "max_lesions": chosen.max_lesions,
+                }
+            ),
+        }
+    ), ""
 
 
 def _refuse_constant(name: str) -> float:

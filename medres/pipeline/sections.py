@@ -281,11 +281,18 @@ class PostprocessingConfig(_Strict):
     Attributes:
         min_lesion_size: Connected components smaller than this are removed: mm^3 for 3D
             pipelines, mm^2 for 2D ones (px^2 for image files measured in pixels).
+        max_lesions: Keep only this many largest lesions per label and scan (1: one lesion
+            per image, as a skin lesion or a polyp); ``null`` keeps all.
+        choose_from_cross_validation: After training, choose the threshold, the minimum
+            size and whether to keep only the largest lesion from the members' out-of-fold
+            predictions (as nnU-Net does), when that beats these settings.
     """
 
     min_lesion_size: float = Field(
         default=0.0, ge=0, description="smallest kept lesion: mm^3 in 3D pipelines, mm^2 in 2D ones"
     )
+    max_lesions: int | None = Field(default=None, ge=1, le=10_000)
+    choose_from_cross_validation: bool = True
 
 
 class DetectionConfig(_Strict):

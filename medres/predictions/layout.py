@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medres.io.discover import safe_name
+from medres.io.order import natural_key
 
 _SEG = "seg.nii.gz"
 _PROBABILITIES = "probabilities.nii.gz"
@@ -234,10 +235,10 @@ class RunFolder:
         return ScanFolder(self.path / scan_id)
 
     def scans(self) -> list[ScanFolder]:
-        """Scan folders holding a scan record, sorted by scan id."""
+        """Scan folders holding a scan record, in the natural order of their scan ids."""
         return sorted(
             (ScanFolder(p.parent) for p in self.path.glob(f"*/{_LESIONS}")),
-            key=lambda f: f.scan_id,
+            key=lambda f: natural_key(f.scan_id),
         )
 
 

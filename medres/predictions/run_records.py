@@ -26,6 +26,7 @@ class MemberProvenance(Record):
 
     name: str
     weights_sha256: str
+    temperature: float = 1.0
 
 
 class FolderProvenance(Record):
@@ -36,6 +37,7 @@ class FolderProvenance(Record):
     unverified: list[str] = Field(default_factory=list)
     members: list[MemberProvenance]
     config: dict[str, Any]
+    cross_validation: str = ""  # what the out-of-fold predictions chose, in words
 
 
 class InputKindRecord(Record):

@@ -38,6 +38,7 @@ from medres.predictions.records import ModelProvenance, read_summary
 from medres.report.html import NOTICE, index_page, page_facts, scan_page
 from medres.report.key_images import key_images
 from medres.report.pdf_report import scan_pdf
+from medres.report.study import write_study_pages
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +178,8 @@ def report_hook(
 
 
 def write_index(out: str | Path) -> Path:
-    """``OUT/index.html``: every scan of ``summary.csv``, sortable, linking to its report.
+    """``OUT/index.html``: every scan of ``summary.csv``, sortable, linking to its report,
+    and above them the studies of several scans (``OUT/studies/``, :mod:`~medres.report.study`).
 
     Raises:
         OutputError: ``summary.csv`` is missing or unreadable.
@@ -194,6 +196,7 @@ def write_index(out: str | Path) -> Path:
         reports=reports,
         run_json=run.run_json.name,
         summary_csv=run.summary_csv.name,
+        studies=write_study_pages(run),
     )
     return write_text_atomic(run.index_html, page)
 

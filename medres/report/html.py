@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medres._version import __version__
+from medres.io.order import natural_key
 from medres.io.units import PX, area_unit, volume_unit
 from medres.predictions.detections import DetectionsRecord
 from medres.predictions.records import Lesion, ModelProvenance, ScanRecord
@@ -141,7 +142,7 @@ class PageFacts:
     made: str
 
 
-def _lesion_table(record: ScanRecord, detections: DetectionsRecord | None) -> Table:
+def lesion_table(record: ScanRecord, detections: DetectionsRecord | None) -> Table:
     three_d, unit = record.three_d, record.length_unit
     image_file = record.grid.orientation == ""
     headers = [
@@ -285,7 +286,13 @@ def page_facts(
         scan_id=record.scan_id,
         identity=_identity(record, volume, show_phi=show_phi),
         notes=list(dict.fromkeys([*record.notes, *volume.warnings])),
-        model_lines=model_lines,
+        model_lines=model_lines
+        + [
+            f"{folder.pipeline}: {folder.cross_validation}"
+            for model in models or ()
+            for folder in model.folders
+            if folder.cross_validation
+        ],
         checksums=[
             f"{folder.pipeline}/{member.name}: {member.weights_sha256[:16]}..."
             for model in models or ()
@@ -295,7 +302,7 @@ def page_facts(
         findings_title=f"Findings: {record.n_lesions} lesion(s), total {total}"
         if segmented
         else None,
-        lesions=_lesion_table(record, detections) if segmented else None,
+        lesions=lesion_table(record, detections) if segmented else None,
         lesions_note=lesions_note if segmented else "",
         boxes_title=f"Detector boxes: {detections.n_reported} with score ≥ "
         f"{detections.report_score}"
@@ -310,6 +317,11 @@ def page_facts(
         made=f"medres {__version__}, report made "
         f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
     )
+
+
+def render_template(name: str, **values: Any) -> str:
+    """Render one of the report templates (``templates/NAME``) with the report style."""
+    return _environment().get_template(name).render(style=_style(), notice=NOTICE, **values)
 
 
 def scan_page(facts: PageFacts) -> str:
@@ -340,14 +352,22 @@ def _size_cell(row: dict[str, str]) -> str:
 
 
 def index_page(
-    rows: Sequence[dict[str, str]], *, reports: dict[str, str], run_json: str, summary_csv: str
+    rows: Sequence[dict[str, str]],
+    *,
+    reports: dict[str, str],
+    run_json: str,
+    summary_csv: str,
+    studies: Sequence[dict[str, object]] = (),
 ) -> str:
-    """The run's ``index.html``: one sortable row per scan of ``summary.csv``.
+    """The run's ``index.html``: the studies of several scans, then one sortable row per
+    scan of ``summary.csv`` in natural scan-id order.
 
     Args:
         rows: ``summary.csv`` rows.
         reports: Scan id -> link to its report (scans without a report are not linked).
         run_json: Link to the run record. summary_csv: Link to the table.
+        studies: ``title``, ``page``, ``n_scans``, ``n_lesions``, ``with_lesions`` of each
+            study page (:func:`medres.report.study.write_study_pages`).
     """
     shown = [
         {
@@ -355,15 +375,20 @@ def index_page(
             "report": reports.get(row["scan_id"], ""),
             "size": _size_cell(row),
         }
-        for row in rows
+        for row in sorted(rows, key=lambda r: natural_key(r["scan_id"]))
     ]
-    return (
-        _environment()
-        .get_template("index.html.j2")
-        .render(
-            rows=shown, style=_style(), notice=NOTICE, run_json=run_json, summary_csv=summary_csv
-        )
+    return render_template(
+        "index.html.j2", rows=shown, run_json=run_json, summary_csv=summary_csv, studies=studies
     )
 
 
-__all__ = ["NOTICE", "PageFacts", "Table", "index_page", "page_facts", "scan_page"]
+__all__ = [
+    "NOTICE",
+    "PageFacts",
+    "Table",
+    "index_page",
+    "lesion_table",
+    "page_facts",
+    "render_template",
+    "scan_page",
+]

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medres.errors import TrainingError
+from medres.errors import MedresError, TrainingError
 from medres.io.atomic import write_text_atomic
 from medres.models.folder import MANIFEST, PIPELINE, SPLIT, write_manifest
+from medres.models.manifest import CrossValidationEntry
 from medres.pipeline import PipelineConfig, load_pipeline
 from medres.training.datasets import (
     DatasetCheck,
@@ -63,6 +64,7 @@ class TrainingRun:
     device: str
     check: DatasetCheck
     members: list[dict[str, Any]]
+    cross_validation: CrossValidationEntry | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,7 @@ def train_pipeline(
     on_progress: Callable[[TrainingProgress], None] | None = None,
     on_check: Callable[[int, int], None] | None = None,
     runner: MemberRunner | None = None,
+    tune: bool = True,
 ) -> TrainingRun:
     """Check the data, then train the requested folds into ``out``.
 
@@ -182,6 +185,9 @@ def train_pipeline(
         on_check: Progress callback of the data check ``(done, total)``.
         runner: Trains the members (default :func:`train_in_process` with
             ``on_progress``; :func:`medres.cluster.train_on_cluster` side by side).
+        tune: Once the member of every fold asked for is trained, fit the members'
+            temperatures and choose the post-processing from their out-of-fold predictions
+            (:func:`medres.training.tuning.tune_model`; segmentation models only).
 
     Raises:
         DatasetError: Bad or empty data (before anything is trained).
@@ -223,7 +229,15 @@ def train_pipeline(
         if ctx.is_main and members and not (out / MANIFEST).is_file():
             write_manifest(out, cfg, members, extra={"training": provenance})
     shown = _trained_on(members) if runner is not None else resolved_device
-    return TrainingRun(model_dir=out, device=shown, check=check, members=members)
+    entry = None
+    complete = {m["fold"] for m in members} >= set(wanted)  # every fold asked for is trained
+    if tune and members and complete and ctx.is_main and not cfg.is_detection:
+        from medres.training.tuning import tune_model
+
+        entry = tune_model(out, cases, device="cpu" if runner is not None else resolved_device)
+    return TrainingRun(
+        model_dir=out, device=shown, check=check, members=members, cross_validation=entry
+    )
 
 
 def checked_cases(
@@ -347,8 +361,15 @@ def _check_split(out: Path, split: dict[str, Any]) -> None:
 
 
 def _write_pipeline_and_split(out: Path, cfg: PipelineConfig, split: dict[str, Any]) -> None:
-    """Write ``pipeline.yaml`` and ``split.json`` into ``out`` (checked by :func:`_check_split`)."""
-    write_text_atomic(out / PIPELINE, cfg.to_yaml())
+    """Write ``pipeline.yaml`` and ``split.json`` into ``out`` (checked by :func:`_check_split`);
+    a ``pipeline.yaml`` already holding ``cfg`` is left as it is (its checksum is in
+    ``model.json``; a newer medres writes the same config with more default keys)."""
+    try:
+        same = load_pipeline(out / PIPELINE) == cfg
+    except MedresError:
+        same = False
+    if not same:
+        write_text_atomic(out / PIPELINE, cfg.to_yaml())
     write_text_atomic(out / SPLIT, json.dumps(split, indent=2) + "\n")
 
 
