@@ -70,7 +70,7 @@ def _case(index: int, *, blobs: int, seed: int) -> OutOfFold:
     for b in range(blobs):
         y, x = 3 + 4 * b, 3
         logit[y : y + 2, x : x + 2] = 5.0  # 4 px false positives
-    logits = np.stack([np.zeros_like(logit), logit]).astype(np.float32)
+    logits = np.stack([np.zeros_like(logit), logit])[None].astype(np.float32)  # one view
     return OutOfFold(f"c{index}", f"p{index}", "fold_0", logits, truth, voxel_measure=1.0)
 
 
