@@ -16,17 +16,14 @@ channel count) and the same labels; every member of every folder votes. For one 
    float16 / integer arrays): the ensemble mean, the members' standard deviation, and the
    member bits;
 5. the label map is the thresholded mean (binary tasks) or its argmax, or with
-   ``ensemble="vote"`` the majority of the members' own label maps.
+   ``ensemble="vote"`` the majority of the members' own label maps; the members' logits
+   are first divided by their temperatures and the post-processing applied after, as
+   cross-validation chose them (:mod:`medres.training.tuning`).
 
 Peak memory beyond the scan itself is therefore one model-grid probability volume per
 member being run plus, on the scan grid, 1 byte (labels) + per foreground class 2 (mean)
 + 2 (spread) + 1 (member bits) bytes per voxel: about 6 bytes per voxel for a binary
 task, against 8 per class per copy for float32 probability maps.
-
-Example:
-    >>> ensemble = Ensemble([ModelFolder.open("models/demo_ct_3d")])  # doctest: +SKIP
-    >>> result = ensemble.predict(read_nifti("sample_data/ct_phantom.nii.gz"))  # doctest: +SKIP
-    >>> result.label_map.shape  # the scan's own (x, y, z)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -480,10 +477,13 @@ class Ensemble:
         self, label_map: npt.NDArray[np.uint8], volume: Volume
     ) -> npt.NDArray[np.uint8]:
         """Remove lesion components below the pipeline's minimum size, and all but its
-        ``max_lesions`` largest."""
+        ``max_lesions`` largest. A size chosen in px² by cross-validation stays in pixels
+        when ``--pixel-size-mm`` puts the image in mm."""
+        tuned = self.folders[0].tuned
+        in_px = tuned is not None and tuned.size_unit == "px²" and volume.length_unit == "mm"
         return remove_small_lesions(
             label_map,
-            voxel_measure=Grid(label_map.shape, volume.affine).voxel_measure,
+            voxel_measure=1.0 if in_px else Grid(label_map.shape, volume.affine).voxel_measure,
             min_size=self.cfg.postprocessing.min_lesion_size,
             lesion_indices=self.cfg.lesion_indices,
             max_lesions=self.cfg.postprocessing.max_lesions,

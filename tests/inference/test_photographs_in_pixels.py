@@ -72,6 +72,10 @@ def test_predict_evaluate_report_in_pixels(trained: tuple[Path, Path], tmp_path:
     html = (out / "lesion_01" / "report.html").read_text()
     assert "area (px²)" in html and "centre (x, y px)" in html and "RAS mm" not in html
     assert "mm²" not in html and "assume" not in html
+    assert "calibrated by temperature scaling" in html  # the tuning is stated
+    run = json.loads((out / "run.json").read_text())
+    members = run["models"][0]["folders"][0]["members"]
+    assert all(m["temperature"] > 0 for m in members)
     overview = np.asarray(
         Image.open(out / "lesion_01" / "overlays" / "overview.png").convert("RGB")
     )
@@ -102,15 +106,19 @@ def test_a_given_pixel_size_measures_in_mm(trained: tuple[Path, Path], tmp_path:
     for row in _rows(out_mm / "summary.csv"):
         assert row["spacing_mm"] == "0.1x0.2" and not row["lesion_area_px2"]
         assert row["lesion_area_mm2"] != ""
-    # min_lesion_size (20) now counts mm²: lesions below 20 mm² (1000 px) are dropped
+    # the smallest lesion cross-validation chose is in px²: it stays in pixels, so the
+    # same lesions are found in both units
+    tuned = json.loads((model / "model.json").read_text())["cross_validation"]
+    assert tuned["size_unit"] == "px²"
     for scan in sorted(out_mm.glob("lesion_*/lesions.json")):
         record = json.loads(scan.read_text())
         assert record["grid"]["length_unit"] == "mm"
         for lesion in record["lesions"]:
             assert lesion["area_mm2"] == pytest.approx(lesion["voxel_count"] * 0.02, abs=1e-3)
-            assert lesion["area_mm2"] >= 20.0
+            assert lesion["voxel_count"] >= tuned["chosen"]["min_lesion_size"]
         in_px = json.loads((out_px / scan.parent.name / "lesions.json").read_text())
-        big = [x for x in in_px["lesions"] if x["area_px2"] * 0.02 >= 20.0]
-        assert len(record["lesions"]) == len(big)
+        assert [x["voxel_count"] for x in record["lesions"]] == [
+            x["voxel_count"] for x in in_px["lesions"]
+        ]
     bad = runner.invoke(app, [*base, "--out", str(tmp_path / "bad"), "--pixel-size-mm", "0,-1"])
     assert bad.exit_code == 2 and "--pixel-size-mm 0,-1" in bad.output
