@@ -8,23 +8,41 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from medres.evaluation.run import EvaluationRun
+    from collections.abc import Callable
+
+    from medres.evaluation.compare import Compared
+    from medres.evaluation.run import EvaluateOptions, EvaluationRun
+    from medres.pipeline import PipelineConfig
 
 #: Problems listed on the console (all of them are in summary.json).
 MAX_PROBLEMS = 10
 
 
 def evaluate_command(
-    predictions: Annotated[Path, typer.Argument(help="Output folder of medres predict.")],
+    predictions: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Output folder(s) of medres predict, or any folder of label maps (nnU-Net's "
+            "CASE.nii.gz, a reader's masks); several are compared in one table."
+        ),
+    ] = None,
+    more: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--predictions",
+            "-p",
+            help="Another prediction folder to compare (repeat it): medres, nnU-Net, a reader.",
+        ),
+    ] = None,
     truth: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--truth",
             "-t",
             help="Ground truth: a folder (masks named <scan_id>_mask.* or <scan_id>.nii.gz, "
             "or --truth-name files in <scan_id>/ folders) or a datalist JSON (id + label).",
         ),
-    ],
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="Where to write (default: PREDICTIONS/evaluation)."),
@@ -101,9 +119,15 @@ def evaluate_command(
         fail_cleanly,
         progress_bar,
     )
-    from medres.evaluation.run import EvaluateOptions, evaluate_predictions
+    from medres.errors import EvaluationError
+    from medres.evaluation.run import EvaluateOptions
 
+    folders = [*(predictions or []), *(more or [])]
     with fail_cleanly():
+        if not folders:
+            raise EvaluationError("give the prediction folder(s) to evaluate")
+        if truth is None:
+            raise EvaluationError("give the ground truth with --truth (a folder or datalist JSON)")
         options = EvaluateOptions(
             group_by=group_by,
             tolerance_mm=tolerance_mm,
@@ -122,10 +146,111 @@ def evaluate_command(
             def on_progress(done: int, total: int, scan_id: str) -> None:
                 progress.update(task, completed=done, total=total, item=scan_id)
 
-            result = evaluate_predictions(
-                predictions, truth, out, options=options, on_progress=on_progress
+            if len(folders) == 1:
+                result = evaluate_folder(folders[0], truth, out, options, on_progress)
+            else:
+                runs, comparison, where = compare_folders(folders, truth, out, options, on_progress)
+    if len(folders) == 1:
+        _print_results(result)
+    else:
+        _print_comparison(runs, comparison, where)
+
+
+def evaluate_folder(
+    folder: Path,
+    truth: Path,
+    out: Path | None,
+    options: EvaluateOptions,
+    on_progress: Callable[[int, int, str], None],
+    *,
+    name: str | None = None,
+    cfg: PipelineConfig | None = None,
+) -> EvaluationRun:
+    """One folder: a ``medres predict`` folder, or label maps (as the model ``name``)."""
+    from medres.evaluation.label_maps import evaluate_label_maps
+    from medres.evaluation.run import evaluate_predictions, is_predict_folder
+
+    if is_predict_folder(folder):
+        return evaluate_predictions(folder, truth, out, options=options, on_progress=on_progress)
+    return evaluate_label_maps(
+        folder, truth, out, name=name, cfg=cfg, options=options, on_progress=on_progress
+    )
+
+
+def compare_folders(
+    folders: list[Path],
+    truth: Path,
+    out: Path | None,
+    options: EvaluateOptions,
+    on_progress: Callable[[int, int, str], None],
+) -> tuple[list[Compared], dict[str, Any], Path]:
+    """Every folder evaluated into ``OUT/<name>/``, then compared with the first."""
+    from medres.evaluation.compare import (
+        Compared,
+        compare,
+        main_model,
+        unique_names,
+        write_comparison,
+    )
+    from medres.evaluation.run import is_predict_folder, predict_pipeline
+
+    where = out if out is not None else folders[0] / "comparison"
+    medres_folders = [f for f in folders if is_predict_folder(f)]
+    cfg = predict_pipeline(medres_folders[0]) if medres_folders else None
+    entries = []
+    for folder, name in zip(folders, unique_names(folders), strict=True):
+        run = evaluate_folder(
+            folder, truth, where / name.replace("/", "_"), options, on_progress, name=name, cfg=cfg
+        )
+        entries.append(Compared(name, run, main_model(run)))
+    comparison = compare(entries)
+    write_comparison(where, comparison)
+    return entries, comparison, where
+
+
+def _print_comparison(entries: list[Compared], comparison: dict[str, Any], where: Path) -> None:
+    """One table per label: each folder's figures, and its difference from the first."""
+    from rich.table import Table
+
+    from medres.cli.console import EXIT_SOME_FAILED, console, err_console
+
+    unit = comparison["length_unit"]
+    first = entries[0].name
+    for label, items in comparison["labels"].items():
+        table = Table(title=f"{label}: mean [95 % CI]; minus {first}: paired over common cases")
+        for column in ("prediction", "cases", "Dice", f"HD95 {unit}", "lesion F1"):
+            table.add_column(column, no_wrap=column == "prediction")
+        table.add_column(f"Dice minus {first}", overflow="fold")
+        table.add_column(f"F1 minus {first}", overflow="fold")
+        for item in items:
+            paired = item.get("minus_first")
+
+            def diff(metric: str, d: dict[str, Any] | None = paired) -> str:
+                if d is None:
+                    return "-"
+                m = d[metric]
+                return f"{m['mean_difference']:+.3f} [{m['ci_low']:+.3f}, {m['ci_high']:+.3f}]"
+
+            table.add_row(
+                item["name"],
+                str(item["n_cases"]),
+                f"{item['dice']['mean']:.3f} [{item['dice']['ci_low']:.3f}, "
+                f"{item['dice']['ci_high']:.3f}]",
+                f"{item['hd95_mm']['mean']:.1f}",
+                f"{item['f1']['mean']:.3f}",
+                diff("dice"),
+                diff("f1"),
             )
-    _print_results(result)
+        console.print(table)
+    err_console.print(f"each folder's evaluation and comparison.json/.csv: {where}")
+    failed = [(e.name, f) for e in entries for f in e.evaluation.failed]
+    for name, failure in failed[:MAX_PROBLEMS]:
+        err_console.print(
+            f"[red]not scored[/] {name}: {failure['scan_id']}: {failure['error']}",
+            highlight=False,
+        )
+    if failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
 
 
 def _with_ci(entry: dict[str, Any], key: str) -> str:
