@@ -17,18 +17,17 @@ from pathlib import PurePath
 _DIGITS = re.compile(r"(\d+)")
 
 
-def natural_key(text: str | PurePath) -> tuple[tuple[int, int | str, str], ...]:
+def natural_key(text: str | PurePath) -> tuple[tuple[int, int | str], ...]:
     """A sort key comparing runs of digits as numbers and the rest case-insensitively
     (ties broken by the exact text, so the order is total and stable)."""
     parts = _DIGITS.split(str(text))
-    return tuple(
-        (0, int(part), part) if part.isdigit() else (1, part.casefold(), part)
-        for part in parts
-        if part
-    )
+    key: list[tuple[int, int | str]] = [
+        (0, int(part)) if part.isdigit() else (1, part.casefold()) for part in parts if part
+    ]
+    return (*key, (-1, str(text)))  # a name that ends first sorts first
 
 
-def natural_path_key(path: str | PurePath) -> tuple[tuple[tuple[int, int | str, str], ...], ...]:
+def natural_path_key(path: str | PurePath) -> tuple[tuple[tuple[int, int | str], ...], ...]:
     """:func:`natural_key` of each folder and file name of ``path`` in turn (a folder's
     files stay together: ``a/x`` before ``a2/x``)."""
     return tuple(natural_key(part) for part in PurePath(path).parts)
