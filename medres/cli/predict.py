@@ -97,6 +97,14 @@ def predict_command(
         ),
     ] = True,
     pdf: Annotated[bool, typer.Option("--pdf/--no-pdf", help="report.pdf with the report.")] = True,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain",
+            help="Saliency maps in the reports (occlusion sensitivity per lesion; costs more "
+            "than the prediction: seconds per lesion, see docs).",
+        ),
+    ] = False,
     show_phi: Annotated[
         bool, typer.Option("--show-phi", help="Patient fields in the reports (off by default).")
     ] = False,
@@ -147,6 +155,7 @@ def predict_command(
             report_phi=report and show_phi,
             runtime=runtime,
             pixel_size_mm=parse_pixel_size(pixel_size_mm),
+            explain=report and explain,
         )
         run, index = _run(scans, model, out, options, spec)
     _print_run(run, scans=scans, out=out, device=options.device, index=index)
@@ -217,7 +226,9 @@ def _predict_with_progress(
     if options.report and executor is None:
         from medres.report.build import report_hook
 
-        after_scan = report_hook(opened, show_phi=options.report_phi, pdf=options.report_pdf)
+        after_scan = report_hook(
+            opened, show_phi=options.report_phi, pdf=options.report_pdf, explain=options.explain
+        )
     with progress_bar(transient=False) as progress:
         task = progress.add_task("scans", total=None, item="")
 

@@ -20,6 +20,15 @@ def report_command(
     dicom: Annotated[
         bool, typer.Option("--dicom/--no-dicom", help="DICOM SEG and SR for DICOM input.")
     ] = True,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain",
+            help="Beside each lesion's key image, what the model looked at: occlusion "
+            "sensitivity of its lesion score (seconds per lesion; the model folders must "
+            "still be where medres predict read them).",
+        ),
+    ] = False,
 ) -> None:
     """(Re)build per-scan reports and OUT/index.html from a prediction folder.
 
@@ -37,13 +46,19 @@ def report_command(
             progress.update(task, completed=done, total=total, item=scan_id)
 
         result = report_predictions(
-            out, show_phi=show_phi, pdf=pdf, dicom=dicom, on_progress=on_progress
+            out, show_phi=show_phi, pdf=pdf, dicom=dicom, explain=explain, on_progress=on_progress
         )
     seconds = [r.seconds for r in result.reports]
     mean = sum(seconds) / len(seconds) if seconds else 0.0
     err_console.print(
         f"{len(result.reports)} report(s) written ({mean:.1f} s per scan); index: {result.index}"
     )
+    explained = sum(r.saliency_lesions for r in result.reports)
+    if explained:
+        spent = sum(r.saliency_seconds for r in result.reports)
+        err_console.print(
+            f"saliency maps of {explained} lesion(s): {spent / explained:.1f} s per lesion"
+        )
     for failure in result.failed:
         err_console.print(f"[red]no report[/] {failure['error']}", highlight=False)
     if result.failed:

@@ -87,7 +87,12 @@ class _PredictPlugin(WorkerPlugin):
         if options.report:
             from medres.report.build import report_hook
 
-            after_scan = report_hook(ensembles, show_phi=options.report_phi, pdf=options.report_pdf)
+            after_scan = report_hook(
+                ensembles,
+                show_phi=options.report_phi,
+                pdf=options.report_pdf,
+                explain=options.explain,
+            )
         logger.info("worker %s: models opened on %s", worker.name, device)
         return ensembles, after_scan
 

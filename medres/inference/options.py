@@ -29,6 +29,7 @@ class PredictOptions:
             torch); see :mod:`medres.inference.runtimes`.
         pixel_size_mm: Pixel size ``(x, y)`` in mm of 2D image files (they carry none);
             None: the pipeline's ``preprocessing.pixel_size_mm``, else sizes in pixels.
+        explain: The reports also show each lesion's saliency map (``--explain``).
 
     Raises:
         ConfigError: ``ensemble`` is not a known mode, or ``runtime`` not a known runtime.
@@ -47,6 +48,7 @@ class PredictOptions:
     report_phi: bool = False
     runtime: str = "auto"
     pixel_size_mm: tuple[float, float] | None = None
+    explain: bool = False
 
     def __post_init__(self) -> None:
         from medres.models.exported import check_runtime_name

@@ -60,6 +60,8 @@ def fingerprint(ensemble: Ensemble, options: PredictOptions, sources: Sequence[s
         str(options.report_phi),
         getattr(ensemble, "runtime", "torch"),
     ]
+    if options.explain:
+        parts.append("explain")
     if options.pixel_size_mm is not None:
         parts.append(f"pixel size {options.pixel_size_mm}")
     parts += _file_states(sources)

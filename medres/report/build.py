@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from medres.errors import MedresError
 from medres.inference.predictor import Ensemble
@@ -33,6 +34,7 @@ from medres.io.grid import (
     squeeze_single_slice_volume,
 )
 from medres.io.volume import ScanKind
+from medres.pipeline import PipelineConfig
 from medres.predictions.layout import RunFolder, ScanFolder
 from medres.predictions.records import ModelProvenance, read_summary
 from medres.report.html import NOTICE, index_page, page_facts, scan_page
@@ -51,6 +53,8 @@ class ScanReport:
     files: list[str] = field(default_factory=list)
     dicom_export: str = ""  # "written" or the reason it was skipped
     seconds: float = 0.0
+    saliency_seconds: float = 0.0  # of all its lesions' saliency maps (0: none made)
+    saliency_lesions: int = 0
 
 
 def _dicom_objects(scan: ScanPrediction, result: ScanReport) -> str:
@@ -107,6 +111,7 @@ def report_scan(
     show_phi: bool = False,
     pdf: bool = True,
     dicom: bool = True,
+    explain: Ensemble | None = None,
 ) -> ScanReport:
     """Write the report files of one predicted scan into its folder.
 
@@ -116,6 +121,8 @@ def report_scan(
         show_phi: Put patient fields into the HTML/PDF.
         pdf: Also write ``report.pdf``.
         dicom: Write ``seg.dcm`` and ``sr.dcm`` for DICOM input.
+        explain: The segmentation ensemble that predicted the scan: each lesion with a key
+            image also gets its saliency map (:mod:`medres.inference.saliency`).
 
     Raises:
         MedresError: An output cannot be written (the caller records it for the scan).
@@ -130,8 +137,9 @@ def report_scan(
         image_labels = squeeze_single_slice_array(labels)
     result = ScanReport(scan_id=record.scan_id)
     boxes = scan.detections.reported_boxes if scan.detections is not None else []
+    heats = _saliency(explain, scan, labels, result) if explain is not None else {}
     images, orientation_note = key_images(
-        image_volume, image_labels, record.lesions, scan.cfg, boxes=boxes
+        image_volume, image_labels, record.lesions, scan.cfg, boxes=boxes, heats=heats
     )
     for name, png in images:
         write_bytes_atomic(folder.overlay(name), png)
@@ -160,15 +168,47 @@ def report_scan(
     return result
 
 
+def _saliency(
+    ensemble: Ensemble, scan: ScanPrediction, labels: Any, result: ScanReport
+) -> dict[int, Any]:
+    """Each key-image lesion's saliency map, on the grid the report draws."""
+    from medres.inference.saliency import lesion_saliency
+    from medres.report.key_images import MAX_KEY_IMAGES
+
+    heats = {}
+    for lesion in scan.record.lesions[:MAX_KEY_IMAGES]:
+        found = lesion_saliency(ensemble, scan.volume, labels, lesion)
+        heat = found.heat
+        if is_single_slice(scan.volume.spatial_shape):
+            heat = squeeze_single_slice_array(heat)
+        heats[lesion.lesion_id] = heat
+        result.saliency_seconds += found.seconds
+        result.saliency_lesions += 1
+    return heats
+
+
+def explaining(ensembles: Sequence[Ensemble], cfg: PipelineConfig) -> Ensemble | None:
+    """The segmentation ensemble of ``cfg``'s pipeline among ``ensembles`` (None: none)."""
+    return next(
+        (e for e in ensembles if not e.is_detector and e.cfg.name == cfg.name),
+        None,
+    )
+
+
 def report_hook(
-    ensembles: Sequence[Ensemble], *, show_phi: bool = False, pdf: bool = True
+    ensembles: Sequence[Ensemble],
+    *,
+    show_phi: bool = False,
+    pdf: bool = True,
+    explain: bool = False,
 ) -> AfterScanCallback:
     """The ``after_scan`` step of :func:`~medres.inference.batch.predict_batch` that writes
-    each scan's report from the prediction in memory."""
+    each scan's report from the prediction in memory (with ``explain``, saliency maps)."""
     models = models_provenance(ensembles)
 
     def after_scan(scan: ScanPrediction) -> AfterScanResult:
-        written = report_scan(scan, models=models, show_phi=show_phi, pdf=pdf)
+        ensemble = explaining(ensembles, scan.cfg) if explain else None
+        written = report_scan(scan, models=models, show_phi=show_phi, pdf=pdf, explain=ensemble)
         notes = []
         if scan.volume.source.kind is ScanKind.DICOM and written.dicom_export != "written":
             notes.append(f"DICOM SEG/SR {written.dicom_export}")

@@ -253,6 +253,12 @@ def page_facts(
         "scan's own grid"
         + (", in pixels: the image file gives no pixel size." if record.length_unit == PX else ".")
     )
+    if any(n.startswith("saliency_") for n, _ in images):
+        lesions_note += (
+            " What the model looked at: occlusion sensitivity of the ensemble's lesion score "
+            "(its mean logit over the lesion): brighter where blurring the image away lowers "
+            "the score most (MONAI OcclusionSensitivity; the region around the lesion only)."
+        )
     if detections is not None:
         lesions_note += (
             " Box: the detector's box that overlaps the lesion most (box IoU at least its "
@@ -273,9 +279,14 @@ def page_facts(
                 f"detections.json has all. {boxes_note}"
             )
     key = [
-        (n, png, f"lesion {n.split('_')[1].split('.')[0].lstrip('0')}")
+        (
+            n,
+            png,
+            f"lesion {n.split('_')[1].split('.')[0].lstrip('0')}"
+            + (": what the model looked at" if n.startswith("saliency_") else ""),
+        )
         for n, png in images
-        if n.startswith("lesion_")
+        if n.startswith(("lesion_", "saliency_"))
     ]
     key += [
         (n, png, f"box B{n.split('_')[1].split('.')[0].lstrip('0')}")

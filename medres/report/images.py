@@ -201,9 +201,26 @@ def image_view(
     )
 
 
+def heat_overlay(
+    image: npt.NDArray[Any], heat: npt.NDArray[Any], *, alpha: float = 0.6
+) -> npt.NDArray[np.float32]:
+    """A saliency map over a 0..1 image, ``(rows, columns, 3)``: black-red-yellow-white
+    by importance (0..1) where the map is defined (NaN elsewhere: the image alone)."""
+    base = np.asarray(image, dtype=np.float32)
+    rgb = base if base.ndim == 3 else np.repeat(base[..., None], 3, axis=-1)
+    h = np.clip(np.nan_to_num(np.asarray(heat, dtype=np.float32), nan=0.0), 0.0, 1.0)
+    colour = np.stack(
+        [np.clip(3 * h, 0, 1), np.clip(3 * h - 1, 0, 1), np.clip(3 * h - 2, 0, 1)], -1
+    )
+    weight = np.where(np.isfinite(heat), alpha * np.sqrt(h), 0.0)[..., None]
+    out: npt.NDArray[np.float32] = (rgb * (1 - weight) + colour * weight).astype(np.float32)
+    return out
+
+
 def colour_image(array: npt.NDArray[Any], channel_names: Sequence[str]) -> npt.NDArray[Any] | None:
     """A colour photograph's ``(x, y, 3)`` pixels scaled to 0..1, or None when ``array``
-    ``(C, x, y)`` is not an RGB image (channels named R, G, B).
+    ``(C, x, y)`` is not an RGB image (channels named R, G, B: by the pipeline, so three
+    MR sequences stored in one RGB file, as the LGG slices, are shown as MR).
 
     8-bit images keep their colours exactly (divided by 255); others are scaled by the
     1st-99th percentile of all three channels together, so the hues stay as they are.
@@ -239,6 +256,7 @@ __all__ = [
     "View",
     "colour_image",
     "display_channel",
+    "heat_overlay",
     "image_view",
     "lesion_crop",
     "orthogonal_views",

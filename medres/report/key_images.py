@@ -9,6 +9,7 @@ order ``(x, y[, z])``, ``center_ras_mm`` in RAS+ mm).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +25,7 @@ from medres.report.images import (
     View,
     colour_image,
     display_channel,
+    heat_overlay,
     image_view,
     lesion_crop,
     orthogonal_views,
@@ -94,27 +96,31 @@ def key_images(
     lesions: Sequence[Lesion],
     cfg: PipelineConfig | None,
     boxes: Sequence[DetectionBox] = (),
+    heats: dict[int, npt.NDArray[np.float32]] | None = None,
 ) -> tuple[list[tuple[str, bytes]], str]:
     """Overview, per-lesion and per-box PNGs: ``[(file name, png)]`` and the orientation
     note. ``boxes`` (a detector's reported boxes) are drawn on every image they cross;
-    each also gets its own key image (``box_NN.png``) when no lesion was segmented."""
+    each also gets its own key image (``box_NN.png``) when no lesion was segmented.
+    ``heats``: lesion id -> its saliency map on the scan grid
+    (:mod:`medres.inference.saliency`), drawn as ``saliency_NN.png`` beside its key image."""
     channel_names = cfg.channels if cfg is not None else volume.channel_names
-    colour = colour_image(volume.array, volume.channel_names)
+    colour = colour_image(volume.array, channel_names or ())  # the pipeline names them
     if colour is not None:  # a photograph: shown in its own colours
         labels = labels.reshape(colour.shape[:2])
-        images = _images_2d(colour, labels, volume, lesions, boxes)
+        images = _images_2d(colour, labels, volume, lesions, boxes, heats or {})
         return images, _note_2d(volume, colour=True)
     shown = display_channel(volume.array, channel_names or ())
     modality = volume.modality or ("CT" if _ct_window(cfg) else "")
     shown = window(shown, modality=modality, ct_window=_ct_window(cfg))
     labels = labels.reshape(shown.shape)
     if shown.ndim == 2:
-        return _images_2d(shown, labels, volume, lesions, boxes), _note_2d(volume, colour=False)
+        images = _images_2d(shown, labels, volume, lesions, boxes, heats or {})
+        return images, _note_2d(volume, colour=False)
     note = (
         "Radiological convention: patient right on the image left; axial views anterior "
         "at the top; coronal and sagittal views superior at the top."
     )
-    return _images_3d(shown, labels, volume, lesions, boxes), note
+    return _images_3d(shown, labels, volume, lesions, boxes, heats or {}), note
 
 
 def _note_2d(volume: Volume, *, colour: bool) -> str:
@@ -133,8 +139,9 @@ def _images_2d(
     volume: Volume,
     lesions: Sequence[Lesion],
     boxes: Sequence[DetectionBox],
+    heats: dict[int, npt.NDArray[np.float32]],
 ) -> list[tuple[str, bytes]]:
-    """Overview, per-lesion and per-box PNGs of a 2D image."""
+    """Overview, per-lesion (and saliency) and per-box PNGs of a 2D image."""
     images: list[tuple[str, bytes]] = []
     view = image_view(shown, labels, volume.spacing_mm, length_unit=volume.length_unit)
     marks = [
@@ -149,6 +156,13 @@ def _images_2d(
         mark = [{"lesion_id": lesion.lesion_id, "row": row, "column": column}]
         image = render(view, lesions=mark, boxes=drawn, crop=crop)
         images.append((f"lesion_{lesion.lesion_id:02d}.png", image))
+        heat = heats.get(lesion.lesion_id)
+        if heat is not None:
+            shown_heat = np.swapaxes(heat, 0, 1)  # (x, y) -> rows, columns, as the view
+            hot = replace(view, image=heat_overlay(view.image, shown_heat), title="saliency")
+            images.append(
+                (f"saliency_{lesion.lesion_id:02d}.png", render(hot, lesions=mark, crop=crop))
+            )
     for box in [] if lesions else boxes[:MAX_KEY_IMAGES]:
         i0, j0, i1, j1 = box.box_ijk
         half = max((i1 - i0) * view.column_mm, (j1 - j0) * view.row_mm, 30.0)
@@ -164,8 +178,9 @@ def _images_3d(
     volume: Volume,
     lesions: Sequence[Lesion],
     boxes: Sequence[DetectionBox],
+    heats: dict[int, npt.NDArray[np.float32]],
 ) -> list[tuple[str, bytes]]:
-    """Orthogonal overviews, per-lesion and per-box axial PNGs of a volume.
+    """Orthogonal overviews, per-lesion (and saliency) and per-box axial PNGs of a volume.
 
     Long: the three kinds of image share the RAS-turned arrays and the box mapping.
     """
@@ -206,6 +221,16 @@ def _images_3d(
         drawn = _boxes_3d("axial", through(lesion.center_ras_mm), ras_boxes, ras_shape)
         image = render(view, lesions=[centre], boxes=drawn, crop=crop)
         images.append((f"lesion_{lesion.lesion_id:02d}.png", image))
+        heat = heats.get(lesion.lesion_id)
+        if heat is not None:
+            heat_ras, _ = to_ras(heat, volume.affine)
+            (heat_view,) = orthogonal_views(
+                heat_ras, lab_ras, ras_affine, lesion.center_ras_mm, only="axial"
+            )
+            hot = replace(view, image=heat_overlay(view.image, heat_view.image), title="saliency")
+            images.append(
+                (f"saliency_{lesion.lesion_id:02d}.png", render(hot, lesions=[centre], crop=crop))
+            )
     for box, ras in [] if lesions else ras_boxes[:MAX_KEY_IMAGES]:
         (view,) = orthogonal_views(img_ras, lab_ras, ras_affine, box.center_ras_mm, only="axial")
         drawn = _boxes_3d("axial", through(box.center_ras_mm), [(box, ras)], ras_shape)

@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from medres.pipeline import PipelineConfig
 from medres.predictions.detections import DetectionsRecord
 from medres.predictions.layout import RunFolder, ScanFolder
 from medres.predictions.records import RunRecord, ScanRecord
-from medres.report.build import ScanReport, report_scan, write_index
+from medres.report.build import ScanReport, explaining, report_scan, write_index
 
 logger = logging.getLogger(__name__)
 
@@ -97,15 +98,29 @@ def _scan_prediction(
     return ScanPrediction(folder, volume, labels, record, cfg, detections)
 
 
+def _open_models(run: RunRecord) -> list[Any]:
+    """The run's segmentation ensembles, opened again from their model folders (torch).
+
+    Raises:
+        MedresError: A model folder is gone or no longer what the run used.
+    """
+    from medres.inference.batch import PredictOptions, open_ensembles
+
+    paths = [f.path for model in run.models for f in model.folders]
+    return list(open_ensembles(paths, options=PredictOptions(runtime="torch")))
+
+
 def report_predictions(
     out: str | Path,
     *,
     show_phi: bool = False,
     pdf: bool = True,
     dicom: bool = True,
+    explain: bool = False,
     on_progress: Callable[[int, int, str], None] | None = None,
 ) -> ReportRun:
-    """Write every scan's report and the index of a ``medres predict`` folder.
+    """Write every scan's report and the index of a ``medres predict`` folder; with
+    ``explain``, each lesion's saliency map too (the run's model folders are opened again).
 
     Raises:
         OutputError: ``out`` is not a predict folder, or its input folder is gone.
@@ -126,6 +141,7 @@ def report_predictions(
     by_key = {source_key(item, root): item for item in inputs}
     scans = run_folder.scans()
     result = ReportRun()
+    ensembles = _open_models(run) if explain else []
     for done, folder in enumerate(scans):
         if on_progress is not None:
             on_progress(done, len(scans), folder.scan_id)
@@ -136,7 +152,14 @@ def report_predictions(
                 raise OutputError(f"{folder.scan_id}: its pipeline is not among the run's models")
             item = _source_of(folder, record, by_key, root)
             scan = _scan_prediction(folder, record, item, cfg)
-            written = report_scan(scan, models=run.models, show_phi=show_phi, pdf=pdf, dicom=dicom)
+            written = report_scan(
+                scan,
+                models=run.models,
+                show_phi=show_phi,
+                pdf=pdf,
+                dicom=dicom,
+                explain=explaining(ensembles, cfg) if explain else None,
+            )
             if not show_phi:  # a report with patient fields is never "complete" for resume
                 refresh_outputs(folder, written.files)
             result.reports.append(written)

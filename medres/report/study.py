@@ -108,14 +108,11 @@ def _study_facts(study: Study) -> dict[str, object]:
         headers, text_columns = table.headers, table.text_columns
         rows += [(record.scan_id, report, row) for row in table.rows]
         for lesion in record.lesions:
-            name = f"overlays/lesion_{lesion.lesion_id:02d}.png"
-            if name in record.outputs and len(images) < MAX_STUDY_IMAGES:
-                images.append(
-                    StudyImage(
-                        f"../{record.scan_id}/{name}",
-                        f"{record.scan_id}: lesion {lesion.lesion_id}",
-                    )
-                )
+            for kind, what in (("lesion", ""), ("saliency", ", what the model looked at")):
+                name = f"overlays/{kind}_{lesion.lesion_id:02d}.png"
+                if name in record.outputs and len(images) < MAX_STUDY_IMAGES:
+                    caption = f"{record.scan_id}: lesion {lesion.lesion_id}{what}"
+                    images.append(StudyImage(f"../{record.scan_id}/{name}", caption))
     size_unit = volume_unit(unit) if three_d else area_unit(unit)
     return {
         "title": study.title,
