@@ -19,6 +19,7 @@ seconds it took (``benchmarks/bench_saliency.py`` measures them per lesion).
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,7 +163,9 @@ def lesion_saliency(
         activate=False,
     )
     b_box = [v for r in region for v in (r.start, r.stop - 1)]  # MONAI's: inclusive
-    occluded, _ = occlusion(image, b_box=b_box)
+    with warnings.catch_warnings():  # MONAI's own indexing, deprecated in torch 2.9
+        warnings.filterwarnings("ignore", message=".*non-tuple sequence for multidim.*")
+        occluded, _ = occlusion(image, b_box=b_box)
     scores = occluded[0, 0].cpu().numpy()  # (..., N) with N classes; N = 1 may be squeezed
     scores = scores[..., 0] if scores.ndim == cfg.dims + 1 else scores
     drop = np.clip(baseline - scores, 0.0, None)

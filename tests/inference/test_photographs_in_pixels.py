@@ -122,3 +122,34 @@ def test_a_given_pixel_size_measures_in_mm(trained: tuple[Path, Path], tmp_path:
         ]
     bad = runner.invoke(app, [*base, "--out", str(tmp_path / "bad"), "--pixel-size-mm", "0,-1"])
     assert bad.exit_code == 2 and "--pixel-size-mm 0,-1" in bad.output
+
+
+def test_saliency_points_at_the_lesion(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    from medres.inference.batch import PredictOptions, open_ensembles
+    from medres.inference.saliency import lesion_saliency
+    from medres.inference.writer import scan_lesions
+    from medres.io import read_image2d
+
+    data, model = trained
+    (ensemble,) = open_ensembles([model], options=PredictOptions(runtime="torch"))
+    volume = read_image2d(data / "images" / "lesion_03.png")
+    prediction = ensemble.predict(volume)
+    lesion = scan_lesions(ensemble, prediction)[0]
+    found = lesion_saliency(ensemble, volume, prediction.label_map, lesion)
+    inside = prediction.label_map == 1
+    heat = found.heat
+    assert heat.shape == volume.spatial_shape and np.nanmax(heat) == pytest.approx(1.0)
+    assert found.score > 0 and found.seconds > 0
+    assert np.isfinite(heat[inside]).all()  # the analysed region covers the lesion
+    outside = np.isfinite(heat) & ~inside
+    assert np.nanmean(heat[inside]) > np.nanmean(heat[outside])
+
+    out = tmp_path / "pred"
+    args = ["predict", str(data / "images"), "--model", str(model), "--out", str(out)]
+    assert runner.invoke(app, [*args, "--no-pdf"]).exit_code == 0
+    assert not list(out.glob("*/overlays/saliency_*.png"))  # off by default
+    result = runner.invoke(app, ["report", str(out), "--explain", "--no-pdf"])
+    assert result.exit_code == 0, result.output
+    assert "s per lesion" in result.output
+    assert (out / "lesion_03" / "overlays" / "saliency_01.png").is_file()
+    assert "what the model looked at" in (out / "lesion_03" / "report.html").read_text()
