@@ -189,6 +189,9 @@ def train_pipeline(
             temperatures and choose the post-processing from their out-of-fold predictions
             (:func:`medres.training.tuning.tune_model`; segmentation models only).
 
+    Long: one place keeps the order a resumable run relies on: check, split, members,
+    manifest, then the cross-validation tuning.
+
     Raises:
         DatasetError: Bad or empty data (before anything is trained).
         ConfigError: A model the registry cannot build.
@@ -229,15 +232,20 @@ def train_pipeline(
         if ctx.is_main and members and not (out / MANIFEST).is_file():
             write_manifest(out, cfg, members, extra={"training": provenance})
     shown = _trained_on(members) if runner is not None else resolved_device
+    wanted_done = {m["fold"] for m in members} >= set(wanted)  # every fold asked for
     entry = None
-    complete = {m["fold"] for m in members} >= set(wanted)  # every fold asked for is trained
-    if tune and members and complete and ctx.is_main and not cfg.is_detection:
-        from medres.training.tuning import tune_model
-
-        entry = tune_model(out, cases, device="cpu" if runner is not None else resolved_device)
+    if tune and members and wanted_done and ctx.is_main and not cfg.is_detection:
+        entry = _tune(out, cases, "cpu" if runner is not None else resolved_device)
     return TrainingRun(
         model_dir=out, device=shown, check=check, members=members, cross_validation=entry
     )
+
+
+def _tune(out: Path, cases: Sequence[TrainingCase], device: str) -> CrossValidationEntry:
+    """Temperatures and post-processing from the members' out-of-fold predictions."""
+    from medres.training.tuning import tune_model
+
+    return tune_model(out, cases, device=device)
 
 
 def checked_cases(
