@@ -52,7 +52,9 @@ def single_process(scans: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 def _rows(out: Path) -> list[dict[str, str]]:
     with (out / "summary.csv").open(encoding="utf-8") as handle:
-        return [{k: v for k, v in row.items() if k != "scan_seconds"} for row in csv.DictReader(handle)]
+        return [
+            {k: v for k, v in row.items() if k != "scan_seconds"} for row in csv.DictReader(handle)
+        ]
 
 
 def _without_timings(value: Any) -> Any:
