@@ -289,6 +289,7 @@ class _ScanStep:
             for stage, value in found.seconds.items():
                 seconds[stage] = seconds.get(stage, 0.0) + value
             detections = detections_record(detector, found, scan_id=item.scan_id)
+            detections = detections.model_copy(update={"length_unit": volume.length_unit})
             if record is None:
                 label_map = np.zeros(found.grid.shape, np.uint8)
                 record = detection_scan_record(

@@ -21,10 +21,12 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from medres.io.atomic import write_text_atomic
+from medres.io.units import MM, LengthUnit, keys_in_mm, keys_in_unit
 from medres.predictions._base import Record, compact_json, read_json_record
 from medres.predictions.layout import ScanFolder
 
@@ -84,6 +86,8 @@ class DetectionsRecord(Record):
         boxes: Best first.
         member_boxes: Each member's own boxes (its flip views fused), with
             ``--keep-members``; else empty.
+        length_unit: ``mm``, or ``px`` for an image without a pixel size: the file then
+            names its sizes and centres in pixels (``size_px``, ``center_px``).
     """
 
     scan_id: str
@@ -96,6 +100,13 @@ class DetectionsRecord(Record):
     n_reported: int
     boxes: list[DetectionBox]
     member_boxes: dict[str, list[DetectionBox]] = Field(default_factory=dict)
+    length_unit: LengthUnit = MM
+
+    @model_validator(mode="before")
+    @classmethod
+    def _measurements_in_mm(cls, data: Any) -> Any:
+        """A pixel-measured file's ``*_px`` keys read back under their ``*_mm`` names."""
+        return keys_in_mm(data) if isinstance(data, dict) else data
 
     @classmethod
     def read(cls, folder: ScanFolder) -> DetectionsRecord:
@@ -111,7 +122,8 @@ class DetectionsRecord(Record):
 
     def write(self, folder: ScanFolder) -> Path:
         """Write ``detections.json`` atomically."""
-        return write_text_atomic(folder.detections_json, compact_json(self.model_dump(mode="json")))
+        data = keys_in_unit(self.model_dump(mode="json"), self.length_unit)
+        return write_text_atomic(folder.detections_json, compact_json(data))
 
     @property
     def reported_boxes(self) -> list[DetectionBox]:

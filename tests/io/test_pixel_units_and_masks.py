@@ -117,3 +117,40 @@ def test_a_mask_taken_as_a_scan_is_recognised(tmp_path: Path) -> None:
     assert looks_like_mask(read_image2d(_save(tmp_path / "x.png", mask)))
     photo = np.random.default_rng(1).integers(0, 255, (23, 37, 3), dtype=np.uint8)
     assert not looks_like_mask(read_image2d(_save(tmp_path / "y.png", photo)))
+
+
+def test_detections_of_a_pixel_image_are_named_in_pixels(tmp_path: Path) -> None:
+    from medres.predictions.detections import DetectionBox, DetectionsRecord
+    from medres.predictions.layout import ScanFolder
+
+    box = DetectionBox(
+        box_id=1,
+        label="lesion",
+        score=0.9,
+        box_ijk=(2.0, 3.0, 12.0, 9.0),
+        box_ras_mm=(2.0, 3.0, 12.0, 9.0),
+        center_ras_mm=(7.0, 6.0, 0.0),
+        size_mm=(10.0, 6.0),
+        members=["m/fold_0"],
+        member_agreement=1.0,
+        reported=True,
+    )
+    record = DetectionsRecord(
+        scan_id="photo",
+        pipelines=["p"],
+        members=["m/fold_0"],
+        tta_views=1,
+        fusion_iou=0.4,
+        score_threshold=0.05,
+        report_score=0.5,
+        n_reported=1,
+        boxes=[box],
+        length_unit="px",
+    )
+    folder = ScanFolder(tmp_path / "photo")
+    folder.path.mkdir()
+    record.write(folder)
+    text = folder.detections_json.read_text()
+    assert '"size_px"' in text and '"center_px"' in text and '"box_ras_px"' in text
+    assert "_mm" not in text
+    assert DetectionsRecord.read(folder) == record
