@@ -9,10 +9,26 @@ import numpy as np
 import pytest
 
 from medres.io.volume import Volume
+from medres.pipeline import PipelineConfig, parse_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 SAMPLE_DATA = REPO / "sample_data"
+
+
+def rgb_lesion_pipeline(name: str, patch: int) -> PipelineConfig:
+    """A tiny 2D pipeline of 3-channel images with one lesion label, 2 folds."""
+    return parse_pipeline(
+        {
+            "name": name,
+            "dims": 2,
+            "channels": ["r", "g", "b"],
+            "labels": ["background", "lesion"],
+            "lesion_labels": ["lesion"],
+            "model": {"name": "res_unet"},
+            "training": {"patch_size": [patch, patch], "folds": 2},
+        }
+    )
 
 
 def shared(*parts: str) -> Path:

@@ -20,21 +20,11 @@ from typer.testing import CliRunner
 from medres.cli.app import app
 from medres.io.discover import discover
 from medres.io.pairing import is_mask_folder
-from medres.pipeline import parse_pipeline
 from medres.training.datasets import check_cases, find_training_cases
+from tests.conftest import rgb_lesion_pipeline
 
 SIZE = (37, 23)  # (width x, height y): odd and unequal, so a transposed mask fails
-CFG_2D = parse_pipeline(
-    {
-        "name": "layouts2d",
-        "dims": 2,
-        "channels": ["r", "g", "b"],
-        "labels": ["background", "lesion"],
-        "lesion_labels": ["lesion"],
-        "model": {"name": "res_unet"},
-        "training": {"patch_size": [16, 16], "folds": 2},
-    }
-)
+CFG_2D = rgb_lesion_pipeline("layouts2d", 16)
 runner = CliRunner()
 
 

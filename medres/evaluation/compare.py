@@ -13,17 +13,14 @@ bootstrap CI over cases, Wilcoxon p), written to ``OUT/comparison.json`` and
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medres.errors import EvaluationError
-from medres.evaluation.run import EvaluationRun
+from medres.evaluation.run import EvaluationRun, csv_text, json_safe
 from medres.evaluation.statistics import describe, paired_comparison
 from medres.evaluation.summary import ENSEMBLE
 from medres.io.atomic import write_text_atomic
@@ -115,16 +112,6 @@ def compare(entries: Sequence[Compared]) -> dict[str, Any]:
     return out
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def write_comparison(out: Path, comparison: dict[str, Any]) -> list[Path]:
     """``comparison.json`` and ``comparison.csv`` (one row per label and folder)."""
     unit = comparison["length_unit"]
@@ -142,15 +129,10 @@ def write_comparison(out: Path, comparison: dict[str, Any]) -> list[Path]:
                 row[f"{name}_minus_first_ci_low"] = paired["ci_low"] if paired else ""
                 row[f"{name}_minus_first_ci_high"] = paired["ci_high"] if paired else ""
             rows.append(row)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
-    data = keys_in_unit(_json_safe(comparison), unit)
+    data = keys_in_unit(json_safe(comparison), unit)
     return [
         write_text_atomic(out / "comparison.json", json.dumps(data, indent=1) + "\n"),
-        write_text_atomic(out / "comparison.csv", buffer.getvalue()),
+        write_text_atomic(out / "comparison.csv", csv_text(rows)),
     ]
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -94,23 +95,23 @@ def _labels(
     return mapped, [(i, cfg.labels[i]) for i in cfg.lesion_indices]
 
 
-def _binary_cfg_truth(path: Path, shape: tuple[int, ...], affine: Any, scan_id: str) -> Any:
-    """The truth as lesion (non-zero) / background, checked to lie on the label map's grid."""
+@cache
+def _binary_pipeline(dims: int) -> PipelineConfig:
+    """The labels of a label-map folder evaluated alone: every non-zero value a lesion."""
     from medres.pipeline import parse_pipeline
 
-    binary = parse_pipeline(
+    return parse_pipeline(
         {
             "name": "label_maps",
-            "dims": len(shape),
+            "dims": dims,
             "channels": ["image"],
             "labels": ["background", LESION],
             "lesion_labels": [LESION],
             "label_map": {v: 1 for v in range(2, 256)},
             "model": {"name": "res_unet"},
-            "training": {"patch_size": [16] * len(shape)},
+            "training": {"patch_size": [16] * dims},
         }
     )
-    return read_truth(path, scan_id=scan_id, shape=shape, affine=affine, cfg=binary)
 
 
 def _score_file(
@@ -126,10 +127,8 @@ def _score_file(
         array, affine, unit = _read_label_map(path)
         shape = tuple(int(s) for s in array.shape)
         truth_path = scoring.index.find(scan_id)
-        if cfg is None:
-            truth = _binary_cfg_truth(truth_path, shape, affine, scan_id)
-        else:
-            truth = read_truth(truth_path, scan_id=scan_id, shape=shape, affine=affine, cfg=cfg)
+        labels_of = cfg if cfg is not None else _binary_pipeline(len(shape))
+        truth = read_truth(truth_path, scan_id=scan_id, shape=shape, affine=affine, cfg=labels_of)
         predicted, labels = _labels(array, cfg, source=str(path))
         if is_image2d_path(truth_path):  # a truth image file has no pixel size: pixels
             unit = PX

@@ -206,17 +206,19 @@ def finish_evaluation(
     return evaluation
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as None (JSON has neither), tuples as lists."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
-def _csv(rows: Sequence[dict[str, Any]]) -> str:
+def csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as CSV (columns of the first row; floats to 6 significant digits)."""
     buffer = io.StringIO()
     if rows:
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
@@ -237,7 +239,7 @@ def write_outputs(
     out = evaluation.out
     out.mkdir(parents=True, exist_ok=True)
     unit = evaluation.summary.get("length_unit", MM)
-    write_text_atomic(out / METRICS_CSV, _csv(keys_in_unit(evaluation.rows, unit)))
+    write_text_atomic(out / METRICS_CSV, csv_text(keys_in_unit(evaluation.rows, unit)))
     lesion_rows = [
         {"case": case_id, "scan": scan, "model": model, "label": label, **match.to_row()}
         for case_id, per_model in sorted(cases.items(), key=lambda item: natural_key(item[0]))
@@ -245,8 +247,8 @@ def write_outputs(
         for label, stats in per_label.items()
         for scan, match in zip(stats.match_scans, stats.matches, strict=True)
     ]
-    write_text_atomic(out / LESIONS_CSV, _csv(keys_in_unit(lesion_rows, unit)))
-    summary = keys_in_unit(_json_safe(evaluation.summary), unit)
+    write_text_atomic(out / LESIONS_CSV, csv_text(keys_in_unit(lesion_rows, unit)))
+    summary = keys_in_unit(json_safe(evaluation.summary), unit)
     write_text_atomic(out / SUMMARY_JSON, json.dumps(summary, indent=1) + "\n")
     plots = write_plots(out, evaluation.summary, evaluation.rows)
     write_html(out, evaluation.summary, evaluation.failed, plots)

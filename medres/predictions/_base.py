@@ -8,10 +8,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from medres.errors import OutputError
 from medres.io.files import read_regular_bytes
+from medres.io.units import keys_in_mm, keys_in_unit
 from medres.limits import MAX_RECORD_BYTES
 
 
@@ -32,6 +33,27 @@ class Record(BaseModel):
     """Frozen, ignores keys it does not know (files of other medres versions)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class MeasuredRecord(Record):
+    """A record whose JSON names its sizes in the scan's length unit (``area_px2`` for an
+    image measured in pixels, :mod:`medres.io.units`); in memory they keep their ``_mm``
+    names. Subclasses say their unit in :meth:`unit`."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _measurements_in_mm(cls, data: Any) -> Any:
+        """A pixel-measured file's ``*_px`` keys read back under their ``*_mm`` names."""
+        return keys_in_mm(data) if isinstance(data, dict) else data
+
+    def unit(self) -> str:
+        """The length unit the JSON names its sizes in (``mm`` or ``px``)."""
+        return "mm"
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as its file stores it: sizes named in its unit."""
+        data: dict[str, Any] = keys_in_unit(self.model_dump(mode="json"), self.unit())
+        return data
 
 
 def read_json_record(path: Path, record: type[Any], what: str) -> Any:

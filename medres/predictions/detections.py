@@ -21,13 +21,12 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from medres.io.atomic import write_text_atomic
-from medres.io.units import MM, LengthUnit, keys_in_mm, keys_in_unit
-from medres.predictions._base import Record, compact_json, read_json_record
+from medres.io.units import MM, LengthUnit
+from medres.predictions._base import MeasuredRecord, Record, compact_json, read_json_record
 from medres.predictions.layout import ScanFolder
 
 #: ``ScanRecord.ensemble.mode`` of a scan that only a detector predicted.
@@ -71,7 +70,7 @@ class DetectionBox(Record):
         return len(self.box_ijk) // 2
 
 
-class DetectionsRecord(Record):
+class DetectionsRecord(MeasuredRecord):
     """``OUT/<scan_id>/detections.json``.
 
     Attributes:
@@ -102,11 +101,9 @@ class DetectionsRecord(Record):
     member_boxes: dict[str, list[DetectionBox]] = Field(default_factory=dict)
     length_unit: LengthUnit = MM
 
-    @model_validator(mode="before")
-    @classmethod
-    def _measurements_in_mm(cls, data: Any) -> Any:
-        """A pixel-measured file's ``*_px`` keys read back under their ``*_mm`` names."""
-        return keys_in_mm(data) if isinstance(data, dict) else data
+    def unit(self) -> str:
+        """The unit ``detections.json`` names its sizes in."""
+        return self.length_unit
 
     @classmethod
     def read(cls, folder: ScanFolder) -> DetectionsRecord:
@@ -122,8 +119,7 @@ class DetectionsRecord(Record):
 
     def write(self, folder: ScanFolder) -> Path:
         """Write ``detections.json`` atomically."""
-        data = keys_in_unit(self.model_dump(mode="json"), self.length_unit)
-        return write_text_atomic(folder.detections_json, compact_json(data))
+        return write_text_atomic(folder.detections_json, compact_json(self.to_json()))
 
     @property
     def reported_boxes(self) -> list[DetectionBox]:

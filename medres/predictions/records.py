@@ -39,8 +39,8 @@ from pydantic import Field, model_validator
 
 from medres.io.atomic import write_text_atomic
 from medres.io.grid import Grid
-from medres.io.units import MM, LengthUnit, keys_in_mm, keys_in_unit
-from medres.predictions._base import Record, compact_json, read_json_record
+from medres.io.units import MM, LengthUnit
+from medres.predictions._base import MeasuredRecord, Record, compact_json, read_json_record
 from medres.predictions.layout import MemberFolder, ScanFolder
 from medres.predictions.run_records import (
     SUMMARY_COLUMNS,
@@ -197,7 +197,7 @@ class EnsembleRecord(Record):
     tta: list[bool]
 
 
-class ScanRecord(Record):
+class ScanRecord(MeasuredRecord):
     """``OUT/<scan_id>/lesions.json``.
 
     Attributes:
@@ -238,20 +238,14 @@ class ScanRecord(Record):
     complete: bool = False
     outputs: dict[str, int] = Field(default_factory=dict)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _measurements_in_mm(cls, data: Any) -> Any:
-        """A pixel-measured record's ``*_px`` keys read back under their ``*_mm`` names."""
-        return keys_in_mm(data) if isinstance(data, dict) else data
-
     @property
     def length_unit(self) -> LengthUnit:
         """``mm``, or ``px`` for an image measured in pixels (:mod:`medres.io.units`)."""
         return self.grid.length_unit
 
-    def to_json(self) -> dict[str, Any]:
-        """The record as ``lesions.json`` stores it: sizes named in the scan's unit."""
-        return keys_in_unit(self.model_dump(mode="json"), self.length_unit)  # type: ignore[no-any-return]
+    def unit(self) -> str:
+        """The unit ``lesions.json`` names its sizes in: the scan's."""
+        return self.length_unit
 
     @classmethod
     def read(cls, folder: ScanFolder) -> ScanRecord:
@@ -281,7 +275,7 @@ class ScanRecord(Record):
         return len(self.grid.shape) == 3
 
 
-class MemberLesionsRecord(Record):
+class MemberLesionsRecord(MeasuredRecord):
     """``members/<member>/lesions.json``: one member's own lesions (no ensemble scores)."""
 
     member: str
@@ -289,10 +283,9 @@ class MemberLesionsRecord(Record):
     lesions: list[Lesion]
     length_unit: LengthUnit = MM
 
-    @model_validator(mode="before")
-    @classmethod
-    def _measurements_in_mm(cls, data: Any) -> Any:
-        return keys_in_mm(data) if isinstance(data, dict) else data
+    def unit(self) -> str:
+        """The unit the member's ``lesions.json`` names its sizes in."""
+        return self.length_unit
 
     @classmethod
     def read(cls, folder: MemberFolder) -> MemberLesionsRecord:
@@ -308,8 +301,7 @@ class MemberLesionsRecord(Record):
 
     def write(self, folder: MemberFolder) -> Path:
         """Write the member's ``lesions.json`` atomically (sizes named in its unit)."""
-        data = keys_in_unit(self.model_dump(mode="json"), self.length_unit)
-        return write_text_atomic(folder.lesions_json, compact_json(data))
+        return write_text_atomic(folder.lesions_json, compact_json(self.to_json()))
 
 
 __all__ = [

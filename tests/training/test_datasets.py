@@ -19,19 +19,9 @@ from medres.training.datasets import (
     make_folds,
     split_to_json,
 )
-from tests.conftest import SAMPLE_DATA, shared
+from tests.conftest import SAMPLE_DATA, rgb_lesion_pipeline, shared
 
-CFG_2D = parse_pipeline(
-    {
-        "name": "t2d",
-        "dims": 2,
-        "channels": ["r", "g", "b"],
-        "labels": ["background", "lesion"],
-        "lesion_labels": ["lesion"],
-        "model": {"name": "res_unet"},
-        "training": {"patch_size": [32, 32], "folds": 2},
-    }
-)
+CFG_2D = rgb_lesion_pipeline("t2d", 32)
 CFG_3D = parse_pipeline(
     {
         "name": "t3d",
