@@ -2,8 +2,9 @@
 real training steps, and say what a run would do, without writing a model folder.
 
 :func:`plan_training` runs the same checks as :func:`medres.training.run.train_pipeline`
-(pipeline, network, every case's files, channels, shapes and label values), splits the
-folds, then trains fold 0's member for a few iterations in a temporary folder and
+(pipeline, network, every case's files, channels, shapes and label values), decodes
+every image as training will (so a truncated file is named now, not minutes into a run),
+splits the folds, then trains fold 0's member for a few iterations in a temporary folder and
 validates it once, to measure seconds per iteration and per validation on this machine.
 From them it predicts how many epochs fit in ``max_minutes`` (wall-clock minutes per
 member, validation included) and how long each member will take.
@@ -21,6 +22,7 @@ from pathlib import Path
 from medres.pipeline import PipelineConfig
 from medres.runtime import resolve_device
 from medres.training.datasets import (
+    TrainingCase,
     find_training_cases,
     make_folds,
 )
@@ -120,6 +122,7 @@ def plan_training(
     build_pipeline_network(cfg)
     cases = find_training_cases(data, mask_suffix=mask_suffix, base_dir=data_root)
     cases, check, cfg = checked_cases(cfg, cases, excluded_groups, on_check)
+    _decode_every_image(cases, cfg.dims)  # the check reads headers; a dry run reads all
     fold_list = make_folds(cases, n_folds=cfg.training.folds, seed=cfg.training.seed)
     by_group: dict[str, int] = {}
     for case in cases:
@@ -154,6 +157,30 @@ def plan_training(
     _measure(plan, cfg, cases, first, check.lesion_cases, resolved, measure_iterations)
     _expect(plan)
     return plan
+
+
+def _decode_every_image(cases: Sequence[TrainingCase], dims: int) -> None:
+    """Decode every case's image files, as training will, and list every failure.
+
+    Raises:
+        DatasetError: Some image cannot be decoded (truncated, corrupt); all are named.
+    """
+    from medres.errors import DatasetError, LoadError
+    from medres.transforms.presets import read_channels
+
+    problems = []
+    for case in cases:
+        try:
+            read_channels(case.image_paths, dims=dims)
+        except LoadError as exc:
+            problems.append(str(exc))
+    if problems:
+        listed = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise DatasetError(
+            f"{len(problems)} image(s) cannot be decoded; training would stop at them:\n"
+            f"  {listed}{more}"
+        )
 
 
 def _measure(

@@ -85,3 +85,17 @@ def test_measured_rates_give_the_epochs_the_budget_allows(tmp_path: Path) -> Non
     assert abs(free.member_minutes - (10 + 50 * 60) / 60) < 1e-9
     assert planned(0.1).expected_epochs == 0 and "before the first epoch" in planned(0.1).notes[0]
     assert yaml.safe_load(PHOTO_PIPELINE.read_text())["dims"] == 2
+
+
+def test_check_names_every_image_training_could_not_decode(tmp_path: Path) -> None:
+    data = tmp_path / "photos"
+    write_photo_set(data, n_cases=4)
+    for name in ("lesion_01.png", "lesion_04.png"):  # a valid header, truncated pixels
+        path = data / "images" / name
+        path.write_bytes(path.read_bytes()[:300])
+    result = runner.invoke(app, ["train", str(PHOTO_PIPELINE), "--data", str(data), "--check"])
+    assert result.exit_code == 2
+    printed = "".join(result.output.split())
+    assert "2image(s)cannotbedecoded" in printed
+    assert "lesion_01.png" in printed and "lesion_04.png" in printed
+    assert "Traceback" not in result.output
